@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - the main job (creates .venv, installs, builds, runs the demo)
+#   make test   - the test suite (same set-up, then pytest)
+# torch is pinned and installed first, alone: setup.py imports it (BUILD.md section 2).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+DEPS := "triton==3.6.0" "numpy<2.4" setuptools wheel ninja pytest pytest-benchmark hypothesis \
+        tqdm safetensors matplotlib pillow scipy
+export MAX_JOBS ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+
+.PHONY: demo test bench install build nvcc-check clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@# Use a torch that already imports (the GPU machine's preinstalled build); otherwise install the pin.
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q $(DEPS)
+	$(PIP) install -q -e . --no-build-isolation --no-deps
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Rebuild the extension in place after C++ changes (incremental; pip builds are not).
+build: install
+	$(PY) setup.py build_ext --inplace
+
+demo: install build
+	$(VENV)/bin/specdec demo
+
+test: install build
+	$(PY) -m pytest -q --benchmark-disable
+
+bench: install build
+	$(PY) -m benchmarks.kernels
+
+nvcc-check: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash .ci/nvcc_checks.sh
+
+clean:
+	rm -rf build specdec_kernels/*.so $(VENV)

@@ -1,0 +1,109 @@
+// Structural input checks shared by the CPU and CUDA glue (one rule set per op, written once).
+// Value checks (NaN, ranges, malformed trees) are done in Python before any kernel runs; these guard
+// direct torch.ops calls against out-of-bounds memory access.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <optional>
+
+namespace specdec {
+
+// Method codes of verify_chain / verify_tree; mirrored in specdec_kernels/_constants.py.
+enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2 };
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+}
+
+inline void check_same(const at::Tensor& a, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(a.device() == ref.device(), name, " must be on ", ref.device(), ", got ", a.device());
+}
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+inline void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+inline void check_neighbors(const at::Tensor& neighbors, int64_t vocab, const at::Tensor& p) {
+  check_dtype(neighbors, at::kInt, "neighbors");
+  check_same(neighbors, p, "neighbors");
+  TORCH_CHECK(neighbors.dim() == 2 && neighbors.size(0) == vocab, "neighbors must be (", vocab, ", k), got ",
+              neighbors.sizes());
+}
+
+inline void check_lantern_budget(std::optional<double> delta, std::optional<double> lam) {
+  TORCH_CHECK(delta.has_value() != lam.has_value(), "exactly one of delta and lam must be given");
+}
+
+inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& draft,
+                        const at::Tensor& u_accept, const at::Tensor& u_sample, const at::Tensor& num_drafts,
+                        int64_t method, const std::optional<at::Tensor>& neighbors, std::optional<double> delta,
+                        std::optional<double> lam, const std::optional<at::Tensor>& embeddings) {
+  TORCH_CHECK(p.dim() == 3 && p.size(1) >= 1, "p must be (batch, num_drafts + 1, vocab), got ", p.sizes());
+  check_float(p, "p");
+  const int64_t batch = p.size(0), drafts = p.size(1) - 1, vocab = p.size(2);
+  if (q) {
+    check_shape(*q, {batch, drafts, vocab}, "q");
+    check_dtype(*q, p.scalar_type(), "q");
+    check_same(*q, p, "q");
+  }
+  check_shape(draft, {batch, drafts}, "draft");
+  check_dtype(draft, at::kLong, "draft");
+  check_shape(u_accept, {batch, drafts}, "u_accept");
+  check_dtype(u_accept, at::kFloat, "u_accept");
+  check_shape(u_sample, {batch}, "u_sample");
+  check_dtype(u_sample, at::kFloat, "u_sample");
+  check_shape(num_drafts, {batch}, "num_drafts");
+  check_dtype(num_drafts, at::kLong, "num_drafts");
+  for (const at::Tensor* t : {&draft, &u_accept, &u_sample, &num_drafts}) check_same(*t, p, "chain inputs");
+  TORCH_CHECK(method >= kExact && method <= kLantern, "method code must be 0, 1 or 2, got ", method);
+  if (method == kLantern) {
+    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+    check_neighbors(*neighbors, vocab, p);
+    check_lantern_budget(delta, lam);
+  }
+  if (method == kGsd && embeddings) {
+    check_dtype(*embeddings, at::kFloat, "embeddings");
+    check_same(*embeddings, p, "embeddings");
+    TORCH_CHECK(embeddings->dim() == 2 && embeddings->size(0) == vocab, "embeddings must be (", vocab,
+                ", dim), got ", embeddings->sizes());
+  }
+}
+
+inline void check_tree(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& tree_tokens,
+                       const at::Tensor& parents, const at::Tensor& u_accept, const at::Tensor& u_sample,
+                       const at::Tensor& num_nodes, int64_t method, const std::optional<at::Tensor>& neighbors,
+                       std::optional<double> delta, std::optional<double> lam) {
+  TORCH_CHECK(p.dim() == 3 && p.size(1) >= 1, "p must be (batch, num_nodes, vocab), got ", p.sizes());
+  check_float(p, "p");
+  const int64_t batch = p.size(0), nodes = p.size(1), vocab = p.size(2);
+  if (q) {
+    check_shape(*q, p.sizes(), "q");
+    check_dtype(*q, p.scalar_type(), "q");
+    check_same(*q, p, "q");
+  }
+  check_shape(tree_tokens, {batch, nodes}, "tree_tokens");
+  check_dtype(tree_tokens, at::kLong, "tree_tokens");
+  check_shape(parents, {batch, nodes}, "parents");
+  check_dtype(parents, at::kLong, "parents");
+  check_shape(u_accept, {batch, nodes}, "u_accept");
+  check_dtype(u_accept, at::kFloat, "u_accept");
+  check_shape(u_sample, {batch}, "u_sample");
+  check_dtype(u_sample, at::kFloat, "u_sample");
+  check_shape(num_nodes, {batch}, "num_nodes");
+  check_dtype(num_nodes, at::kLong, "num_nodes");
+  for (const at::Tensor* t : {&tree_tokens, &parents, &u_accept, &u_sample, &num_nodes}) check_same(*t, p, "tree inputs");
+  TORCH_CHECK(method == kExact || method == kLantern, "tree method code must be 0 or 2, got ", method);
+  if (method == kLantern) {
+    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+    check_neighbors(*neighbors, vocab, p);
+    check_lantern_budget(delta, lam);
+  }
+}
+
+}  // namespace specdec

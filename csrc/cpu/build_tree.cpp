@@ -1,0 +1,83 @@
+// CPU tree buffers: ancestor mask, depths and root-to-leaf paths, one tree per task. Parents are
+// validated in Python; the guards here only keep a malformed direct call inside memory bounds.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../checks.h"
+
+namespace specdec::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents_in,
+                                                              const at::Tensor& num_nodes_in) {
+  TORCH_CHECK(parents_in.dim() == 2, "parents must be (batch, num_nodes), got ", parents_in.sizes());
+  check_dtype(parents_in, at::kLong, "parents");
+  const int64_t batch = parents_in.size(0), m = parents_in.size(1);
+  check_shape(num_nodes_in, {batch}, "num_nodes");
+  check_dtype(num_nodes_in, at::kLong, "num_nodes");
+  const at::Tensor parents = parents_in.contiguous(), num_nodes = num_nodes_in.contiguous();
+  const int64_t* par = parents.data_ptr<int64_t>();
+  const int64_t* sizes = num_nodes.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(sizes[b] >= 1 && sizes[b] <= m, "num_nodes[", b, "] must be in [1, ", m, "]");
+    TORCH_CHECK(par[b * m] == -1, "parents[", b, ", 0] must be -1 (the root)");
+    for (int64_t n = 1; n < sizes[b]; ++n)
+      TORCH_CHECK(par[b * m + n] >= 0 && par[b * m + n] < n, "parents[", b, ", ", n, "] must be in [0, ", n, ")");
+  }
+  at::Tensor mask = at::zeros({batch, m, m}, parents.options().dtype(at::kBool));
+  at::Tensor depth = at::zeros({batch, m}, parents.options());
+  bool* mk = mask.data_ptr<bool>();
+  int64_t* dp = depth.data_ptr<int64_t>();
+  std::vector<int64_t> leaf_count(batch, 0), max_depth(batch, 0);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<char> has_child;
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t* pb = par + b * m;
+      bool* mb = mk + b * m * m;
+      int64_t* db = dp + b * m;
+      has_child.assign(m, 0);
+      for (int64_t n = 0; n < m; ++n) mb[n * m + n] = true;
+      for (int64_t n = 1; n < sizes[b]; ++n) {
+        const int64_t parent = pb[n];
+        has_child[parent] = 1;
+        for (int64_t j = 0; j < parent + 1; ++j) mb[n * m + j] |= mb[parent * m + j];
+        db[n] = db[parent] + 1;
+        max_depth[b] = std::max(max_depth[b], db[n]);
+      }
+      for (int64_t n = 0; n < sizes[b]; ++n) leaf_count[b] += !has_child[n];
+    }
+  });
+  const int64_t num_paths = *std::max_element(leaf_count.begin(), leaf_count.end());
+  const int64_t path_len = *std::max_element(max_depth.begin(), max_depth.end()) + 1;
+  at::Tensor retrieve = at::full({batch, num_paths, path_len}, -1, parents.options());
+  int64_t* rt = retrieve.data_ptr<int64_t>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<char> has_child;
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t* pb = par + b * m;
+      has_child.assign(m, 0);
+      for (int64_t n = 1; n < sizes[b]; ++n) has_child[pb[n]] = 1;
+      int64_t leaf = 0;
+      for (int64_t n = 0; n < sizes[b]; ++n) {
+        if (has_child[n]) continue;
+        int64_t* path = rt + (b * num_paths + leaf++) * path_len;
+        const int64_t d = dp[b * m + n];
+        for (int64_t node = n, level = d; level >= 0; node = pb[node], --level) path[level] = node;
+      }
+    }
+  });
+  return {mask, depth, retrieve};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec_kernels, CPU, m) { m.impl("build_tree", &build_tree_cpu); }
+
+}  // namespace specdec::cpu

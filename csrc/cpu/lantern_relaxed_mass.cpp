@@ -1,0 +1,52 @@
+// CPU LANTERN / LANTERN++ relaxed mass, one candidate row at a time in parallel.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "verify_common.h"
+
+namespace specdec::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cpu(const at::Tensor& p_in, const at::Tensor& x_in,
+                                                            const at::Tensor& neighbors_in,
+                                                            std::optional<double> delta, std::optional<double> lam) {
+  TORCH_CHECK(p_in.dim() == 2, "p must be (rows, vocab), got ", p_in.sizes());
+  check_float(p_in, "p");
+  check_shape(x_in, {p_in.size(0)}, "x");
+  check_dtype(x_in, at::kLong, "x");
+  check_neighbors(neighbors_in, p_in.size(1), p_in);
+  check_lantern_budget(delta, lam);
+  const at::Tensor p = p_in.contiguous(), x = x_in.contiguous(), neighbors = neighbors_in.contiguous();
+  const int64_t rows = p.size(0), vocab = p.size(1), k = neighbors.size(1);
+  at::Tensor p_tilde = at::empty({rows}, p.options().dtype(at::kFloat));
+  at::Tensor merged = at::empty({rows}, x.options().dtype(at::kInt));
+  const bool use_lambda = lam.has_value();
+  const double budget = use_lambda ? *lam : *delta;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "lantern_relaxed_mass_cpu", [&] {
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const int64_t* xp = x.data_ptr<int64_t>();
+    const int32_t* nb = neighbors.data_ptr<int32_t>();
+    float* out = p_tilde.data_ptr<float>();
+    int32_t* out_m = merged.data_ptr<int32_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = pp + r * vocab;
+        auto rd = [&](int64_t j) { return static_cast<double>(static_cast<float>(row[j])); };
+        int64_t m = 0;
+        out[r] = static_cast<float>(relaxed_mass(rd, xp[r], nb + xp[r] * k, k, use_lambda, budget, m));
+        out_m[r] = static_cast<int32_t>(m);
+      }
+    });
+  });
+  return {p_tilde, merged};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec_kernels, CPU, m) { m.impl("lantern_relaxed_mass", &lantern_relaxed_mass_cpu); }
+
+}  // namespace specdec::cpu

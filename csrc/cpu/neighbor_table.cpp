@@ -1,0 +1,63 @@
+// CPU neighbour table: per code, squared Euclidean distances to every other code (float32, sequential
+// over the embedding dimension), then a partial selection of the k smallest (distance, id) pairs.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "../checks.h"
+
+namespace specdec::cpu {
+namespace {
+
+at::Tensor neighbor_table_cpu(const at::Tensor& codebook_in, int64_t k, bool normalize) {
+  TORCH_CHECK(codebook_in.dim() == 2, "codebook must be (num_codes, dim), got ", codebook_in.sizes());
+  check_dtype(codebook_in, at::kFloat, "codebook");
+  const int64_t n = codebook_in.size(0), dim = codebook_in.size(1);
+  TORCH_CHECK(k >= 1 && k <= n - 1, "k must be in [1, ", n - 1, "], got ", k);
+  const at::Tensor codebook = codebook_in.contiguous();
+  std::vector<float> emb(codebook.data_ptr<float>(), codebook.data_ptr<float>() + n * dim);
+  if (normalize) {  // x / max(||x||, 1e-12), as torch.nn.functional.normalize
+    for (int64_t i = 0; i < n; ++i) {
+      float sq = 0.0f;
+      for (int64_t d = 0; d < dim; ++d) sq += emb[i * dim + d] * emb[i * dim + d];
+      const float norm = std::max(std::sqrt(sq), 1e-12f);
+      for (int64_t d = 0; d < dim; ++d) emb[i * dim + d] /= norm;
+    }
+  }
+  at::Tensor table = at::empty({n, k}, codebook.options().dtype(at::kInt));
+  int32_t* out = table.data_ptr<int32_t>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<float, int32_t>> cand(n - 1);
+    for (int64_t i = begin; i < end; ++i) {
+      const float* ei = emb.data() + i * dim;
+      int64_t c = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        if (j == i) continue;
+        const float* ej = emb.data() + j * dim;
+        float dist = 0.0f;
+        for (int64_t d = 0; d < dim; ++d) {
+          const float diff = ei[d] - ej[d];
+          dist += diff * diff;
+        }
+        cand[c++] = {dist, static_cast<int32_t>(j)};
+      }
+      // (distance, id) pairs compare lexicographically: equal distances go to the lower id.
+      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
+      std::sort(cand.begin(), cand.begin() + k);
+      for (int64_t m = 0; m < k; ++m) out[i * k + m] = cand[m].second;
+    }
+  });
+  return table;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(specdec_kernels, CPU, m) { m.impl("neighbor_table", &neighbor_table_cpu); }
+
+}  // namespace specdec::cpu

@@ -1,0 +1,30 @@
+// The one place where every op schema of specdec_kernels is declared. Backends attach through
+// TORCH_LIBRARY_IMPL(specdec_kernels, CPU|CUDA, m) in their own files; fake kernels live in
+// specdec_kernels/_fake.py. Importing the compiled module specdec_kernels._C runs these registrations.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(specdec_kernels, m) {
+  m.def("neighbor_table(Tensor codebook, int k, bool normalize) -> Tensor");
+  m.def("lantern_relaxed_mass(Tensor p, Tensor x, Tensor neighbors, float? delta, float? lam) -> (Tensor, Tensor)");
+  m.def(
+      "gsd_group_mass(Tensor p, Tensor? q, Tensor x, Tensor? embeddings, int h_lo, int h_hi, float p_thr, "
+      "float d_thr) -> (Tensor, Tensor)");
+  m.def(
+      "verify_chain(Tensor p, Tensor? q, Tensor draft, Tensor u_accept, Tensor u_sample, Tensor num_drafts, "
+      "int method, Tensor? neighbors, float? delta, float? lam, Tensor? embeddings, int h_lo, int h_hi, "
+      "float p_thr, float d_thr) -> (Tensor, Tensor)");
+  m.def("build_tree(Tensor parents, Tensor num_nodes) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "verify_tree(Tensor p, Tensor? q, Tensor tree_tokens, Tensor parents, Tensor u_accept, Tensor u_sample, "
+      "Tensor num_nodes, int method, Tensor? neighbors, float? delta, float? lam) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cspd_verify(Tensor x, Tensor mu_q, Tensor sigma_q, Tensor mu_p, Tensor sigma_p, Tensor s_q, Tensor s_p, "
+      "Tensor u_accept, Tensor u_prop, Tensor u_ar, float inner_temperature) -> (Tensor, Tensor, Tensor)");
+}
+
+// A module with no functions: it exists so that `import specdec_kernels._C` loads this library.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

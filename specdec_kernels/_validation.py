@@ -1,0 +1,248 @@
+"""Input validation for every op, written once: structural checks (shapes, dtypes, devices; no data
+access, shared with the fake kernels) and value checks (NaN/inf, ranges, malformed trees) that the
+public wrappers run before any kernel. Every error is a ValueError naming the argument."""
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ._constants import CHAIN_METHODS, TREE_METHODS
+
+_PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def _tensor(t, name: str, ndim: int, dtypes: Sequence[torch.dtype], device: Optional[torch.device] = None):
+    if not isinstance(t, torch.Tensor):
+        _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        _fail(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        _fail(f"{name} must have dtype {names}; got {str(t.dtype).replace('torch.', '')}")
+    if device is not None and t.device != device:
+        _fail(f"{name} must be on {device} (like p), got {t.device}")
+
+
+def _shape(t: torch.Tensor, name: str, shape: Tuple[int, ...]):
+    if tuple(t.shape) != tuple(shape):
+        _fail(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _scalar(value, name: str, low: float, high: float = math.inf):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low <= value <= high):
+        _fail(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+class _ValueChecks:
+    """Collects data-dependent conditions and evaluates them with a single host synchronisation."""
+
+    def __init__(self):
+        self._items: List[Tuple[torch.Tensor, str]] = []
+
+    def add(self, ok: torch.Tensor, message: str):
+        self._items.append((ok.all(), message))
+
+    def probabilities(self, t: torch.Tensor, name: str):
+        self.add(torch.isfinite(t), f"{name} contains NaN or inf")
+        self.add(t >= 0, f"{name} contains negative probabilities")
+
+    def uniforms(self, t: torch.Tensor, name: str):
+        self.add((t >= 0) & (t < 1), f"{name} must hold uniforms in [0, 1)")
+
+    def ids(self, t: torch.Tensor, name: str, high: int, valid: Optional[torch.Tensor] = None):
+        ok = (t >= 0) & (t < high)
+        self.add(ok if valid is None else ok | ~valid, f"{name} holds ids outside [0, {high})")
+
+    def run(self):
+        if not self._items or torch.compiler.is_compiling():
+            return
+        results = torch.stack([ok for ok, _ in self._items]).cpu().tolist()
+        for passed, (_, message) in zip(results, self._items):
+            if not passed:
+                _fail(message)
+
+
+# ---------------------------------------------------------------- structural checks (shared with fakes)
+
+
+def chain_shapes(p, q, draft, u_accept, u_sample, num_drafts) -> Tuple[int, int, int]:
+    _tensor(p, "p", 3, _PROB_DTYPES)
+    batch, slots, vocab = p.shape
+    if slots < 1 or vocab < 1:
+        _fail(f"p must be (batch, num_drafts + 1, vocab) with vocab >= 1, got {tuple(p.shape)}")
+    drafts = slots - 1
+    if q is not None:
+        _tensor(q, "q", 3, (p.dtype,), p.device)
+        _shape(q, "q", (batch, drafts, vocab))
+    _tensor(draft, "draft", 2, (torch.int64,), p.device)
+    _shape(draft, "draft", (batch, drafts))
+    _tensor(u_accept, "u_accept", 2, (torch.float32,), p.device)
+    _shape(u_accept, "u_accept", (batch, drafts))
+    _tensor(u_sample, "u_sample", 1, (torch.float32,), p.device)
+    _shape(u_sample, "u_sample", (batch,))
+    _tensor(num_drafts, "num_drafts", 1, (torch.int64,), p.device)
+    _shape(num_drafts, "num_drafts", (batch,))
+    return batch, drafts, vocab
+
+
+def tree_shapes(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes) -> Tuple[int, int, int]:
+    _tensor(p, "p", 3, _PROB_DTYPES)
+    batch, nodes, vocab = p.shape
+    if nodes < 1 or vocab < 1:
+        _fail(f"p must be (batch, num_nodes, vocab) with at least the root, got {tuple(p.shape)}")
+    if q is not None:
+        _tensor(q, "q", 3, (p.dtype,), p.device)
+        _shape(q, "q", tuple(p.shape))
+    for name, t in (("tree_tokens", tree_tokens), ("parents", parents)):
+        _tensor(t, name, 2, (torch.int64,), p.device)
+        _shape(t, name, (batch, nodes))
+    _tensor(u_accept, "u_accept", 2, (torch.float32,), p.device)
+    _shape(u_accept, "u_accept", (batch, nodes))
+    _tensor(u_sample, "u_sample", 1, (torch.float32,), p.device)
+    _shape(u_sample, "u_sample", (batch,))
+    _tensor(num_nodes, "num_nodes", 1, (torch.int64,), p.device)
+    _shape(num_nodes, "num_nodes", (batch,))
+    return batch, nodes, vocab
+
+
+def neighbor_shapes(neighbors, vocab: int, device) -> int:
+    _tensor(neighbors, "neighbors", 2, (torch.int32,), device)
+    if neighbors.shape[0] != vocab:
+        _fail(f"neighbors has {neighbors.shape[0]} rows but the vocabulary has {vocab} codes")
+    if neighbors.shape[1] < 1:
+        _fail("neighbors must have at least one column")
+    return neighbors.shape[1]
+
+
+def embedding_shapes(embeddings, vocab: int, device):
+    _tensor(embeddings, "embeddings", 2, (torch.float32,), device)
+    if embeddings.shape[0] != vocab:
+        _fail(f"embeddings has {embeddings.shape[0]} rows but the vocabulary has {vocab} codes")
+
+
+def cspd_shapes(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar) -> Tuple[int, int, int]:
+    _tensor(x, "x", 2, (torch.float32,))
+    n, dim = x.shape
+    for name, t in (("mu_q", mu_q), ("sigma_q", sigma_q), ("mu_p", mu_p), ("sigma_p", sigma_p), ("s_q", s_q),
+                    ("s_p", s_p)):
+        _tensor(t, name, 2, (torch.float32,), x.device)
+        _shape(t, name, (n, dim))
+    _tensor(u_accept, "u_accept", 1, (torch.float32,), x.device)
+    _shape(u_accept, "u_accept", (n,))
+    _tensor(u_prop, "u_prop", 3, (torch.float32,), x.device)
+    if u_prop.shape[0] != n or u_prop.shape[2] != dim or u_prop.shape[1] < 1:
+        _fail(f"u_prop must be ({n}, max_tries >= 1, {dim}), got {tuple(u_prop.shape)}")
+    tries = u_prop.shape[1]
+    _tensor(u_ar, "u_ar", 2, (torch.float32,), x.device)
+    _shape(u_ar, "u_ar", (n, tries))
+    return n, dim, tries
+
+
+# ---------------------------------------------------------------- method parameters
+
+
+def lantern_budget(delta, lam):
+    if (delta is None) == (lam is None):
+        _fail("LANTERN needs exactly one of delta (TV budget in [0, 1]) or lam (ratio >= 1)")
+    if delta is not None:
+        _scalar(delta, "delta", 0.0, 1.0)
+    else:
+        _scalar(lam, "lam", 1.0)
+
+
+def gsd_params(rank_window, p_thr, d_thr) -> Tuple[int, int]:
+    if (
+        not isinstance(rank_window, (tuple, list))
+        or len(rank_window) != 2
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in rank_window)
+    ):
+        _fail(f"rank_window must be a pair of non-negative ints (h_lo, h_hi), got {rank_window!r}")
+    _scalar(p_thr, "p_thr", 0.0)
+    _scalar(d_thr, "d_thr", 0.0)
+    return int(rank_window[0]), int(rank_window[1])
+
+
+def method_params(method, allowed, *, neighbors, delta, lam, embeddings, gsd_given):
+    """Reject unknown methods and parameters that the chosen method would silently ignore."""
+    if method not in allowed:
+        _fail(f"method must be one of {allowed}, got {method!r}")
+    if method != "lantern" and (neighbors is not None or delta is not None or lam is not None):
+        _fail(f"neighbors / delta / lam only apply to method 'lantern', not {method!r}")
+    if method != "gsd" and (embeddings is not None or gsd_given):
+        _fail(f"embeddings / rank_window / p_thr / d_thr only apply to method 'gsd', not {method!r}")
+    if method == "lantern":
+        if neighbors is None:
+            _fail("method 'lantern' needs neighbors (see specdec_kernels.neighbor_table)")
+        lantern_budget(delta, lam)
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def check_neighbor_values(checks: _ValueChecks, neighbors: torch.Tensor, vocab: int):
+    checks.ids(neighbors, "neighbors", vocab)
+    own = torch.arange(vocab, device=neighbors.device, dtype=neighbors.dtype)[:, None]
+    checks.add(neighbors != own, "neighbors lists a code as its own neighbour")
+
+
+def check_chain_values(p, q, draft, u_accept, u_sample, num_drafts, neighbors, embeddings):
+    batch, drafts, vocab = p.shape[0], p.shape[1] - 1, p.shape[2]
+    checks = _ValueChecks()
+    checks.add((num_drafts >= 0) & (num_drafts <= drafts), f"num_drafts must lie in [0, {drafts}]")
+    checks.probabilities(p, "p")
+    if q is not None:
+        checks.probabilities(q, "q")
+    used = torch.arange(drafts, device=p.device) < num_drafts[:, None]
+    checks.ids(draft, "draft", vocab, valid=used)
+    checks.uniforms(u_accept, "u_accept")
+    checks.uniforms(u_sample, "u_sample")
+    rows_used = torch.arange(drafts + 1, device=p.device) <= num_drafts[:, None]
+    mass = p.float().sum(-1)
+    checks.add((mass > 0) | ~rows_used, "p has an all-zero row at a position that is verified or sampled")
+    if neighbors is not None:
+        check_neighbor_values(checks, neighbors, vocab)
+    if embeddings is not None:
+        checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
+    checks.run()
+
+
+def check_tree_values(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, neighbors):
+    batch, nodes, vocab = p.shape
+    checks = _ValueChecks()
+    checks.add((num_nodes >= 1) & (num_nodes <= nodes), f"num_nodes must lie in [1, {nodes}]")
+    checks.probabilities(p, "p")
+    if q is not None:
+        checks.probabilities(q, "q")
+    valid = torch.arange(nodes, device=p.device) < num_nodes[:, None]
+    checks.ids(tree_tokens, "tree_tokens", vocab, valid=valid)
+    check_parent_values(checks, parents, valid)
+    checks.uniforms(u_accept, "u_accept")
+    checks.uniforms(u_sample, "u_sample")
+    checks.add((p.float().sum(-1) > 0) | ~valid, "p has an all-zero row at a valid node")
+    if neighbors is not None:
+        check_neighbor_values(checks, neighbors, vocab)
+    checks.run()
+
+
+def check_parent_values(checks: _ValueChecks, parents: torch.Tensor, valid: torch.Tensor):
+    node = torch.arange(parents.shape[1], device=parents.device)
+    checks.add(parents[:, 0] == -1, "parents[:, 0] must be -1 (node 0 is the root)")
+    ok = (parents >= 0) & (parents < node) | (node == 0) | ~valid
+    checks.add(ok, "parents is malformed: every valid node n > 0 needs a parent in [0, n)")
+
+
+def new_checks() -> _ValueChecks:
+    return _ValueChecks()
+
+
+def tree_parent_shapes(parents, num_nodes):
+    _tensor(parents, "parents", 2, (torch.int64,))
+    if parents.shape[1] < 1:
+        _fail("parents must have at least the root column")
+    _tensor(num_nodes, "num_nodes", 1, (torch.int64,), parents.device)
+    _shape(num_nodes, "num_nodes", (parents.shape[0],))

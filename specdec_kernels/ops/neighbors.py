@@ -1,0 +1,118 @@
+"""Public ops: the LANTERN neighbour table and relaxed mass (arXiv 2410.03355, 2502.06352)."""
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _validation as v
+from .. import reference
+from ._dispatch import run
+
+
+def neighbor_table(
+    codebook: torch.Tensor, k: int, *, normalize: bool = True, backend: str = "auto", validate: bool = True
+) -> torch.Tensor:
+    """Find the k nearest codes of every VQ code (LANTERN's latent neighbourhood, arXiv 2410.03355).
+
+    Parameters
+    ----------
+    codebook : ``(vocab_size, dim)`` float32
+        Codebook embeddings. Built once per model, never per step.
+    k : int in [1, vocab_size - 1]
+        Neighbours per code.
+    normalize : bool
+        L2-normalise rows first (default; the geometry an l2-normalised VQ decoder sees). ``False`` uses
+        raw rows, as LANTERN's released table script does.
+
+    Returns
+    -------
+    ``(vocab_size, k)`` int32: row c lists the k codes nearest to c by ascending Euclidean distance,
+    self excluded, equal distances in ascending id.
+
+    Raises
+    ------
+    ValueError
+        Not a 2-D float32 tensor, NaN/inf entries, or k outside [1, vocab_size - 1].
+
+    Examples
+    --------
+    >>> neighbor_table(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), 1).tolist()
+    [[1], [0], [1]]
+    """
+    v._tensor(codebook, "codebook", 2, (torch.float32,))
+    n = codebook.shape[0]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n - 1:
+        raise ValueError(f"k must be an int in [1, {n - 1}] (codebook has {n} codes), got {k!r}")
+    if validate:
+        checks = v.new_checks()
+        checks.add(torch.isfinite(codebook), "codebook contains NaN or inf")
+        checks.run()
+    return run(
+        "neighbor_table",
+        backend,
+        codebook.device,
+        lambda: reference.neighbor_table(codebook, k, normalize=normalize),
+        (codebook, k, bool(normalize)),
+    )
+
+
+def lantern_relaxed_mass(
+    p: torch.Tensor,
+    x: torch.Tensor,
+    neighbors: torch.Tensor,
+    *,
+    delta: Optional[float] = None,
+    lam: Optional[float] = None,
+    backend: str = "auto",
+    validate: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Aggregate the probability of each candidate's latent neighbours within a TV budget (LANTERN,
+    arXiv 2410.03355) or a ratio budget (LANTERN++, arXiv 2502.06352).
+
+    Semantics: with ``n_1 .. n_k = neighbors[x]`` and ``c_m = p(n_1) + ... + p(n_m)`` (table order, float64),
+    ``merged`` is the largest m with ``c_m <= budget`` (budget = ``delta``, or ``(lam - 1) * p(x)``) and
+    ``p_tilde = p(x) + c_merged``. Moving that mass onto x changes p by exactly ``c_merged`` in total variation.
+
+    Parameters
+    ----------
+    p : ``(rows, vocab_size)`` float32/float16/bfloat16; x : ``(rows,)`` int64 candidates;
+    neighbors : ``(vocab_size, k)`` int32 (:func:`neighbor_table`);
+    delta : float in [0, 1] or lam : float >= 1 (exactly one).
+
+    Returns
+    -------
+    p_tilde : ``(rows,)`` float32; merged : ``(rows,)`` int32 in [0, k].
+
+    Raises
+    ------
+    ValueError
+        Shapes, dtypes, devices, NaN/negative p, ids out of range, self entries in the table, or not exactly
+        one of delta / lam.
+
+    Examples
+    --------
+    >>> p = torch.tensor([[0.5, 0.3, 0.2]])
+    >>> nb = torch.tensor([[1, 2], [0, 2], [1, 0]], dtype=torch.int32)
+    >>> lantern_relaxed_mass(p, torch.tensor([0]), nb, delta=0.4)
+    (tensor([0.8000]), tensor([1], dtype=torch.int32))
+    """
+    v._tensor(p, "p", 2, v._PROB_DTYPES)
+    v._tensor(x, "x", 1, (torch.int64,), p.device)
+    v._shape(x, "x", (p.shape[0],))
+    v.neighbor_shapes(neighbors, p.shape[1], p.device)
+    v.lantern_budget(delta, lam)
+    if validate:
+        checks = v.new_checks()
+        checks.probabilities(p, "p")
+        checks.ids(x, "x", p.shape[1])
+        v.check_neighbor_values(checks, neighbors, p.shape[1])
+        checks.run()
+    delta = None if delta is None else float(delta)
+    lam = None if lam is None else float(lam)
+    return run(
+        "lantern_relaxed_mass",
+        backend,
+        p.device,
+        lambda: reference.lantern_relaxed_mass(p, x, neighbors, delta=delta, lam=lam),
+        (p, x, neighbors, delta, lam),
+    )

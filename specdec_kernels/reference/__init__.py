@@ -1,0 +1,26 @@
+"""Pure-PyTorch reference implementations: the semantics of record (ALGORITHMS.md, section 3).
+
+Every backend (C++ CPU, Triton, CUDA) must reproduce these functions token for token given the same
+inputs and uniforms. They are written for clarity; the public ops in :mod:`specdec_kernels` validate
+inputs and dispatch to a backend, and ``backend="reference"`` routes here.
+"""
+
+from .build_tree import build_tree
+from .cspd_verify import cspd_verify
+from .gsd_group_mass import gsd_group_mass
+from .lantern_relaxed_mass import lantern_relaxed_mass
+from .neighbor_table import neighbor_table
+from .verify_chain import verify_chain
+from .verify_tree import verify_tree
+from ._sampling import inverse_cdf
+
+__all__ = [
+    "build_tree",
+    "cspd_verify",
+    "gsd_group_mass",
+    "inverse_cdf",
+    "lantern_relaxed_mass",
+    "neighbor_table",
+    "verify_chain",
+    "verify_tree",
+]

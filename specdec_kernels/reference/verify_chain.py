@@ -1,0 +1,99 @@
+"""Reference: chain verification for exact, GSD and LANTERN acceptance (ALGORITHMS.md 3.2-3.4)."""
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._sampling import inverse_cdf
+from .gsd_group_mass import group_mass64
+from .lantern_relaxed_mass import relaxed_mass64
+
+
+def verify_chain(
+    p: torch.Tensor,
+    q: Optional[torch.Tensor],
+    draft: torch.Tensor,
+    u_accept: torch.Tensor,
+    u_sample: torch.Tensor,
+    *,
+    num_drafts: Optional[torch.Tensor] = None,
+    method: str = "exact",
+    neighbors: Optional[torch.Tensor] = None,
+    delta: Optional[float] = None,
+    lam: Optional[float] = None,
+    embeddings: Optional[torch.Tensor] = None,
+    rank_window: Tuple[int, int] = (7, 6),
+    p_thr: float = 0.15,
+    d_thr: float = 0.5,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Verify a ragged batch of draft chains; see :func:`specdec_kernels.verify_chain` for the contract.
+
+    Per row b with n = num_drafts[b]: draft i is accepted while its test passes (stop at the first
+    failure); the recovered token is sampled from the residual at the first rejected position a, the
+    bonus token from ``p[b, n]`` when all n drafts pass. Tests, all in float64 with exact products:
+
+    * exact:   u * q(x) <  p(x)                       (q None: q(x) = 1)
+    * gsd:     u * Q_G  <  P_G                         (group masses, gsd_group_mass)
+    * lantern: p~(x) > 0 and u * q(x) <= p~(x)         (p~ from lantern_relaxed_mass)
+
+    Residual at a (weights, never normalised): max(0, p~_x - q) where p~_x is p with LANTERN's merged
+    neighbours' mass moved onto x (p~_x = p for exact and gsd) and q is one-hot at x when None; if it
+    sums to zero, p[b, a] itself.
+    """
+    batch, num_slots, vocab = p.shape
+    max_drafts = num_slots - 1
+    device = p.device
+    if num_drafts is None:
+        num_drafts = torch.full((batch,), max_drafts, dtype=torch.int64, device=device)
+    num_drafts = num_drafts.long()
+
+    # Phase 1: every draft's test, all positions at once (rows flattened to B * L).
+    flat_p = p[:, :max_drafts].reshape(-1, vocab)
+    flat_x = draft.reshape(-1).long()
+    flat_q = None if q is None else q.reshape(-1, vocab)
+    px = flat_p.to(torch.float64).gather(1, flat_x[:, None]).squeeze(1)
+    qx = torch.ones_like(px) if flat_q is None else flat_q.to(torch.float64).gather(1, flat_x[:, None]).squeeze(1)
+    u = u_accept.reshape(-1).to(torch.float64)
+    merged = torch.zeros_like(flat_x)
+    if method == "exact":
+        passed = u * qx < px
+    elif method == "gsd":
+        group_p, group_q = group_mass64(flat_p, flat_q, flat_x, embeddings, rank_window, p_thr, d_thr)
+        passed = u * group_q < group_p
+    elif method == "lantern":
+        p_tilde, merged = relaxed_mass64(flat_p, flat_x, neighbors, delta, lam)
+        passed = (p_tilde > 0) & (u * qx <= p_tilde)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+
+    # Phase 2: accept prefix = cumulative AND over the row's own drafts.
+    passed = passed.view(batch, max_drafts) & (torch.arange(max_drafts, device=device) < num_drafts[:, None])
+    accept_len = torch.cumprod(passed.to(torch.int64), dim=1).sum(dim=1)
+
+    # Phase 3: one residual (or bonus) row per batch row: the row at index a in both cases.
+    rows = torch.arange(batch, device=device)
+    target = p[rows, accept_len].to(torch.float64)
+    rejected = accept_len < num_drafts
+    at = accept_len.clamp(max=max(max_drafts - 1, 0))
+    if max_drafts > 0:
+        x_rej = draft[rows, at].long()
+        if q is None:
+            q_rej = torch.nn.functional.one_hot(x_rej, vocab).to(torch.float64)
+        else:
+            q_rej = q[rows, at].to(torch.float64)
+        relaxed = target.clone()
+        if method == "lantern":
+            # Move the merged neighbours' mass onto x (LANTERN's p~_x) before subtracting q.
+            k_rej = merged.view(batch, max_drafts)[rows, at]
+            nbrs = neighbors[x_rej].long()
+            moved = torch.arange(nbrs.shape[1], device=device) < k_rej[:, None]
+            gained = (target.gather(1, nbrs) * moved).sum(1)
+            relaxed.scatter_(1, nbrs, torch.where(moved, 0.0, target.gather(1, nbrs)))
+            relaxed[rows, x_rej] += gained
+        residual = (relaxed - q_rej).clamp_min(0.0)
+        residual = torch.where(residual.sum(1, keepdim=True) > 0, residual, target)
+        weights = torch.where(rejected[:, None], residual, target)
+    else:
+        weights = target
+    next_token = inverse_cdf(weights, u_sample)
+    return accept_len, next_token
