@@ -1,5 +1,6 @@
 """Which backends this install has, and which one a call runs on."""
 
+import importlib.util
 import os
 from typing import List
 
@@ -17,16 +18,19 @@ except ImportError as exc:  # a source checkout that was never built
     _EXTENSION_ERROR = str(exc)
 
 
+# Facts fixed for the life of the process, computed once so that the wrappers trace under torch.compile.
+_HAS_CUDA_KERNELS = _HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+    f"{NAMESPACE}::verify_chain", "CUDA"
+)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _has_cuda_kernels() -> bool:
-    return _HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::verify_chain", "CUDA")
+    return _HAS_CUDA_KERNELS
 
 
 def _triton_usable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return _HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def available_backends() -> List[str]:

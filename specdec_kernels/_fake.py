@@ -37,8 +37,8 @@ def _register():
         v.tree_parent_shapes(parents, num_nodes)
         batch, m = parents.shape
         ctx = torch.library.get_ctx()
-        num_paths = ctx.new_dynamic_size(min=0, max=m)
-        path_len = ctx.new_dynamic_size(min=0, max=m)
+        num_paths = ctx.new_dynamic_size()
+        path_len = ctx.new_dynamic_size()
         return (
             parents.new_empty((batch, m, m), dtype=torch.bool),
             parents.new_empty((batch, m)),

@@ -53,7 +53,7 @@ def build_tree(
     --------
     >>> mask, pos, paths = build_tree(torch.tensor([[-1, 0, 0, 1]]))
     >>> pos.tolist(), paths.tolist()
-    ([[0, 1, 1, 2]], [[[0, 1, 3], [0, 2, -1]]])
+    ([[0, 1, 1, 2]], [[[0, 2, -1], [0, 1, 3]]])
     """
     num_nodes = _default_num_nodes(parents, num_nodes)
     v.tree_parent_shapes(parents, num_nodes)

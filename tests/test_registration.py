@@ -1,0 +1,83 @@
+"""Every registered op passes torch.library.opcheck and runs inside torch.compile(fullgraph=True)."""
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+from specdec_kernels._backend import torch_op
+from specdec_kernels._constants import METHOD_CODES
+from specdec_kernels import reference
+
+from _inputs import chain_case, codebook, tree_case
+
+pytestmark = pytest.mark.skipif("cpu" not in sk.available_backends(), reason="C++ extension not built")
+
+
+def _samples(device="cpu"):
+    """(op name, schema-order args) samples covering every op, method and optional input."""
+    cb = codebook(23).to(device)
+    table = reference.neighbor_table(cb.cpu(), 4).to(device)
+    emb = torch.nn.functional.normalize(cb, dim=-1)
+    out = [("neighbor_table", (cb, 4, True)), ("neighbor_table", (cb, 22, False))]
+    p = torch.softmax(torch.randn(5, 23), -1).to(device)
+    x = torch.randint(0, 23, (5,)).to(device)
+    out += [("lantern_relaxed_mass", (p, x, table, 0.1, None)), ("lantern_relaxed_mass", (p, x, table, None, 3.0))]
+    out += [("gsd_group_mass", (p, None, x, None, 7, 6, 0.15, 0.5)), ("gsd_group_mass", (p, p, x, emb, 2, 3, 0.1, 0.4))]
+    for with_q in (True, False):
+        c = chain_case(batch=4, drafts=3, vocab=23, with_q=with_q, device=device)
+        base = (c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
+        out.append(("verify_chain", base + (METHOD_CODES["exact"], None, None, None, None, 7, 6, 0.15, 0.5)))
+        out.append(("verify_chain", base + (METHOD_CODES["gsd"], None, None, None, emb, 7, 6, 0.15, 0.5)))
+        out.append(("verify_chain", base + (METHOD_CODES["lantern"], table, 0.2, None, None, 7, 6, 0.15, 0.5)))
+        t = tree_case(batch=3, nodes=6, vocab=23, with_q=with_q, device=device)
+        tb = (t["p"], t["q"], t["tree_tokens"], t["parents"], t["u_accept"], t["u_sample"], t["num_nodes"])
+        out.append(("verify_tree", tb + (METHOD_CODES["exact"], None, None, None)))
+        out.append(("verify_tree", tb + (METHOD_CODES["lantern"], table, None, 2.0)))
+        out.append(("build_tree", (t["parents"], t["num_nodes"])))
+    n, d, k = 6, 3, 4
+    g = [torch.randn(n, d), torch.randn(n, d), torch.rand(n, d) + 0.5, torch.randn(n, d), torch.rand(n, d) + 0.5,
+         torch.zeros(n, d), torch.zeros(n, d), torch.rand(n), torch.rand(n, k, d), torch.rand(n, k)]
+    out.append(("cspd_verify", tuple(t.to(device) for t in g) + (1.0,)))
+    return out
+
+
+SAMPLES = _samples()
+
+
+@pytest.mark.parametrize("name,args", SAMPLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)])
+def test_opcheck(name, args):
+    torch.library.opcheck(torch_op(name), args)
+
+
+@pytest.mark.parametrize("name", ["verify_chain", "verify_tree", "lantern_relaxed_mass", "gsd_group_mass",
+                                  "neighbor_table", "cspd_verify"])
+def test_torch_compile_fullgraph(name):
+    args = next(a for n, a in SAMPLES if n == name)
+    op = torch_op(name)
+    tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def fn(*tensor_args):
+        full = list(args)
+        for i, t in zip(tensors, tensor_args):
+            full[i] = t
+        return op(*full)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+    eager = fn(*[args[i] for i in tensors])
+    got = compiled(*[args[i] for i in tensors])
+    as_tuple = lambda out: out if isinstance(out, (tuple, list)) else (out,)  # noqa: E731
+    for g, e in zip(as_tuple(got), as_tuple(eager)):
+        assert torch.equal(g, e)
+
+
+def test_public_wrapper_compiles_fullgraph():
+    """The public wrapper (validation included) also traces without graph breaks."""
+    c = chain_case(batch=4, drafts=3, vocab=23, with_q=True)
+
+    @torch.compile(fullgraph=True)
+    def step(p, q, draft, u_accept, u_sample, num_drafts):
+        return sk.verify_chain(p, q, draft, u_accept, u_sample, num_drafts=num_drafts, backend="cpu")
+
+    got = step(c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
+    want = sk.verify_chain(**c, backend="reference")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -1,0 +1,126 @@
+"""Bad input raises a clear ValueError naming the argument, before any kernel runs."""
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+from specdec_kernels import reference
+
+from _inputs import chain_case, codebook, tree_case
+
+
+def _chain(**overrides):
+    case = chain_case(batch=3, drafts=4, vocab=10)
+    case.update(overrides)
+    return case
+
+
+CHAIN_ERRORS = [
+    ("p has wrong rank", lambda c: dict(p=c["p"][0]), "p must have 3 dimensions"),
+    ("p dtype", lambda c: dict(p=c["p"].double(), q=c["q"].double()), "p must have dtype"),
+    ("q shape", lambda c: dict(q=c["q"][:, :2]), "q must have shape"),
+    ("q dtype", lambda c: dict(q=c["q"].half()), "q must have dtype"),
+    ("draft dtype", lambda c: dict(draft=c["draft"].int()), "draft must have dtype"),
+    ("draft shape", lambda c: dict(draft=c["draft"][:, :2]), "draft must have shape"),
+    ("draft out of range", lambda c: dict(draft=torch.full_like(c["draft"], 10), num_drafts=torch.full((3,), 4)),
+     "draft holds ids outside"),
+    ("negative draft", lambda c: dict(draft=torch.full_like(c["draft"], -1), num_drafts=torch.full((3,), 4)),
+     "draft holds ids outside"),
+    ("NaN in p", lambda c: dict(p=c["p"].index_fill(2, torch.tensor([3]), float("nan"))), "p contains NaN"),
+    ("inf in q", lambda c: dict(q=c["q"].index_fill(2, torch.tensor([3]), float("inf"))), "q contains NaN or inf"),
+    ("negative p", lambda c: dict(p=c["p"] - 0.5), "negative probabilities"),
+    ("u_accept >= 1", lambda c: dict(u_accept=c["u_accept"] + 1), "u_accept must hold uniforms"),
+    ("u_sample dtype", lambda c: dict(u_sample=c["u_sample"].double()), "u_sample must have dtype"),
+    ("num_drafts > L", lambda c: dict(num_drafts=torch.tensor([0, 5, 1])), "num_drafts must lie in"),
+    ("num_drafts < 0", lambda c: dict(num_drafts=torch.tensor([0, -1, 1])), "num_drafts must lie in"),
+    ("zero p row", lambda c: dict(p=c["p"].index_fill(1, torch.tensor([0]), 0.0)), "all-zero row"),
+    ("device mismatch", lambda c: dict(draft=c["draft"].to("meta")), "draft must be on"),
+]
+
+
+@pytest.mark.parametrize("name,change,match", CHAIN_ERRORS, ids=[e[0] for e in CHAIN_ERRORS])
+def test_verify_chain_errors(name, change, match):
+    case = chain_case(batch=3, drafts=4, vocab=10)
+    case.update(change(case))
+    with pytest.raises(ValueError, match=match):
+        sk.verify_chain(**case)
+
+
+def test_method_parameter_errors():
+    case = chain_case(batch=3, drafts=4, vocab=10)
+    table = reference.neighbor_table(codebook(10), 3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        sk.verify_chain(**case, method="typical")
+    with pytest.raises(ValueError, match="needs neighbors"):
+        sk.verify_chain(**case, method="lantern", delta=0.1)
+    with pytest.raises(ValueError, match="exactly one of delta"):
+        sk.verify_chain(**case, method="lantern", neighbors=table)
+    with pytest.raises(ValueError, match="exactly one of delta"):
+        sk.verify_chain(**case, method="lantern", neighbors=table, delta=0.1, lam=2.0)
+    with pytest.raises(ValueError, match="delta must be"):
+        sk.verify_chain(**case, method="lantern", neighbors=table, delta=1.5)
+    with pytest.raises(ValueError, match="lam must be"):
+        sk.verify_chain(**case, method="lantern", neighbors=table, lam=0.5)
+    with pytest.raises(ValueError, match="only apply to method 'lantern'"):
+        sk.verify_chain(**case, delta=0.1)
+    with pytest.raises(ValueError, match="only apply to method 'gsd'"):
+        sk.verify_chain(**case, p_thr=0.1)
+    with pytest.raises(ValueError, match="rank_window"):
+        sk.verify_chain(**case, method="gsd", rank_window=(-1, 2))
+    with pytest.raises(ValueError, match="neighbors has 11 rows"):
+        sk.verify_chain(**case, method="lantern", neighbors=reference.neighbor_table(codebook(11), 3), delta=0.1)
+    with pytest.raises(ValueError, match="embeddings has 9 rows"):
+        sk.verify_chain(**case, method="gsd", embeddings=torch.randn(9, 4))
+    bad = table.clone()
+    bad[2, 0] = 2
+    with pytest.raises(ValueError, match="its own neighbour"):
+        sk.verify_chain(**case, method="lantern", neighbors=bad, delta=0.1)
+    with pytest.raises(ValueError, match="neighbors must have dtype int32"):
+        sk.verify_chain(**case, method="lantern", neighbors=table.long(), delta=0.1)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sk.verify_chain(**case, backend="gpu")
+
+
+def test_tree_errors():
+    case = tree_case(batch=2, nodes=5, vocab=10)
+    bad_root = case["parents"].clone()
+    bad_root[0, 0] = 0
+    with pytest.raises(ValueError, match="parents"):
+        sk.verify_tree(**{**case, "parents": bad_root})
+    forward = case["parents"].clone()
+    forward[:, 1] = 3  # parent after child
+    with pytest.raises(ValueError, match="malformed"):
+        sk.verify_tree(**{**case, "parents": forward, "num_nodes": torch.tensor([5, 5])})
+    with pytest.raises(ValueError, match="malformed"):
+        sk.build_tree(forward)
+    with pytest.raises(ValueError, match="num_nodes must lie in"):
+        sk.verify_tree(**{**case, "num_nodes": torch.tensor([0, 5])})
+    with pytest.raises(ValueError, match="tree_tokens holds ids outside"):
+        sk.verify_tree(**{**case, "tree_tokens": case["tree_tokens"] + 10, "num_nodes": torch.tensor([5, 5])})
+    with pytest.raises(ValueError, match="method must be one of"):
+        sk.verify_tree(**case, method="gsd")
+
+
+def test_other_op_errors():
+    p = torch.softmax(torch.randn(4, 10), -1)
+    x = torch.randint(0, 10, (4,))
+    table = reference.neighbor_table(codebook(10), 3)
+    with pytest.raises(ValueError, match="x holds ids outside"):
+        sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1)
+    with pytest.raises(ValueError, match="x must have shape"):
+        sk.gsd_group_mass(p, None, x[:2])
+    with pytest.raises(ValueError, match="codebook contains NaN"):
+        sk.neighbor_table(torch.full((5, 2), float("nan")), 2)
+    z = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="sigma_p must be finite and > 0"):
+        sk.cspd_verify(z, z, z + 1, z, z, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2))
+    with pytest.raises(ValueError, match="u_prop must be"):
+        sk.cspd_verify(z, z, z + 1, z, z + 1, z, z, torch.rand(3), torch.rand(3, 2, 3), torch.rand(3, 2))
+
+
+def test_available_backends_and_unavailable_request():
+    found = sk.available_backends()
+    assert "reference" in found and "cpu" in found
+    if "cuda" not in found:
+        with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+            sk.verify_chain(**chain_case(batch=1, drafts=1, vocab=3), backend="cuda")
