@@ -31,7 +31,7 @@ build: install
 	$(PY) setup.py build_ext --inplace
 
 demo: install build
-	$(VENV)/bin/specdec demo
+	$(PY) -m benchmarks.kernels --quick --out .cache/bench
 
 test: install build
 	$(PY) -m pytest -q --benchmark-disable

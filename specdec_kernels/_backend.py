@@ -61,6 +61,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "cpu" if _HAS_EXTENSION else "reference"
     if backend == "reference":
         return backend
+    if backend == "cpu" and _HAS_EXTENSION and not on_cuda:  # the hot path: no further probing
+        return backend
     if backend not in available_backends():
         hint = f" (extension import failed: {_EXTENSION_ERROR})" if not _HAS_EXTENSION else ""
         raise RuntimeError(f"backend {backend!r} is not available here; available: {available_backends()}{hint}")

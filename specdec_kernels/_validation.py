@@ -48,8 +48,11 @@ class _ValueChecks:
         self._items.append((ok.all(), message))
 
     def probabilities(self, t: torch.Tensor, name: str):
-        self.add(torch.isfinite(t), f"{name} contains NaN or inf")
-        self.add(t >= 0, f"{name} contains negative probabilities")
+        if t.numel() == 0:
+            return
+        low, high = torch.aminmax(t)  # one pass; NaN propagates and fails both comparisons
+        self.add(high < math.inf, f"{name} contains NaN or inf")
+        self.add(low >= 0, f"{name} contains NaN or negative probabilities")
 
     def uniforms(self, t: torch.Tensor, name: str):
         self.add((t >= 0) & (t < 1), f"{name} must hold uniforms in [0, 1)")

@@ -31,7 +31,7 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
                        int64_t vocab, const ChainParams& cfg, int64_t* accept_len, int64_t* next_token) {
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> above, below;
-    std::vector<double> residual;
+    std::vector<double> residual, block_ends;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n = num_drafts[b];
       int64_t a = 0;
@@ -61,32 +61,37 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
       }
       const scalar_t* target = p + (b * (drafts + 1) + a) * vocab;
       auto target_w = [&](int64_t j) { return static_cast<double>(static_cast<float>(target[j])); };
-      if (a == n) {  // bonus
-        next_token[b] = inverse_cdf(vocab, target_w, u_sample[b]);
-      } else {  // recovered: max(0, p~_x - q), p~_x = p with LANTERN's merged mass moved onto x
+      int64_t token = -1;
+      if (a < n) {  // recovered: max(0, p~_x - q), p~_x = p with LANTERN's merged mass moved onto x
         const int64_t x = draft[b * drafts + a];
-        residual.resize(vocab);
-        for (int64_t j = 0; j < vocab; ++j) residual[j] = target_w(j);
-        if (cfg.method == kLantern && merged > 0) {
-          const int32_t* row = cfg.neighbors + x * cfg.k;
-          double gained = 0.0;
-          for (int64_t m = 0; m < merged; ++m) gained += residual[row[m]];
-          for (int64_t m = 0; m < merged; ++m) residual[row[m]] = 0.0;
-          residual[x] += gained;
-        }
         const scalar_t* q_row = q ? q + (b * drafts + a) * vocab : nullptr;
-        bool any = false;
-        for (int64_t j = 0; j < vocab; ++j) {
-          const double qj = q_row ? static_cast<double>(static_cast<float>(q_row[j])) : (j == x ? 1.0 : 0.0);
-          residual[j] = std::max(0.0, residual[j] - qj);
-          any |= residual[j] > 0.0;
-        }
-        if (any) {
-          next_token[b] = inverse_cdf(vocab, [&](int64_t j) { return residual[j]; }, u_sample[b]);
-        } else {
-          next_token[b] = inverse_cdf(vocab, target_w, u_sample[b]);
+        if (merged == 0) {  // weights on the fly: no row buffer
+          if (q_row) {
+            auto w = [&](int64_t j) {
+              return std::max(0.0, target_w(j) - static_cast<double>(static_cast<float>(q_row[j])));
+            };
+            token = inverse_cdf(vocab, w, u_sample[b], block_ends);
+          } else {
+            auto w = [&](int64_t j) { return j == x ? std::max(0.0, target_w(j) - 1.0) : target_w(j); };
+            token = inverse_cdf(vocab, w, u_sample[b], block_ends);
+          }
+        } else {  // LANTERN moved A's mass onto x: materialise the one row
+          residual.resize(vocab);
+          const int32_t* moved = cfg.neighbors + x * cfg.k;
+          double moved_onto_x = 0.0;
+          for (int64_t m = 0; m < merged; ++m) moved_onto_x += target_w(moved[m]);
+          for (int64_t j = 0; j < vocab; ++j) residual[j] = target_w(j);
+          for (int64_t m = 0; m < merged; ++m) residual[moved[m]] = 0.0;
+          residual[x] += moved_onto_x;
+          for (int64_t j = 0; j < vocab; ++j) {
+            const double qj = q_row ? static_cast<double>(static_cast<float>(q_row[j])) : (j == x ? 1.0 : 0.0);
+            residual[j] = std::max(0.0, residual[j] - qj);
+          }
+          token = inverse_cdf(vocab, [&](int64_t j) { return residual[j]; }, u_sample[b], block_ends);
         }
       }
+      if (token < 0) token = inverse_cdf(vocab, target_w, u_sample[b], block_ends);  // bonus, or zero residual
+      next_token[b] = token;
       accept_len[b] = a;
     }
   });

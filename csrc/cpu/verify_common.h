@@ -11,19 +11,35 @@
 namespace specdec::cpu {
 
 // Inverse-CDF sample over weights weight(0..V-1) >= 0: the smallest j with cumsum_j > u * total,
-// else the largest j with weight(j) > 0 (0 if none).
+// else the largest j with weight(j) > 0; -1 if every weight is zero (the caller falls back).
+// The running sum is accumulated in index order (the reference's float64 cumsum); its value at every
+// block end is kept, so the search re-adds only the one block that crosses the threshold.
 template <class Weight>
-int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u) {
-  double total = 0.0;
-  for (int64_t j = 0; j < vocab; ++j) total += weight(j);
-  const double threshold = static_cast<double>(u) * total;
+int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
+  constexpr int64_t kBlock = 64;
+  const int64_t blocks = (vocab + kBlock - 1) / kBlock;
+  block_ends.resize(blocks);
   double cumulative = 0.0;
-  int64_t last_nonzero = 0;
-  for (int64_t j = 0; j < vocab; ++j) {
-    const double w = weight(j);
-    cumulative += w;
-    if (cumulative > threshold) return j;
-    if (w > 0.0) last_nonzero = j;
+  int64_t last_nonzero = -1;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t end = std::min(vocab, (blk + 1) * kBlock);
+    for (int64_t j = blk * kBlock; j < end; ++j) {
+      const double w = weight(j);
+      cumulative += w;
+      if (w > 0.0) last_nonzero = j;
+    }
+    block_ends[blk] = cumulative;
+  }
+  if (last_nonzero < 0) return -1;
+  const double threshold = static_cast<double>(u) * cumulative;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    if (!(block_ends[blk] > threshold)) continue;
+    double c = blk > 0 ? block_ends[blk - 1] : 0.0;
+    const int64_t end = std::min(vocab, (blk + 1) * kBlock);
+    for (int64_t j = blk * kBlock; j < end; ++j) {
+      c += weight(j);
+      if (c > threshold) return j;
+    }
   }
   return last_nonzero;
 }

@@ -33,6 +33,7 @@ void verify_tree_rows(const scalar_t* p, const scalar_t* q, const int64_t* token
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> r(vocab), q_prime(vocab);
     std::vector<int64_t> tried;
+    std::vector<double> block_ends;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n_b = num_nodes[b];
       const int64_t* par = parents + b * m;
@@ -104,10 +105,11 @@ void verify_tree_rows(const scalar_t* p, const scalar_t* q, const int64_t* token
         if (accepted) continue;
         if (!has_kids) {  // bonus from p[cur]
           const scalar_t* row = p_row(cur);
-          next_token[b] = inverse_cdf(vocab, [&](int64_t j) { return static_cast<double>(static_cast<float>(row[j])); },
-                                      u_sample[b]);
+          next_token[b] = inverse_cdf(
+              vocab, [&](int64_t j) { return static_cast<double>(static_cast<float>(row[j])); }, u_sample[b],
+              block_ends);
         } else {  // recovered from the residual
-          next_token[b] = inverse_cdf(vocab, [&](int64_t j) { return r[j]; }, u_sample[b]);
+          next_token[b] = inverse_cdf(vocab, [&](int64_t j) { return r[j]; }, u_sample[b], block_ends);
         }
         break;
       }

@@ -1,0 +1,1 @@
+"""Microbenchmarks of the verification ops (run: python -m benchmarks.kernels)."""
