@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <optional>
+#include <utility>
 
 namespace specdec {
 
@@ -103,6 +104,83 @@ inline void check_tree(const at::Tensor& p, const std::optional<at::Tensor>& q, 
     TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
     check_neighbors(*neighbors, vocab, p);
     check_lantern_budget(delta, lam);
+  }
+}
+
+// ---- Checks of the remaining ops, written once for the CPU and CUDA glue. The CUDA glue uses them; the CPU
+// files still carry identical inline copies (to be switched over by their owner).
+
+inline void check_relaxed_mass(const at::Tensor& p, const at::Tensor& x, const at::Tensor& neighbors,
+                               std::optional<double> delta, std::optional<double> lam) {
+  TORCH_CHECK(p.dim() == 2, "p must be (rows, vocab), got ", p.sizes());
+  check_float(p, "p");
+  check_shape(x, {p.size(0)}, "x");
+  check_dtype(x, at::kLong, "x");
+  check_same(x, p, "x");
+  check_neighbors(neighbors, p.size(1), p);
+  check_lantern_budget(delta, lam);
+}
+
+inline void check_group_mass(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& x,
+                             const std::optional<at::Tensor>& embeddings, int64_t h_lo, int64_t h_hi) {
+  TORCH_CHECK(p.dim() == 2, "p must be (rows, vocab), got ", p.sizes());
+  check_float(p, "p");
+  const int64_t rows = p.size(0), vocab = p.size(1);
+  if (q) {
+    check_shape(*q, p.sizes(), "q");
+    check_dtype(*q, p.scalar_type(), "q");
+    check_same(*q, p, "q");
+  }
+  check_shape(x, {rows}, "x");
+  check_dtype(x, at::kLong, "x");
+  check_same(x, p, "x");
+  if (embeddings) {
+    check_dtype(*embeddings, at::kFloat, "embeddings");
+    check_same(*embeddings, p, "embeddings");
+    TORCH_CHECK(embeddings->dim() == 2 && embeddings->size(0) == vocab, "embeddings must be (", vocab, ", dim), got ",
+                embeddings->sizes());
+  }
+  TORCH_CHECK(h_lo >= 0 && h_hi >= 0, "rank_window entries must be >= 0");
+}
+
+inline void check_neighbor_table(const at::Tensor& codebook, int64_t k) {
+  TORCH_CHECK(codebook.dim() == 2, "codebook must be (num_codes, dim), got ", codebook.sizes());
+  check_dtype(codebook, at::kFloat, "codebook");
+  const int64_t n = codebook.size(0);
+  TORCH_CHECK(k >= 1 && k <= n - 1, "k must be in [1, ", n - 1, "], got ", k);
+}
+
+// Structure only: the parent values are checked by the kernels (on the host for CPU, through an error flag
+// for CUDA) before anything is written.
+inline void check_build_tree(const at::Tensor& parents, const at::Tensor& num_nodes) {
+  TORCH_CHECK(parents.dim() == 2, "parents must be (batch, num_nodes), got ", parents.sizes());
+  check_dtype(parents, at::kLong, "parents");
+  check_shape(num_nodes, {parents.size(0)}, "num_nodes");
+  check_dtype(num_nodes, at::kLong, "num_nodes");
+  check_same(num_nodes, parents, "num_nodes");
+}
+
+inline void check_cspd(const at::Tensor& x, const at::Tensor& mu_q, const at::Tensor& sigma_q, const at::Tensor& mu_p,
+                       const at::Tensor& sigma_p, const at::Tensor& s_q, const at::Tensor& s_p,
+                       const at::Tensor& u_accept, const at::Tensor& u_prop, const at::Tensor& u_ar) {
+  TORCH_CHECK(x.dim() == 2, "x must be (num_tokens, dim), got ", x.sizes());
+  check_dtype(x, at::kFloat, "x");
+  const int64_t n = x.size(0), dim = x.size(1);
+  const std::pair<const at::Tensor*, const char*> gauss[] = {{&mu_q, "mu_q"}, {&sigma_q, "sigma_q"},
+                                                             {&mu_p, "mu_p"}, {&sigma_p, "sigma_p"},
+                                                             {&s_q, "s_q"},   {&s_p, "s_p"}};
+  for (const auto& [t, name] : gauss) {
+    check_shape(*t, x.sizes(), name);
+    check_dtype(*t, at::kFloat, name);
+    check_same(*t, x, name);
+  }
+  check_shape(u_accept, {n}, "u_accept");
+  TORCH_CHECK(u_prop.dim() == 3 && u_prop.size(0) == n && u_prop.size(1) >= 1 && u_prop.size(2) == dim,
+              "u_prop must be (", n, ", max_tries, ", dim, "), got ", u_prop.sizes());
+  check_shape(u_ar, {n, u_prop.size(1)}, "u_ar");
+  for (const at::Tensor* t : {&u_accept, &u_prop, &u_ar}) {
+    check_dtype(*t, at::kFloat, "uniforms");
+    check_same(*t, x, "uniforms");
   }
 }
 

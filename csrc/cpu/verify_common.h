@@ -12,8 +12,10 @@ namespace specdec::cpu {
 
 // Inverse-CDF sample over weights weight(0..V-1) >= 0: the smallest j with cumsum_j > u * total,
 // else the largest j with weight(j) > 0; -1 if every weight is zero (the caller falls back).
-// The running sum is accumulated in index order (the reference's float64 cumsum); its value at every
-// block end is kept, so the search re-adds only the one block that crosses the threshold.
+// Sums run in float64. A strictly sequential sum is bound by add latency, so each 64-wide block is summed
+// with four interleaved accumulators and the running sum is kept at block ends; the one block that
+// crosses the threshold is then re-scanned sequentially. The order differs from the reference's cumsum
+// only at float64 rounding level (ALGORITHMS.md 3.8: tokens can differ only within that of a boundary).
 template <class Weight>
 int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
   constexpr int64_t kBlock = 64;
@@ -22,12 +24,24 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<do
   double cumulative = 0.0;
   int64_t last_nonzero = -1;
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t end = std::min(vocab, (blk + 1) * kBlock);
-    for (int64_t j = blk * kBlock; j < end; ++j) {
-      const double w = weight(j);
-      cumulative += w;
-      if (w > 0.0) last_nonzero = j;
+    const int64_t begin = blk * kBlock, end = std::min(vocab, begin + kBlock), n = end - begin;
+    // Load the block first: independent loads keep many cache misses in flight (a cold row streams from
+    // memory several times faster than when each load waits behind the add chain).
+    double w[kBlock];
+    for (int64_t i = 0; i < n; ++i) w[i] = weight(begin + i);
+    double lane[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (int l = 0; l < 4; ++l) lane[l] += w[i + l];
     }
+    for (; i < n; ++i) lane[0] += w[i];
+    for (int64_t back = n - 1; back >= 0; --back) {
+      if (w[back] > 0.0) {
+        last_nonzero = begin + back;
+        break;
+      }
+    }
+    cumulative += (lane[0] + lane[1]) + (lane[2] + lane[3]);
     block_ends[blk] = cumulative;
   }
   if (last_nonzero < 0) return -1;
@@ -37,8 +51,9 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<do
     double c = blk > 0 ? block_ends[blk - 1] : 0.0;
     const int64_t end = std::min(vocab, (blk + 1) * kBlock);
     for (int64_t j = blk * kBlock; j < end; ++j) {
-      c += weight(j);
-      if (c > threshold) return j;
+      const double w = weight(j);
+      c += w;
+      if (c > threshold && w > 0.0) return j;
     }
   }
   return last_nonzero;

@@ -10,6 +10,10 @@ def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Returns the smallest ``j`` with ``cumsum(w)[j] > u * sum(w)`` (accumulated in float64); if rounding
     leaves none, the largest ``j`` with ``w[j] > 0``. No normalisation is needed, and a zero-weight token
     is never returned. Rows whose weights are all zero return 0 (callers never pass such rows).
+
+    Cross-backend numerics (ALGORITHMS.md 3.8, open question 12): every backend sums in float64 but may
+    use another summation order (blocked or parallel scans), so a token can differ from this reference
+    only when ``u * sum(w)`` lies within float64 rounding of a cumulative-sum boundary.
     """
     w64 = w.to(torch.float64)
     cdf = torch.cumsum(w64, dim=-1)

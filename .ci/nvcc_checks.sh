@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Compile-only checks of the CUDA sources on machines without a GPU (BUILD.md section 4).
+#   Check A: the torch-free kernels (csrc/cuda/standalone_check.cu instantiates every template) for each
+#            target architecture, one at a time, with ptxas resource usage (registers, spills) printed.
+#   Check B: the torch glue (csrc/cuda/glue.cu) once, for sm_90a, against the installed torch's headers
+#            plus a throwaway shim for the one generated header the CPU wheel lacks.
+# Objects go to build/. Needs nvcc and, for check B, the venv's python (with torch) first on PATH.
+# Usage: bash .ci/nvcc_checks.sh            (from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p build
+limit=${NVCC_CHECK_TIMEOUT:-900}  # seconds per nvcc invocation
+
+elapsed() { echo $(( $(date +%s) - $1 )); }
+
+for arch in sm_80 sm_90a; do
+  start=$(date +%s)
+  log=build/nvcc_check_${arch}.log
+  if ! timeout "$limit" nvcc -O3 -std=c++20 -arch="$arch" -Xptxas -v -Werror all-warnings \
+      -c csrc/cuda/standalone_check.cu -o "build/nvcc_check_${arch}.o" >"$log" 2>&1; then
+    cat "$log"
+    echo "check A ($arch): FAILED" >&2
+    exit 1
+  fi
+  spills=$(grep -c "[1-9][0-9]* bytes spill stores" "$log" || true)
+  kernels=$(grep -c "Compiling entry function" "$log" || true)
+  echo "check A ($arch): ok, $kernels kernels, $spills with register spills, $(elapsed "$start") s (ptxas report: $log)"
+done
+
+start=$(date +%s)
+shim=$(mktemp -d)
+trap 'rm -rf "$shim"' EXIT
+mkdir -p "$shim/c10/cuda/impl"
+printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$shim/c10/cuda/impl/cuda_cmake_macros.h"
+torch_inc=$(python -c "import torch.utils.cpp_extension as e; print(' '.join('-I' + p for p in e.include_paths()))")
+py_inc=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+# shellcheck disable=SC2086  # torch_inc is a list of -I flags
+if ! timeout "$limit" nvcc -O3 -std=c++20 -arch=sm_90a -I"$shim" $torch_inc -I"$py_inc" \
+    -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+    -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
+    --expt-relaxed-constexpr -Xcompiler -fPIC -c csrc/cuda/glue.cu -o build/nvcc_glue.o >build/nvcc_glue.log 2>&1; then
+  cat build/nvcc_glue.log
+  echo "check B (glue, sm_90a): FAILED" >&2
+  exit 1
+fi
+echo "check B (glue, sm_90a): ok, $(elapsed "$start") s"

@@ -1,0 +1,87 @@
+// Continuous speculative decoding verification (ALGORITHMS.md 3.6; reference:
+// specdec_kernels/reference/cspd_verify.py), torch-free kernel and launcher. Everything in float64;
+// Phi^-1(u) = sqrt(2) * erfinv(2u - 1) with CUDA's double erfinv (a few ulp from torch.erfinv, so
+// resampled tokens agree to float32 rounding; decisions flip only at exact ties).
+#pragma once
+
+#include "verify_common.cuh"
+
+namespace specdec::gpu {
+
+constexpr double kCspdUMin = 5.9604644775390625e-08;   // 2^-24: proposals' uniforms are clamped to
+constexpr double kLogSqrt2Pi = 0.91893853320467274178;  // [2^-24, 1 - 2^-24]; 0.5 * log(2 pi)
+constexpr double kSqrt2 = 1.4142135623730950488;
+constexpr int kCspdBlock = 128;
+
+// Proposal t of token i in dimension d: y = mu_p + sigma_p * Phi^-1(u_prop[i, t, d]).
+__device__ __forceinline__ double cspd_proposal(double u, double mu_p, double sigma_p) {
+  const double uc = fmin(fmax(u, kCspdUMin), 1.0 - kCspdUMin);
+  return mu_p + sigma_p * (kSqrt2 * erfinv(2.0 * uc - 1.0));
+}
+
+// Grid: one thread per token i (tokens are independent: no prefix truncation).
+//   x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p [n, dim] float32; u_accept [n]; u_prop [n, tries, dim];
+//   u_ar [n, tries] float32; tokens [n, dim] float32; accepted, fallback [n] bool.
+// log c = sum_d (s_q - s_p); x is accepted iff log u_accept < log rho (tempered by tau); otherwise the
+// first proposal y_t with u_ar[t] < 1 - q0(y_t) / (c p0(y_t)) is taken, else y_K with fallback set.
+// Proposals are recomputed for the chosen try instead of being stored (dim is a runtime size).
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    CspdVerifyKernel(const float* x, const float* mu_q, const float* sigma_q, const float* mu_p, const float* sigma_p,
+                     const float* s_q, const float* s_p, const float* u_accept, const float* u_prop, const float* u_ar,
+                     int64_t n, int dim, int tries, double tau, float* tokens, bool* accepted, bool* fallback) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * BLOCK + threadIdx.x;
+  if (i >= n) return;
+  const int64_t o = i * dim;
+  double log_c = 0.0;
+  for (int d = 0; d < dim; ++d) log_c += static_cast<double>(s_q[o + d]) - static_cast<double>(s_p[o + d]);
+  double log_rho = 0.0;
+  for (int d = 0; d < dim; ++d) {
+    const double xd = x[o + d], mp = mu_p[o + d], sp = sigma_p[o + d], mq = mu_q[o + d], sq = sigma_q[o + d];
+    const double zp = (xd - mp) / (tau * sp);
+    const double zq = (xd - mq) / (tau * sq);
+    log_rho += -0.5 * zp * zp + 0.5 * zq * zq + log(sq) - log(sp);
+  }
+  log_rho += log_c;
+  const bool acc = log(static_cast<double>(u_accept[i])) < log_rho;
+  accepted[i] = acc;
+  if (acc) {
+    fallback[i] = false;
+    for (int d = 0; d < dim; ++d) tokens[o + d] = x[o + d];
+    return;
+  }
+  int chosen = tries - 1;
+  bool found = false;
+  for (int t = 0; t < tries && !found; ++t) {
+    const float* u_t = u_prop + (i * tries + t) * dim;
+    double log_q = 0.0, log_p = 0.0;
+    for (int d = 0; d < dim; ++d) {
+      const double mp = mu_p[o + d], sp = sigma_p[o + d], mq = mu_q[o + d], sq = sigma_q[o + d];
+      const double y = cspd_proposal(u_t[d], mp, sp);
+      const double zq = (y - mq) / sq, zp = (y - mp) / sp;
+      log_q += -0.5 * zq * zq - log(sq) - kLogSqrt2Pi;
+      log_p += -0.5 * zp * zp - log(sp) - kLogSqrt2Pi;
+    }
+    if (static_cast<double>(u_ar[i * tries + t]) < -expm1(log_q - log_c - log_p)) {
+      chosen = t;
+      found = true;
+    }
+  }
+  fallback[i] = !found;
+  const float* u_c = u_prop + (i * tries + chosen) * dim;
+  for (int d = 0; d < dim; ++d) tokens[o + d] = static_cast<float>(cspd_proposal(u_c[d], mu_p[o + d], sigma_p[o + d]));
+}
+
+inline cudaError_t CspdVerify(const float* x, const float* mu_q, const float* sigma_q, const float* mu_p,
+                              const float* sigma_p, const float* s_q, const float* s_p, const float* u_accept,
+                              const float* u_prop, const float* u_ar, int64_t n, int dim, int tries, double tau,
+                              float* tokens, bool* accepted, bool* fallback, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const int64_t blocks = (n + kCspdBlock - 1) / kCspdBlock;
+  CspdVerifyKernel<kCspdBlock><<<static_cast<unsigned>(blocks), kCspdBlock, 0, stream>>>(
+      x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar, n, dim, tries, tau, tokens, accepted,
+      fallback);
+  return cudaGetLastError();
+}
+
+}  // namespace specdec::gpu

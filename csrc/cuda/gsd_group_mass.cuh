@@ -1,0 +1,137 @@
+// GSD's dynamic group mass (ALGORITHMS.md 3.3; reference: specdec_kernels/reference/gsd_group_mass.py),
+// torch-free: the block-level routine shared with verify_chain, the gsd_group_mass kernel and its
+// launcher.
+#pragma once
+
+#include "verify_common.cuh"
+
+namespace specdec::gpu {
+
+struct GsdParams {
+  int h_lo;             // less-probable window members, clipped to [0, vocab - 1]
+  int h_hi;             // more-probable window members, clipped to [0, vocab - 1]
+  float p_thr;          // |p(j) - p(x)| < p_thr, compared in float32 as the reference does
+  float d_thr;          // squared distance < d_thr (float32), only with an embedding table
+  const float* emb;     // [vocab, emb_dim] float32 or nullptr (no distance filter)
+  int emb_dim;
+};
+
+struct GroupMass {
+  double p;
+  double q;
+};
+
+// (P_G, Q_G) of draft x under one row, by a whole block. Rank order = p descending, ties by lower id,
+// encoded as distinct 64-bit keys A(j) = (bits(p_j) << id_bits) | (id_mask - j): a larger key ranks
+// first. The window is the h_hi keys just above A(x) and the h_lo keys just below, found without a sort:
+//   1. count_above = #{A(j) > A(x)} (an O(V) block count);
+//   2. if a side holds more candidates than its half-width, one radix selection finds its boundary key
+//      (above: the h_hi-th smallest key above A(x); below: the h_lo-th largest key below) - both sides
+//      share the same passes;
+//   3. one pass keeps the members passing |p_j - p_x| < p_thr and (with a table) a squared distance
+//      < d_thr computed on the fly in float32 without FMA contraction, and sums p and q in float64.
+// x is always a member. Sums are per-thread then a fixed-shape block reduction (deterministic; the
+// reference's summation order differs only in float64 rounding, which the float32 inputs of a window
+// practically never reach).
+template <int BLOCK>
+struct GroupMassBlock {
+  using Sum = BlockSum<BLOCK>;
+  using Select = RadixSelect<BLOCK>;
+  struct TempStorage {
+    typename Sum::TempStorage sum;
+    typename Select::TempStorage select;
+  };
+
+  template <class T>
+  __device__ static GroupMass run(const T* p_row, const T* q_row, int vocab, int x, const GsdParams& g,
+                                  TempStorage& s) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const int id_bits = index_bits(vocab);
+    const unsigned long long id_mask = (1ull << id_bits) - 1ull;
+    auto key_of = [&](int j) -> unsigned long long {
+      return (static_cast<unsigned long long>(nonneg_float_bits(to_float(p_row[j]))) << id_bits) |
+             (id_mask - static_cast<unsigned long long>(j));
+    };
+    const float px = to_float(p_row[x]);
+    const unsigned long long kx = key_of(x);
+
+    int local_above = 0;
+    for (int j = tid; j < vocab; j += BLOCK) local_above += key_of(j) > kx ? 1 : 0;
+    const int count_above = Sum::sum(local_above, s.sum);
+    const int count_below = vocab - 1 - count_above;
+
+    const bool select_hi = g.h_hi > 0 && g.h_hi < count_above;
+    const bool select_lo = g.h_lo > 0 && g.h_lo < count_below;
+    unsigned long long t_hi = ~0ull, t_lo = 0ull;  // inclusive bounds of the window's keys
+    if (select_hi || select_lo) {
+      auto query_of = [kx](int, unsigned long long key) { return key > kx ? 0 : (key < kx ? 1 : -1); };
+      Select::run(vocab, 32 + id_bits, key_of, query_of, select_hi, static_cast<unsigned>(g.h_hi - 1), select_lo,
+                  static_cast<unsigned>(count_below - g.h_lo), s.select);
+      if (select_hi) t_hi = Select::result(0, s.select);
+      if (select_lo) t_lo = Select::result(1, s.select);
+    }
+
+    double sum_p = 0.0, sum_q = 0.0;
+    for (int j = tid; j < vocab; j += BLOCK) {
+      const unsigned long long key = key_of(j);
+      bool keep;
+      if (j == x) {
+        keep = true;
+      } else {
+        const bool member = key > kx ? (g.h_hi > 0 && key <= t_hi) : (g.h_lo > 0 && key >= t_lo);
+        keep = member && fabsf(__fsub_rn(to_float(p_row[j]), px)) < g.p_thr;
+        if (keep && g.emb != nullptr) {
+          const float* ej = g.emb + static_cast<int64_t>(j) * g.emb_dim;
+          const float* ex = g.emb + static_cast<int64_t>(x) * g.emb_dim;
+          float dist = 0.0f;
+          for (int d = 0; d < g.emb_dim; ++d) {  // sequential float32, as the reference and the CPU kernel
+            const float diff = __fsub_rn(ej[d], ex[d]);
+            dist = __fadd_rn(dist, __fmul_rn(diff, diff));
+          }
+          keep = dist < g.d_thr;
+        }
+      }
+      if (keep) {
+        sum_p += prob64(p_row, j);
+        if (q_row != nullptr) sum_q += prob64(q_row, j);
+      }
+    }
+    GroupMass out;
+    out.p = Sum::sum(sum_p, s.sum);
+    out.q = q_row != nullptr ? Sum::sum(sum_q, s.sum) : 1.0;
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// gsd_group_mass op. Grid: one block of BLOCK threads per row.
+//   p, q   [rows, vocab] T (q may be nullptr: one-hot drafts, group_q = 1)
+//   x      [rows] int64 draft ids in [0, vocab)
+//   group_p, group_q [rows] float32 (float64 sums rounded once)
+constexpr int kGsdBlock = 512;
+
+template <int BLOCK, class T>
+__global__ void __launch_bounds__(BLOCK)
+    GsdGroupMassKernel(const T* p, const T* q, const int64_t* x, int vocab, GsdParams g, float* group_p,
+                       float* group_q) {
+  __shared__ typename GroupMassBlock<BLOCK>::TempStorage storage;
+  const int64_t row = blockIdx.x;
+  const T* p_row = p + row * vocab;
+  const T* q_row = q != nullptr ? q + row * vocab : nullptr;
+  const GroupMass m = GroupMassBlock<BLOCK>::run(p_row, q_row, vocab, static_cast<int>(x[row]), g, storage);
+  if (threadIdx.x == 0) {
+    group_p[row] = static_cast<float>(m.p);
+    group_q[row] = static_cast<float>(m.q);
+  }
+}
+
+template <class T>
+cudaError_t GsdGroupMass(const T* p, const T* q, const int64_t* x, int64_t rows, int vocab, GsdParams g,
+                         float* group_p, float* group_q, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  GsdGroupMassKernel<kGsdBlock, T><<<static_cast<unsigned>(rows), kGsdBlock, 0, stream>>>(p, q, x, vocab, g, group_p,
+                                                                                          group_q);
+  return cudaGetLastError();
+}
+
+}  // namespace specdec::gpu
