@@ -34,7 +34,8 @@ def _extension():
         print("specdec_kernels: building the CPU backend only (no CUDA sources)")
     else:
         print(f"specdec_kernels: building the CPU and CUDA backends (CUDA {torch.version.cuda}, {CUDA_HOME})")
-        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        # nvcc rejects -g0; device debug info needs -G.
+        nvcc = (["-O0", "-g", "-G"] if DEBUG else ["-O3"]) + ["--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             "specdec_kernels._C",
             sources + cuda_sources,

@@ -282,3 +282,24 @@ def test_gsd_single_candidate_follows_closed_form(backend):
     closed[x] = group_p.double()
     assert group_p.item() > p_row[x].item() + 0.05
     assert chi_square_pvalue(histogram(out, vocab), closed) > ALPHA
+
+
+def test_ignored_draft_ids_are_never_read(backend):
+    """Regression: the reference gathered draft ids past num_drafts (which may hold anything, e.g. -1)."""
+    p = torch.tensor([[[0.5, 0.5], [0.25, 0.75]]])
+    args = (p, None, torch.tensor([[-1]]), torch.tensor([[0.5]]), torch.tensor([0.5]))
+    for name in ("reference", backend):
+        a, t = sk.verify_chain(*(x.to(device_for(backend)) if x is not None else None for x in args),
+                               num_drafts=torch.tensor([0], device=device_for(backend)), backend=name)
+        assert a.tolist() == [0] and t.tolist() == [1]
+
+
+def test_repeated_neighbour_ids_agree_across_backends(backend):
+    """Regression: a repeated code in a neighbour row was zeroed order-dependently by the chain reference."""
+    dev = device_for(backend)
+    p = torch.tensor([[[0.5, 0.3, 0.2], [1 / 3, 1 / 3, 1 / 3]]], device=dev)
+    table = torch.tensor([[1, 1], [0, 0], [0, 1]], dtype=torch.int32, device=dev)
+    args = (p, None, torch.tensor([[0]], device=dev), torch.tensor([[0.99]], device=dev), torch.tensor([0.3], device=dev))
+    outs = [sk.verify_chain(*args, method="lantern", neighbors=table, delta=0.35, backend=name)
+            for name in ("reference", backend)]
+    assert outs[0][1].tolist() == outs[1][1].tolist() == [2]

@@ -17,11 +17,8 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& parents_in,
                                                               const at::Tensor& num_nodes_in) {
-  TORCH_CHECK(parents_in.dim() == 2, "parents must be (batch, num_nodes), got ", parents_in.sizes());
-  check_dtype(parents_in, at::kLong, "parents");
+  check_build_tree(parents_in, num_nodes_in);
   const int64_t batch = parents_in.size(0), m = parents_in.size(1);
-  check_shape(num_nodes_in, {batch}, "num_nodes");
-  check_dtype(num_nodes_in, at::kLong, "num_nodes");
   const at::Tensor parents = parents_in.contiguous(), num_nodes = num_nodes_in.contiguous();
   const int64_t* par = parents.data_ptr<int64_t>();
   const int64_t* sizes = num_nodes.data_ptr<int64_t>();
@@ -54,8 +51,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& 
       for (int64_t n = 0; n < sizes[b]; ++n) leaf_count[b] += !has_child[n];
     }
   });
-  const int64_t num_paths = *std::max_element(leaf_count.begin(), leaf_count.end());
-  const int64_t path_len = *std::max_element(max_depth.begin(), max_depth.end()) + 1;
+  // An empty batch has no paths (and no maxima to take).
+  const int64_t num_paths = batch ? *std::max_element(leaf_count.begin(), leaf_count.end()) : 0;
+  const int64_t path_len = batch ? *std::max_element(max_depth.begin(), max_depth.end()) + 1 : 0;
   at::Tensor retrieve = at::full({batch, num_paths, path_len}, -1, parents.options());
   int64_t* rt = retrieve.data_ptr<int64_t>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {

@@ -48,22 +48,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
     const at::Tensor& x_in, const at::Tensor& mu_q_in, const at::Tensor& sigma_q_in, const at::Tensor& mu_p_in,
     const at::Tensor& sigma_p_in, const at::Tensor& s_q_in, const at::Tensor& s_p_in, const at::Tensor& u_accept_in,
     const at::Tensor& u_prop_in, const at::Tensor& u_ar_in, double inner_temperature) {
-  TORCH_CHECK(x_in.dim() == 2, "x must be (num_tokens, dim), got ", x_in.sizes());
-  check_dtype(x_in, at::kFloat, "x");
-  const int64_t n = x_in.size(0), dim = x_in.size(1);
-  const std::pair<const at::Tensor*, const char*> gauss[] = {{&mu_q_in, "mu_q"}, {&sigma_q_in, "sigma_q"},
-                                                             {&mu_p_in, "mu_p"}, {&sigma_p_in, "sigma_p"},
-                                                             {&s_q_in, "s_q"},   {&s_p_in, "s_p"}};
-  for (const auto& [t, name] : gauss) {
-    check_shape(*t, x_in.sizes(), name);
-    check_dtype(*t, at::kFloat, name);
-  }
-  check_shape(u_accept_in, {n}, "u_accept");
-  TORCH_CHECK(u_prop_in.dim() == 3 && u_prop_in.size(0) == n && u_prop_in.size(1) >= 1 && u_prop_in.size(2) == dim,
-              "u_prop must be (", n, ", max_tries, ", dim, "), got ", u_prop_in.sizes());
-  const int64_t tries = u_prop_in.size(1);
-  check_shape(u_ar_in, {n, tries}, "u_ar");
-  for (const at::Tensor* t : {&u_accept_in, &u_prop_in, &u_ar_in}) check_dtype(*t, at::kFloat, "uniforms");
+  check_cspd(x_in, mu_q_in, sigma_q_in, mu_p_in, sigma_p_in, s_q_in, s_p_in, u_accept_in, u_prop_in, u_ar_in);
+  const int64_t n = x_in.size(0), dim = x_in.size(1), tries = u_prop_in.size(1);
   const at::Tensor x = x_in.contiguous(), mq = mu_q_in.contiguous(), sq = sigma_q_in.contiguous(),
                    mp = mu_p_in.contiguous(), sp = sigma_p_in.contiguous(), s_q = s_q_in.contiguous(),
                    s_p = s_p_in.contiguous(), ua = u_accept_in.contiguous(), up = u_prop_in.contiguous(),

@@ -15,21 +15,8 @@ std::tuple<at::Tensor, at::Tensor> gsd_group_mass_cpu(const at::Tensor& p_in, co
                                                       const at::Tensor& x_in,
                                                       const std::optional<at::Tensor>& embeddings_in, int64_t h_lo,
                                                       int64_t h_hi, double p_thr, double d_thr) {
-  TORCH_CHECK(p_in.dim() == 2, "p must be (rows, vocab), got ", p_in.sizes());
-  check_float(p_in, "p");
+  check_group_mass(p_in, q_in, x_in, embeddings_in, h_lo, h_hi);
   const int64_t rows = p_in.size(0), vocab = p_in.size(1);
-  if (q_in) {
-    check_shape(*q_in, p_in.sizes(), "q");
-    check_dtype(*q_in, p_in.scalar_type(), "q");
-  }
-  check_shape(x_in, {rows}, "x");
-  check_dtype(x_in, at::kLong, "x");
-  if (embeddings_in) {
-    check_dtype(*embeddings_in, at::kFloat, "embeddings");
-    TORCH_CHECK(embeddings_in->dim() == 2 && embeddings_in->size(0) == vocab, "embeddings must be (", vocab,
-                ", dim), got ", embeddings_in->sizes());
-  }
-  TORCH_CHECK(h_lo >= 0 && h_hi >= 0, "rank_window entries must be >= 0");
   const at::Tensor p = p_in.contiguous(), x = x_in.contiguous();
   const at::Tensor q = q_in ? q_in->contiguous() : at::Tensor();
   const at::Tensor emb = embeddings_in ? embeddings_in->contiguous() : at::Tensor();

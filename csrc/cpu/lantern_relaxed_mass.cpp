@@ -14,12 +14,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cpu(const at::Tensor& p_in, const at::Tensor& x_in,
                                                             const at::Tensor& neighbors_in,
                                                             std::optional<double> delta, std::optional<double> lam) {
-  TORCH_CHECK(p_in.dim() == 2, "p must be (rows, vocab), got ", p_in.sizes());
-  check_float(p_in, "p");
-  check_shape(x_in, {p_in.size(0)}, "x");
-  check_dtype(x_in, at::kLong, "x");
-  check_neighbors(neighbors_in, p_in.size(1), p_in);
-  check_lantern_budget(delta, lam);
+  check_relaxed_mass(p_in, x_in, neighbors_in, delta, lam);
   const at::Tensor p = p_in.contiguous(), x = x_in.contiguous(), neighbors = neighbors_in.contiguous();
   const int64_t rows = p.size(0), vocab = p.size(1), k = neighbors.size(1);
   at::Tensor p_tilde = at::empty({rows}, p.options().dtype(at::kFloat));

@@ -16,10 +16,8 @@ namespace specdec::cpu {
 namespace {
 
 at::Tensor neighbor_table_cpu(const at::Tensor& codebook_in, int64_t k, bool normalize) {
-  TORCH_CHECK(codebook_in.dim() == 2, "codebook must be (num_codes, dim), got ", codebook_in.sizes());
-  check_dtype(codebook_in, at::kFloat, "codebook");
+  check_neighbor_table(codebook_in, k);
   const int64_t n = codebook_in.size(0), dim = codebook_in.size(1);
-  TORCH_CHECK(k >= 1 && k <= n - 1, "k must be in [1, ", n - 1, "], got ", k);
   const at::Tensor codebook = codebook_in.contiguous();
   std::vector<float> emb(codebook.data_ptr<float>(), codebook.data_ptr<float>() + n * dim);
   if (normalize) {  // x / max(||x||, 1e-12), as torch.nn.functional.normalize

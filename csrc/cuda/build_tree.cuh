@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(BLOCK)
     retrieve_b[i] = -1;
   }
   __syncthreads();
-  for (int n = 1 + tid; n < n_b; n += BLOCK) has_child[par[n]] = 1;  // benign race: every writer stores 1
+  for (int n = 1 + tid; n < n_b; n += BLOCK) atomicOr(&has_child[par[n]], 1);  // siblings share a parent
   for (int n = tid; n < m; n += BLOCK) {
     int d = 0;
     bool* row = mask_b + static_cast<int64_t>(n) * m;

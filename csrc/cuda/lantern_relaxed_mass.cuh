@@ -23,7 +23,7 @@ struct ProbRow {
 constexpr int kRelaxedWarps = 4;
 
 template <int WARPS, class T>
-__global__ void __launch_bounds__(WARPS* kWarp)
+__global__ void __launch_bounds__(WARPS * kWarp)
     LanternRelaxedMassKernel(const T* p, const int64_t* x, const int32_t* neighbors, int64_t rows, int vocab, int k,
                              bool use_lambda, double budget, float* p_tilde, int32_t* merged) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / kWarp;

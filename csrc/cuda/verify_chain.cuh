@@ -62,8 +62,9 @@ constexpr int kChainItems = 4;
 //   lantern: one warp per draft (warp_relaxed_mass), p~ > 0 and u * q(x) <= p~;
 //   gsd:     drafts in order, each a block-wide group mass, stopping at the first rejection;
 // a = the smallest failing index (shared atomicMin), which equals the reference's cumulative AND.
-// Phase 2 samples from row a only (residual if a < n, bonus row if a == n): two float64 passes of
-// InverseCdf (a third only for a residual that sums to zero, which falls back to p[b, a]).
+// Phase 2 samples from row a only (residual if a < n, bonus row if a == n) with InverseCdf: one float64
+// pass for the total, one up to the crossing tile (plus one more total only for a residual that sums to
+// zero, which falls back to p[b, a]).
 template <int BLOCK, class T, int METHOD>
 __global__ void __launch_bounds__(BLOCK)
     VerifyChainKernel(const T* p, const T* q, const int64_t* draft, const float* u_accept, const float* u_sample,

@@ -18,7 +18,8 @@
 
 namespace specdec::gpu {
 
-// Method codes of verify_chain / verify_tree (mirrors csrc/checks.h and specdec_kernels/_constants.py).
+// Method codes of verify_chain (verify_tree: exact and lantern); mirrors csrc/checks.h and
+// specdec_kernels/_constants.py.
 enum ChainMethod : int { kMethodExact = 0, kMethodGsd = 1, kMethodLantern = 2 };
 
 constexpr int kWarp = 32;
@@ -120,7 +121,7 @@ struct BlockSum {
 template <int BLOCK, int ITEMS>
 struct InverseCdf {
   static constexpr int kTile = BLOCK * ITEMS;
-  using Scan = cub::BlockScan<double, BLOCK>;
+  using Scan = cub::BlockScan<double, BLOCK, cub::BLOCK_SCAN_WARP_SCANS>;
   using ReduceInt = cub::BlockReduce<int, BLOCK>;
   struct TempStorage {
     union {
@@ -270,6 +271,7 @@ __device__ double warp_gather_sum(const Row& r, const int32_t* idx, int count) {
 // per query. Cost: ceil(num_bits / 8) passes over the candidates; keys are recomputed every pass.
 template <int BLOCK>
 struct RadixSelect {
+  static_assert(BLOCK >= 2 * kWarp && BLOCK % kWarp == 0, "the digit search uses warps 0 and 1");
   static constexpr int kBins = 256;
   struct TempStorage {
     unsigned int hist[2 * kBins];
@@ -301,8 +303,8 @@ struct RadixSelect {
         if (j < n) {
           const unsigned long long key = key_of(j);
           const int q = query_of(j, key);
-          if (q >= 0 && (q == 0 ? active0 : active1) && (key & (q == 0 ? mask0 : mask1)) == (q == 0 ? prefix0 : prefix1))
-            bin = q * kBins + static_cast<int>((key >> shift) & 0xffull);
+          const bool match = q == 0 ? (active0 && (key & mask0) == prefix0) : (active1 && (key & mask1) == prefix1);
+          if (q >= 0 && match) bin = q * kBins + static_cast<int>((key >> shift) & 0xffull);
         }
         const unsigned peers = __match_any_sync(kFullMask, bin);
         if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&s.hist[bin], static_cast<unsigned>(__popc(peers)));
@@ -326,6 +328,7 @@ struct RadixSelect {
         }
         unsigned before = inclusive - lane_total;
         const unsigned r = s.remaining[warp];
+        __syncwarp();  // every lane has read `remaining` before the owner of the digit rewrites it
         if (r >= before && r < inclusive) {  // exactly one lane holds the digit
 #pragma unroll
           for (int i = 0; i < 8; ++i) {

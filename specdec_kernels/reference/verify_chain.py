@@ -49,7 +49,8 @@ def verify_chain(
 
     # Phase 1: every draft's test, all positions at once (rows flattened to B * L).
     flat_p = p[:, :max_drafts].reshape(-1, vocab)
-    flat_x = draft.reshape(-1).long()
+    used = torch.arange(max_drafts, device=device) < num_drafts[:, None]
+    flat_x = torch.where(used, draft, 0).reshape(-1).long()  # ids past num_drafts are ignored, never read
     flat_q = None if q is None else q.reshape(-1, vocab)
     px = flat_p.to(torch.float64).gather(1, flat_x[:, None]).squeeze(1)
     qx = torch.ones_like(px) if flat_q is None else flat_q.to(torch.float64).gather(1, flat_x[:, None]).squeeze(1)
@@ -67,7 +68,7 @@ def verify_chain(
         raise ValueError(f"unknown method {method!r}")
 
     # Phase 2: accept prefix = cumulative AND over the row's own drafts.
-    passed = passed.view(batch, max_drafts) & (torch.arange(max_drafts, device=device) < num_drafts[:, None])
+    passed = passed.view(batch, max_drafts) & used
     accept_len = torch.cumprod(passed.to(torch.int64), dim=1).sum(dim=1)
 
     # Phase 3: one residual (or bonus) row per batch row: the row at index a in both cases.
@@ -76,7 +77,7 @@ def verify_chain(
     rejected = accept_len < num_drafts
     at = accept_len.clamp(max=max(max_drafts - 1, 0))
     if max_drafts > 0:
-        x_rej = draft[rows, at].long()
+        x_rej = flat_x.view(batch, max_drafts)[rows, at]
         if q is None:
             q_rej = torch.nn.functional.one_hot(x_rej, vocab).to(torch.float64)
         else:
@@ -87,8 +88,8 @@ def verify_chain(
             k_rej = merged.view(batch, max_drafts)[rows, at]
             nbrs = neighbors[x_rej].long()
             moved = torch.arange(nbrs.shape[1], device=device) < k_rej[:, None]
-            gained = (target.gather(1, nbrs) * moved).sum(1)
-            relaxed.scatter_(1, nbrs, torch.where(moved, 0.0, target.gather(1, nbrs)))
+            gained = (target.gather(1, nbrs) * moved).sum(1)  # a repeated code counts once per occurrence
+            relaxed[rows[:, None].expand_as(nbrs)[moved], nbrs[moved]] = 0.0
             relaxed[rows, x_rej] += gained
         residual = (relaxed - q_rej).clamp_min(0.0)
         residual = torch.where(residual.sum(1, keepdim=True) > 0, residual, target)

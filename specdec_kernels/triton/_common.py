@@ -1,0 +1,236 @@
+"""Pieces shared by the Triton kernels: launch settings and the ``@triton.jit`` row helpers.
+
+Numerics mirror ``specdec_kernels.reference`` (ALGORITHMS.md 3.8): probabilities are read as float32 and every
+sum that decides a token (inverse-CDF, LANTERN prefix, GSD group masses) runs in float64. Prefix sums are
+``tl.cumsum`` over a chunk with the running carry folded into the chunk's first element, so the interpreter
+(a sequential cumsum) reproduces the reference's sequential float64 cumsum exactly; a GPU scan may differ by float64
+rounding, which can flip a token only at a cumulative-sum boundary (the accepted caveat). Kernels are launched with
+``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA the reference does not perform.
+"""
+
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+#: Largest vocabulary chunk one program loads at a time (a power of two). Rows longer than this are processed in
+#: chunks; tests lower it to exercise the chunk loops on small vocabularies.
+MAX_VOCAB_BLOCK = 2048
+
+#: Largest chunk of a neighbour row (LANTERN prefix sums, merged-neighbour scatters) loaded at a time.
+MAX_NEIGHBOR_BLOCK = 128
+
+INT64_MAX: tl.constexpr = tl.constexpr(9223372036854775807)
+LOW32: tl.constexpr = tl.constexpr(4294967295)
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def vocab_block(vocab: int) -> int:
+    """Chunk width for a loop over ``vocab`` entries."""
+    return min(next_pow2(vocab), MAX_VOCAB_BLOCK)
+
+
+def neighbor_block(k: int) -> int:
+    """Chunk width for a loop over a neighbour row of ``k`` entries."""
+    return min(next_pow2(k), MAX_NEIGHBOR_BLOCK)
+
+
+def launch_options(block: int) -> dict:
+    """Keyword launch options: warps for a chunk of ``block`` elements, and no FMA contraction (the interpreter
+    ignores both)."""
+    return {"num_warps": 4 if block <= 1024 else 8, "enable_fp_fusion": False}
+
+
+def f64_bits(value: float) -> int:
+    """The IEEE bits of ``value`` as a signed int64; kernels bitcast them back (Triton passes Python floats as
+    float32, and a LANTERN budget must stay float64)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def to_f32(value: float) -> float:
+    """``value`` rounded to float32, as the reference's float32 comparisons see a Python threshold."""
+    return struct.unpack("<f", struct.pack("<f", float(value)))[0]
+
+
+def nonempty(t: torch.Tensor) -> torch.Tensor:
+    """A one-element stand-in for an empty tensor (never dereferenced), so that no launch gets a null pointer."""
+    return t if t.numel() > 0 else torch.empty(1, dtype=t.dtype, device=t.device)
+
+
+# ---------------------------------------------------------------------------------------------- row weights
+
+
+@triton.jit
+def row_weights(p_row, q_row, s_row, s_div, offs, mask, x, mode, HAS_Q: tl.constexpr, HAS_S: tl.constexpr):
+    """float64 sampling weights at ``offs``: mode 0 ``p``; mode 1 ``max(0, p - q)`` (q one-hot at ``x`` when
+    ``HAS_Q`` is false); mode 2 ``s / s_div`` (a float64 scratch row). Zero outside ``mask``."""
+    pj = tl.load(p_row + offs, mask=mask & (mode != 2), other=0.0).to(tl.float32).to(tl.float64)
+    if HAS_Q:
+        qj = tl.load(q_row + offs, mask=mask & (mode == 1), other=0.0).to(tl.float32).to(tl.float64)
+    else:
+        qj = tl.where(offs == x, 1.0, 0.0).to(tl.float64)
+    w = tl.where(mode == 1, tl.maximum(pj - qj, 0.0), pj)
+    if HAS_S:
+        sj = tl.load(s_row + offs, mask=mask & (mode == 2), other=0.0)
+        w = tl.where(mode == 2, sj / s_div, w)
+    return tl.where(mask, w, 0.0)
+
+
+@triton.jit
+def weights_total(p_row, q_row, s_row, s_div, x, mode, V, HAS_Q: tl.constexpr, HAS_S: tl.constexpr,
+                  BLOCK_V: tl.constexpr):
+    """(sum of the weights as the reference's last cumsum entry, largest index with a positive weight or -1)."""
+    total = tl.zeros((), tl.float64)
+    last = tl.full((), -1, tl.int32)
+    for v0 in range(0, V, BLOCK_V):
+        offs = v0 + tl.arange(0, BLOCK_V)
+        mask = offs < V
+        w = row_weights(p_row, q_row, s_row, s_div, offs, mask, x, mode, HAS_Q, HAS_S)
+        c = tl.cumsum(tl.where(offs == v0, w + total, w), 0)
+        end = tl.minimum(v0 + BLOCK_V, V) - 1
+        total = tl.sum(tl.where(offs == end, c, 0.0), 0)
+        last = tl.maximum(last, tl.max(tl.where(w > 0.0, offs, -1), 0))
+    return total, last
+
+
+@triton.jit
+def weights_search(p_row, q_row, s_row, s_div, x, mode, threshold, last, V, HAS_Q: tl.constexpr,
+                   HAS_S: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Inverse CDF: the smallest j with cumsum_j > threshold and w_j > 0, else ``last`` (0 if negative)."""
+    carry = tl.zeros((), tl.float64)
+    found = tl.full((), -1, tl.int32)
+    v0 = tl.zeros((), tl.int32)
+    while (v0 < V) & (found < 0):
+        offs = v0 + tl.arange(0, BLOCK_V)
+        mask = offs < V
+        w = row_weights(p_row, q_row, s_row, s_div, offs, mask, x, mode, HAS_Q, HAS_S)
+        c = tl.cumsum(tl.where(offs == v0, w + carry, w), 0)
+        first = tl.min(tl.where(mask & (c > threshold) & (w > 0.0), offs, V), 0)
+        found = tl.where(first < V, first, found)
+        end = tl.minimum(v0 + BLOCK_V, V) - 1
+        carry = tl.sum(tl.where(offs == end, c, 0.0), 0)
+        v0 = v0 + BLOCK_V
+    return tl.where(found >= 0, found, tl.maximum(last, 0)).to(tl.int64)
+
+
+# ---------------------------------------------------------------------------------------------- LANTERN
+
+
+@triton.jit
+def gather_r(p_row, s_row, s_div, from_p, idx, mask, HAS_S: tl.constexpr):
+    """r at ``idx`` in float64: the p row (``from_p`` != 0) or the scratch row divided by ``s_div``."""
+    r = tl.load(p_row + idx, mask=mask & (from_p != 0), other=0.0).to(tl.float32).to(tl.float64)
+    if HAS_S:
+        s = tl.load(s_row + idx, mask=mask & (from_p == 0), other=0.0)
+        r = tl.where(from_p != 0, r, s / s_div)
+    return r
+
+
+@triton.jit
+def relaxed_mass(p_row, s_row, s_div, from_p, nbr_row, K, rx, budget_param, USE_LAMBDA: tl.constexpr,
+                 HAS_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    """LANTERN relaxed mass of the candidate whose neighbour row is ``nbr_row`` (K int32 ids) under r (see
+    ``gather_r``), with r(x) = ``rx``: returns (p_tilde = rx + c_m*, merged = m*, c_m*), c_m the float64 prefix
+    sums in table order and m* the longest prefix with c_m <= budget (delta, or (lam - 1) * rx)."""
+    if USE_LAMBDA:
+        budget = (budget_param - 1.0) * rx
+    else:
+        budget = budget_param
+    c = tl.zeros((), tl.float64)
+    merged = tl.zeros((), tl.int32)
+    k0 = tl.zeros((), tl.int32)
+    go = k0 < K
+    while go:
+        offs = k0 + tl.arange(0, BLOCK_K)
+        m = offs < K
+        ids = tl.load(nbr_row + offs, mask=m, other=0).to(tl.int64)
+        vals = gather_r(p_row, s_row, s_div, from_p, ids, m, HAS_S)
+        pref = tl.cumsum(tl.where(offs == k0, vals + c, vals), 0)
+        first_out = tl.min(tl.where(m & (pref > budget), offs, K), 0)
+        last_in = tl.max(tl.where(m & (offs < first_out), offs, -1), 0)
+        c = tl.where(last_in >= k0, tl.sum(tl.where(offs == last_in, pref, 0.0), 0), c)
+        merged = tl.where(last_in >= k0, last_in + 1, merged)
+        k0 = k0 + BLOCK_K
+        go = (first_out >= K) & (k0 < K)
+    return rx + c, merged, c
+
+
+# ---------------------------------------------------------------------------------------------- GSD
+
+
+@triton.jit
+def rank_key(p32, idx):
+    """A key whose int64 order is GSD's rank order reversed: larger = more probable, ties to the lower id.
+    (float bits of p >= 0, with -0.0 mapped to +0.0) << 32 | (2^32 - 1 - id)."""
+    bits = tl.where(p32 == 0.0, 0.0, p32).to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) | (LOW32 - idx.to(tl.int64))
+
+
+@triton.jit
+def gsd_member(p_row, q_row, key, take, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q: tl.constexpr,
+               HAS_EMB: tl.constexpr):
+    """(p, q) that window member ``key`` adds to the group: zero unless ``take`` and it passes the filters
+    |p(j) - p(x)| < p_thr and (with embeddings) a sequential float32 squared distance < d_thr."""
+    j = LOW32 - (key & LOW32)  # a sentinel key decodes to id 0: in range, and masked by `take`
+    pj = tl.load(p_row + j, mask=take, other=0.0).to(tl.float32)
+    keep = take & (tl.abs(pj - px) < p_thr)
+    if HAS_EMB:
+        dist = tl.zeros((), tl.float32)
+        for d in range(D_EMB):
+            diff = tl.load(emb_ptr + j * D_EMB + d, mask=take, other=0.0) - tl.load(emb_ptr + x * D_EMB + d)
+            dist = dist + diff * diff
+        keep = keep & (dist < d_thr)
+    dp = tl.where(keep, pj.to(tl.float64), 0.0)
+    if HAS_Q:
+        dq = tl.where(keep, tl.load(q_row + j, mask=keep, other=0.0).to(tl.float32).to(tl.float64), 0.0)
+    else:
+        dq = tl.zeros((), tl.float64)
+    return dp, dq
+
+
+@triton.jit
+def gsd_group_mass(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr, HAS_Q: tl.constexpr,
+                   HAS_EMB: tl.constexpr, BLOCK_V: tl.constexpr):
+    """GSD's (P_G, Q_G) in float64 for draft ``x`` of one row. Step i selects, in one pass over the row, the
+    (i+1)-th token ranked just above x (smallest key above the previous one) and just below it; cost
+    O(max(h_lo, h_hi) * V). Q_G = 1 without q."""
+    px = tl.load(p_row + x).to(tl.float32)
+    kx = rank_key(px, x)
+    group_p = px.to(tl.float64)
+    if HAS_Q:
+        group_q = tl.load(q_row + x).to(tl.float32).to(tl.float64)
+    else:
+        group_q = tl.full((), 1.0, tl.float64)
+    above = kx
+    below = kx
+    for i in range(tl.maximum(h_lo, h_hi)):
+        # per-lane candidates across the chunks, then one cross-lane reduction per side
+        lane_above = tl.full([BLOCK_V], INT64_MAX, tl.int64)
+        lane_below = tl.full([BLOCK_V], -1, tl.int64)
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            m = offs < V
+            key = rank_key(tl.load(p_row + offs, mask=m, other=0.0).to(tl.float32), offs)
+            lane_above = tl.minimum(lane_above, tl.where(m & (key > above), key, INT64_MAX))
+            lane_below = tl.maximum(lane_below, tl.where(m & (key < below), key, -1))
+        next_above = tl.min(lane_above, 0)
+        next_below = tl.max(lane_below, 0)
+        take_above = (i < h_hi) & (next_above != INT64_MAX)
+        take_below = (i < h_lo) & (next_below >= 0)
+        dp, dq = gsd_member(p_row, q_row, next_above, take_above, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q,
+                            HAS_EMB)
+        group_p += dp
+        if HAS_Q:
+            group_q += dq
+        dp, dq = gsd_member(p_row, q_row, next_below, take_below, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q,
+                            HAS_EMB)
+        group_p += dp
+        if HAS_Q:
+            group_q += dq
+        above = tl.where(take_above, next_above, above)
+        below = tl.where(take_below, next_below, below)
+    return group_p, group_q

@@ -1,0 +1,46 @@
+"""Triton LANTERN / LANTERN++ relaxed mass.
+
+Grid: one program per row r. Pointers: p [R, V] (fp32/fp16/bf16), x [R] int64, neighbors [V, K] int32,
+p_tilde [R] f32 and merged [R] int32 (written). The program walks x's neighbour row in chunks of BLOCK_K with a
+float64 prefix sum (carry folded into each chunk) and stops at the first chunk where the prefix exceeds the budget
+(delta, or (lam - 1) * p(x); passed as float64 bits). Invariants: x and the table's ids lie in [0, V).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common as c
+
+
+@triton.jit(do_not_specialize=["K", "budget_bits"])
+def _lantern_relaxed_mass_kernel(p_ptr, x_ptr, nbr_ptr, p_tilde_ptr, merged_ptr, V, K, budget_bits,
+                                 USE_LAMBDA: tl.constexpr, BLOCK_K: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    p_row = p_ptr + r * V
+    x = tl.load(x_ptr + r)
+    px = tl.load(p_row + x).to(tl.float32).to(tl.float64)
+    budget = budget_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    p_tilde, merged, _ = c.relaxed_mass(p_row, p_tilde_ptr, 1.0, 1, nbr_ptr + x * K, K, px, budget, USE_LAMBDA,
+                                        False, BLOCK_K)
+    tl.store(p_tilde_ptr + r, p_tilde.to(tl.float32))
+    tl.store(merged_ptr + r, merged)
+
+
+def lantern_relaxed_mass_triton(p, x, neighbors, delta, lam):
+    """Launcher with the ``lantern_relaxed_mass`` op schema; returns ``(p_tilde [R] f32, merged [R] int32)``."""
+    p = p.contiguous()
+    rows, vocab = p.shape
+    p_tilde = torch.empty(rows, dtype=torch.float32, device=p.device)
+    merged = torch.empty(rows, dtype=torch.int32, device=p.device)
+    if rows == 0:
+        return p_tilde, merged
+    nbr = neighbors.contiguous()
+    k = nbr.shape[1]
+    use_lambda = lam is not None
+    block_k = c.neighbor_block(k)
+    _lantern_relaxed_mass_kernel[(rows,)](
+        p, x.contiguous(), nbr, p_tilde, merged, vocab, k, c.f64_bits(lam if use_lambda else delta),
+        USE_LAMBDA=use_lambda, BLOCK_K=block_k, **c.launch_options(block_k),
+    )
+    return p_tilde, merged

@@ -1,0 +1,76 @@
+"""Triton LANTERN neighbour table: tiled squared distances plus a per-row top-k with the id tie-break.
+
+Two launches (the table is built once per model, never per step):
+  _normalize_kernel: one program per BLOCK_R codes; codebook [N, D] f32 -> rows / max(||row||, 1e-12) [N, D] f32
+    (sequential float32 sum of squares, IEEE sqrt and division). Skipped when normalize is false.
+  _neighbor_table_kernel: one program per BLOCK_I codes (rows); loops over column tiles of BLOCK_K codes. A tile's
+    squared distances (sequential float32 over D) are packed with the column id into int64 keys
+    (float bits << 32 | id: for distances >= 0 the key order is distance, then lower id) with self and padding set to
+    INT64_MAX; the tile is sorted and merged into the running sorted buffer of the BLOCK_K smallest keys by
+    min(buffer, reversed tile) (a bitonic merge step) and a re-sort. Writes table [N, K] int32 (the first K ids).
+Invariants: 1 <= K <= N - 1 <= BLOCK_K * tiles; all entries finite.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common as c
+
+
+@triton.jit(do_not_specialize=["N", "D"])
+def _normalize_kernel(emb_ptr, out_ptr, N, D, BLOCK_R: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = rows < N
+    sq = tl.zeros([BLOCK_R], tl.float32)
+    for d in range(D):
+        v = tl.load(emb_ptr + rows * D + d, mask=rm, other=0.0)
+        sq = sq + v * v
+    norm = tl.maximum(tl.sqrt_rn(sq), 1e-12)
+    for d in range(D):
+        v = tl.load(emb_ptr + rows * D + d, mask=rm, other=0.0)
+        tl.store(out_ptr + rows * D + d, tl.div_rn(v, norm), mask=rm)
+
+
+@triton.jit(do_not_specialize=["N", "D", "K"])
+def _neighbor_table_kernel(emb_ptr, out_ptr, N, D, K, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
+    rm = rows < N
+    cols0 = tl.arange(0, BLOCK_K)
+    best = tl.full([BLOCK_I, BLOCK_K], c.INT64_MAX, tl.int64)
+    for j0 in range(0, N, BLOCK_K):
+        cols = j0 + cols0
+        cm = cols < N
+        dist = tl.zeros([BLOCK_I, BLOCK_K], tl.float32)
+        for d in range(D):
+            ei = tl.load(emb_ptr + rows * D + d, mask=rm, other=0.0)
+            ej = tl.load(emb_ptr + cols * D + d, mask=cm, other=0.0)
+            diff = ei[:, None] - ej[None, :]
+            dist = dist + diff * diff
+        key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
+        valid = rm[:, None] & cm[None, :] & (rows[:, None] != cols[None, :])
+        key = tl.where(valid, key, c.INT64_MAX)
+        best = tl.sort(tl.minimum(best, tl.flip(tl.sort(key, 1), 1)), 1)
+    ids = (best & c.LOW32).to(tl.int32)
+    tl.store(out_ptr + rows[:, None] * K + cols0[None, :], ids, mask=rm[:, None] & (cols0[None, :] < K))
+
+
+def neighbor_table_triton(codebook, k, normalize):
+    """Launcher with the ``neighbor_table`` op schema; returns the ``(N, k)`` int32 table."""
+    emb = codebook.contiguous()
+    n, dim = emb.shape
+    k = int(k)
+    table = torch.empty(n, k, dtype=torch.int32, device=emb.device)
+    if n == 0 or k == 0:
+        return table
+    if normalize:
+        normed = torch.empty_like(emb)
+        block_r = min(c.next_pow2(n), 256)
+        _normalize_kernel[(triton.cdiv(n, block_r),)](emb, normed, n, dim, BLOCK_R=block_r, **c.launch_options(block_r))
+        emb = normed
+    # Narrow tiles: sorting costs grow as log^2 of the tile width, so the smallest power of two >= k wins.
+    block_k = max(c.next_pow2(k), 8)
+    block_i = max(1, min(2048 // block_k, 128, c.next_pow2(n)))
+    _neighbor_table_kernel[(triton.cdiv(n, block_i),)](emb, table, n, dim, k, BLOCK_I=block_i, BLOCK_K=block_k,
+                                                       **c.launch_options(block_i * block_k))
+    return table
