@@ -1,0 +1,22 @@
+"""Speculative decoding loop for class-conditional AR image models (testbed protocol, TESTBED.md 1.4-1.7).
+
+Quick start::
+
+    from specdec.decoding import generate, SamplingConfig, methods
+    res = generate(target, classes, methods.SJD(), sampling=SamplingConfig(cfg_scale=4.0), seed=0)
+    res.tokens            # (batch, num_tokens) image codes
+    res.metrics.summary() # target forwards, tokens per step, mean accepted length, wall time
+
+Every verification goes through :mod:`specdec_kernels`; the loop only drafts, feeds and commits.
+"""
+
+from . import methods
+from .api import compare_methods, summary_table
+from .logits import SamplingConfig, process_logits
+from .loop import GenerationResult, generate
+from .methods import METHODS, make_method
+from .metrics import GenerationMetrics
+from .rng import RowStreams, derive_row_keys
+
+__all__ = ["generate", "GenerationResult", "GenerationMetrics", "SamplingConfig", "process_logits", "methods",
+           "METHODS", "make_method", "RowStreams", "derive_row_keys", "compare_methods", "summary_table"]

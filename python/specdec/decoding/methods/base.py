@@ -1,0 +1,81 @@
+"""Method base classes: a chain step (AR, SD, SJD, GSD) and the hooks a method fills in.
+
+Acceptance is never computed here: every verification goes through :mod:`specdec_kernels` ops.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+import specdec_kernels as sk
+
+from ..feed import attention_mask, run_model
+from ..rng import LANE_ACCEPT, LANE_SAMPLE
+
+
+class Method:
+    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration."""
+
+    name = "method"
+
+    def max_feed(self) -> int:
+        """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
+        raise NotImplementedError
+
+    def start(self, ctx, prefill_hidden: torch.Tensor) -> None:
+        """Called after the prefill committed token 0 (``prefill_hidden``: ``(copies * batch, d)``)."""
+
+    def step(self, ctx) -> torch.Tensor:
+        """Advance every active row by one verify step; return accept_len ``(batch,)``."""
+        raise NotImplementedError
+
+
+class ChainMethod(Method):
+    """Feed ``[last, d_0 .. d_{n-1}]`` per row, verify with :func:`specdec_kernels.verify_chain`, commit.
+
+    Subclasses provide drafts through :meth:`propose` and may react to the outcome in :meth:`after_verify`.
+    """
+
+    num_drafts = 0  # L, the chain width
+
+    def max_feed(self) -> int:
+        return self.num_drafts + 1
+
+    def propose(self, ctx) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Drafts ``(batch, L)`` int64 and their q ``(batch, L, V)`` (None: one-hot drafts)."""
+        batch = ctx.state.batch_size
+        return torch.zeros(batch, 0, dtype=torch.int64, device=ctx.state.device), None
+
+    def verify_kwargs(self) -> Dict:
+        return {"method": "exact"}
+
+    def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran) -> None:
+        """Hook after the commit (``ctx.state`` is already updated). ``p``: ``(batch, L+1, V)`` processed target
+        rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
+
+    def step(self, ctx) -> torch.Tensor:
+        state = ctx.state
+        active = state.active
+        drafts, q = self.propose(ctx)
+        width = drafts.shape[1]
+        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
+        n = torch.where(active, n, 0)
+        offs = torch.arange(width + 1, device=state.device)
+        tokens = torch.cat([state.last[:, None], drafts], dim=1)
+        positions = state.n_gen[:, None] + offs[None, :]
+        valid = (offs[None, :] <= n[:, None]) & active[:, None]
+        mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
+        logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
+                                   cfg_copies=ctx.cfg_copies)
+        ctx.recorder.metrics.target_forwards += 1
+        p = ctx.process(logits)
+        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
+        accept_len, next_token = sk.verify_chain(
+            p, q, drafts, ctx.uniform(LANE_ACCEPT, width), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
+            num_drafts=n, validate=ctx.validate, **self.verify_kwargs(),
+        )
+        emitted = torch.cat([drafts, next_token[:, None]], dim=1)
+        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
+        state.commit(emitted, torch.where(active, accept_len + 1, 0))
+        self.after_verify(ctx, p, accept_len, next_token, n, active)
+        return torch.where(active, accept_len, 0)

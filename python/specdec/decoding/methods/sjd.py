@@ -1,0 +1,90 @@
+"""Speculative Jacobi Decoding (arXiv 2410.01699; ALGORITHMS.md 2.2, 3.2): no draft model, a window of
+``window - 1`` drafts refined by the target's own samples, verified exactly with ``verify_chain``."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..rng import LANE_DRAFT, LANE_INIT
+from ..sampling import sample
+from .base import ChainMethod
+
+INITS = ("random", "repeat_left")
+
+
+class SJD(ChainMethod):
+    """Jacobi drafts with the standard (exact) test.
+
+    After a step that accepted ``a`` of ``n`` drafts, the new window is: tokens sampled from this step's p rows
+    ``a+1 .. n`` (each with its source row as q; the Jacobi fixed-point update), then fresh init tokens with
+    one-hot q. Inits: ``"random"`` (uniform over the vocabulary, the Lumina-mGPT / Emu3 default) or
+    ``"repeat_left"`` (copy the left neighbour in the image row, the token above at a row start; LlamaGen's
+    ``repeat_horizon``). One-hot rows are materialised in q, which the op treats exactly like ``q=None``.
+    """
+
+    name = "sjd"
+
+    def __init__(self, window: int = 16, init: str = "random", grid_width: int | None = None):
+        if window < 2:
+            raise ValueError(f"window must be >= 2 (last token + drafts), got {window}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.num_drafts = int(window) - 1
+        self.init = init
+        self.grid_width = grid_width
+
+    def start(self, ctx, prefill_hidden):
+        state = ctx.state
+        vocab = int(ctx.model.vocab_size)
+        self.vocab = vocab
+        if self.grid_width is None:
+            side = math.isqrt(state.num_tokens)
+            self.grid_width = side if side * side == state.num_tokens else state.num_tokens
+        width = self.num_drafts
+        self.window = torch.zeros(state.batch_size, width, dtype=torch.int64, device=state.device)
+        self.q = torch.zeros(state.batch_size, width, vocab, device=state.device)
+        self._refill(ctx, torch.zeros_like(state.n_gen), self.window, self.q)
+
+    def propose(self, ctx):
+        return self.window, self.q
+
+    def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran):
+        state = ctx.state
+        width = self.num_drafts
+        j = torch.arange(width, device=state.device)
+        src = (accept_len[:, None] + 1 + j[None, :]).clamp_max(width)  # p rows a+1 .. L
+        refreshed = j[None, :] < (num_drafts - accept_len)[:, None]  # rows a+1 .. n only
+        rows = p.gather(1, src[:, :, None].expand(-1, -1, p.shape[-1]))
+        u = ctx.uniform(LANE_DRAFT, width)
+        drawn = sample(rows.reshape(-1, p.shape[-1]), u.reshape(-1), validate=ctx.validate).view_as(src)
+        window = torch.where(refreshed, drawn, 0)
+        q = torch.where(refreshed[:, :, None], rows, torch.zeros_like(rows))
+        keep = state.active & ran
+        n_refreshed = torch.where(keep, (num_drafts - accept_len).clamp_min(0), width)
+        self._refill(ctx, n_refreshed, window, q)
+        self.window = torch.where(keep[:, None], window, self.window)
+        self.q = torch.where(keep[:, None, None], q, self.q)
+
+    def _refill(self, ctx, first_init: torch.Tensor, window: torch.Tensor, q: torch.Tensor) -> None:
+        """Fill window entries ``j >= first_init[b]`` with fresh inits (one-hot q), in place."""
+        state = ctx.state
+        width = self.num_drafts
+        j = torch.arange(width, device=state.device)
+        fresh = j[None, :] >= first_init[:, None]
+        if self.init == "random":
+            u = ctx.uniform(LANE_INIT, width)
+            init = (u * self.vocab).long().clamp_max(self.vocab - 1)
+            window.copy_(torch.where(fresh, init, window))
+        else:
+            # Raster buffer: committed tokens then the window; entry j sits at image index n_gen + j.
+            buf = torch.cat([state.tokens, state.tokens.new_zeros(state.batch_size, width)], dim=1)
+            for k in range(width):
+                idx = state.n_gen + k
+                left = torch.where(idx % self.grid_width > 0, idx - 1, idx - self.grid_width)
+                left = torch.where(left >= 0, left, idx - 1).clamp(0, buf.shape[1] - 1)
+                value = torch.where(fresh[:, k], buf.gather(1, left[:, None])[:, 0], window[:, k])
+                window[:, k] = value
+                buf.scatter_(1, idx.clamp_max(buf.shape[1] - 1)[:, None], value[:, None])
+        one_hot = F.one_hot(window, self.vocab).to(q.dtype)
+        q.copy_(torch.where(fresh[:, :, None], one_hot, q))
