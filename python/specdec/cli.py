@@ -1,0 +1,105 @@
+"""The ``specdec`` command: a registry of subcommands (``train``, ``metrics``; more register the same way).
+
+Each subcommand is a function ``add(subparsers)`` that creates its parser and sets ``func`` (called with the parsed
+namespace, returns an exit code). Add one by decorating its ``add`` function with :func:`subcommand`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+SUBCOMMANDS: Dict[str, Callable] = {}
+
+
+def subcommand(name: str):
+    """Register ``add(subparsers) -> None`` under ``name``."""
+
+    def register(add: Callable) -> Callable:
+        SUBCOMMANDS[name] = add
+        return add
+
+    return register
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+@subcommand("train")
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train testbed models (resumable; exports weights + metrics.json)")
+    p.add_argument("model", choices=["vq", "classifier", "tokens", "target", "draft", "eagle", "all"],
+                   help="what to train ('tokens' pre-tokenises the dataset; 'all' runs everything in order)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--out", type=Path, default=None, help="weights directory (default: the shipped weights)")
+    p.add_argument("--cache", type=Path, default=Path(".cache") / "testbed",
+                   help="checkpoints and token cache (default .cache/testbed)")
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+
+    def run(args) -> int:
+        from .testbed.train import RECIPES, RunOptions
+
+        _threads(args.threads)
+        opts = RunOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          threads=args.threads, device=args.device, out=args.out, cache=args.cache,
+                          fresh=args.fresh)
+        metrics = RECIPES[args.model](opts)
+        print(json.dumps(metrics, indent=2, default=str))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@subcommand("metrics")
+def _add_metrics(sub) -> None:
+    p = sub.add_parser("metrics", help="quality metrics of the shipped (or given) testbed weights")
+    p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
+    p.add_argument("--samples", type=int, default=2000, help="generated images (balanced over classes)")
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None, help="default: the shipped sampling setting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of samples per class")
+    p.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
+
+    def run(args) -> int:
+        from .metrics.evaluate import evaluate_testbed
+
+        _threads(args.threads)
+        figures = evaluate_testbed(weights=args.weights, num_samples=args.samples, cfg=args.cfg,
+                                   temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                                   grid_png=args.grid)
+        text = json.dumps(figures, indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specdec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
