@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: demo test bench install build nvcc-check clean
+.PHONY: data demo sweep test bench install build nvcc-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -30,10 +30,20 @@ install: $(VENV)/.installed
 build: install
 	$(PY) setup.py build_ext --inplace
 
-demo: install build
-	$(PY) -m benchmarks.kernels --quick --out .cache/bench
+# Fashion-MNIST for the testbed comes from Debian (TESTBED.md); install it when missing.
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+	  sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  echo "warning: could not install dataset-fashion-mnist (the demo and testbed tests need it)"
 
-test: install build
+demo: install build data
+	$(VENV)/bin/specdec demo $(DEMO_ARGS)
+
+sweep: install build data
+	$(VENV)/bin/specdec sweep $(SWEEP_ARGS)
+
+test: install build data
 	$(PY) -m pytest -q --benchmark-disable
 
 bench: install build

@@ -193,3 +193,16 @@ def test_eagle_head_cached_path_matches_training_path(model):
     torch.testing.assert_close(torch.cat(feats, 1), ref_feat, atol=ATOL, rtol=1e-5)  # features ~ 30
     loss, logs = head.distill_loss(tokens, hidden, train_logits)
     assert loss.isfinite() and set(logs) == {"reg", "ce", "top1_agree"}
+
+
+@torch.no_grad()
+def test_plain_ar_sampling_is_seeded_and_shaped(model):
+    from specdec.testbed.sample import generate, process_logits
+
+    classes = torch.tensor([0, 2])
+    a = generate(model, classes, cfg=3.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    b = generate(model, classes, cfg=3.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert a["tokens"].shape == (2, TINY.num_tokens) and torch.equal(a["tokens"], b["tokens"])
+    assert (a["top1"] > 0).all() and (a["top1"] <= 1).all()
+    probs = process_logits(torch.randn(4, TINY.vocab_size), cfg=2.0, temperature=1.0, top_k=5)
+    assert probs.shape == (2, TINY.vocab_size) and ((probs > 0).sum(-1) == 5).all()

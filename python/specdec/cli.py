@@ -1,4 +1,4 @@
-"""The ``specdec`` command: a registry of subcommands (``train``, ``metrics``; more register the same way).
+"""The ``specdec`` command: a registry of subcommands (``demo``, ``sweep``, ``train``, ``metrics``).
 
 Each subcommand is a function ``add(subparsers)`` that creates its parser and sets ``func`` (called with the parsed
 namespace, returns an exit code). Add one by decorating its ``add`` function with :func:`subcommand`.
@@ -44,6 +44,7 @@ def _add_train(sub) -> None:
     p.add_argument("--cache", type=Path, default=Path(".cache") / "testbed",
                    help="checkpoints and token cache (default .cache/testbed)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--ckpt-every", type=float, default=180.0, help="seconds between checkpoints (default 180)")
 
     def run(args) -> int:
         from .testbed.train import RECIPES, RunOptions
@@ -51,7 +52,7 @@ def _add_train(sub) -> None:
         _threads(args.threads)
         opts = RunOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           threads=args.threads, device=args.device, out=args.out, cache=args.cache,
-                          fresh=args.fresh)
+                          fresh=args.fresh, ckpt_every_s=args.ckpt_every)
         metrics = RECIPES[args.model](opts)
         print(json.dumps(metrics, indent=2, default=str))
         return 0
@@ -83,6 +84,61 @@ def _add_metrics(sub) -> None:
         print(text)
         if args.json:
             args.json.write_text(text + "\n")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_run_options(p, default_out: Path) -> None:
+    p.add_argument("--quick", action="store_true", help="a smoke run on a few images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per batched generation call")
+    p.add_argument("--images-per-class", type=int, default=None)
+    p.add_argument("--out", type=Path, default=default_out, help=f"output directory (default {default_out})")
+    p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+
+
+def _config(cls, args, **extra):
+    given = {k: v for k, v in (("batch_size", args.batch_size), ("images_per_class", args.images_per_class))
+             if v is not None}
+    kwargs = dict(seed=args.seed, out=args.out, weights=args.weights, threads=args.threads, **extra, **given)
+    return cls.quick(**kwargs) if args.quick else cls(**kwargs)
+
+
+@subcommand("demo")
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="every decoding method on the shipped testbed: image grids, table, plot")
+    _add_run_options(p, Path("results"))
+    p.add_argument("--timed-images", type=int, default=None, help="images timed at batch 1 (0: no timing)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of ar,sd,sjd,gsd,eagle2,lantern,lantern++ (ar is always run)")
+
+    def run(args) -> int:
+        from .experiments.demo import DEMO_METHODS, DemoConfig, run_demo
+
+        methods = DEMO_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(","))
+        unknown = sorted(set(methods) - set(DEMO_METHODS))
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {list(DEMO_METHODS)}")
+        extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar")}
+        if args.timed_images is not None:
+            extra["timed_images"] = args.timed_images
+        run_demo(_config(DemoConfig, args, **extra))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@subcommand("sweep")
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="LANTERN delta, LANTERN++ lambda and GSD group size G against quality")
+    _add_run_options(p, Path("results"))
+
+    def run(args) -> int:
+        from .experiments.sweep import SweepConfig, run_sweep
+
+        run_sweep(_config(SweepConfig, args))
         return 0
 
     p.set_defaults(func=run)

@@ -3,5 +3,6 @@
 * :mod:`.classifier`: the small shipped Fashion-MNIST CNN (penultimate features for FD-cls / precision-recall).
 * :mod:`.quality`: FD-cls (Frechet distance on the classifier's features, *not* FID), precision/recall (k = 3),
   class-conditional accuracy.
+* :mod:`.flatness`: top-1 probability, entropy and latent-neighbour mass of the target (TESTBED 6.5).
 * :mod:`.evaluate`: all figures for a set of testbed weights (``specdec metrics``).
 """

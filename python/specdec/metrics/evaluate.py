@@ -13,6 +13,7 @@ import torch
 from ..testbed import shipped
 from ..testbed.data import CLASS_NAMES, load_fashion_mnist
 from .classifier import classify
+from .flatness import flatness_diagnostics
 from .quality import class_accuracy, frechet_distance, precision_recall
 
 #: Shipped sampling setting for the AR baseline (TESTBED.md 1.4 order: CFG -> temperature -> top-k).
@@ -66,8 +67,9 @@ def generated_nll(target, tokens: torch.Tensor, classes: torch.Tensor) -> float:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).item()
 
 
-def save_grid(images: torch.Tensor, classes: torch.Tensor, path: Path, per_class: int = 10) -> None:
-    """PNG grid: one row per class (labelled), ``per_class`` samples each."""
+def save_grid(images: torch.Tensor, classes: torch.Tensor, path: Path, per_class: int = 10,
+              title: Optional[str] = None) -> None:
+    """PNG grid: one row per class (labelled), ``per_class`` samples each, under an optional ``title``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,11 +80,13 @@ def save_grid(images: torch.Tensor, classes: torch.Tensor, path: Path, per_class
         pick = images[classes == c][:per_class]
         rows.append(torch.cat(list(pick[:, 0]), dim=1))
     grid = ((torch.cat(rows, 0) + 1) / 2).clamp(0, 1).numpy()
-    fig, ax = plt.subplots(figsize=(per_class * 0.75 + 1.6, len(CLASS_NAMES) * 0.75), dpi=100)
+    fig, ax = plt.subplots(figsize=(per_class * 0.6 + 1.3, len(CLASS_NAMES) * 0.6 + 0.2), dpi=110)
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     size = images.shape[-1]
     ax.set_yticks([size * (c + 0.5) for c in range(len(CLASS_NAMES))], CLASS_NAMES, fontsize=8)
     ax.set_xticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -101,12 +105,15 @@ def evaluate_testbed(weights: Optional[Path] = None, num_samples: int = 2000, cf
     tb = shipped.load_testbed("cpu", weights)
     test_images, test_labels = load_fashion_mnist("test")
     cls_acc = (classify(tb.classifier, test_images)["probs"].argmax(-1) == test_labels).double().mean().item()
-    real, real_labels, idx = balanced_test_subset(num_samples)
+    real, real_labels, _ = balanced_test_subset(num_samples)
     vq_figs = evaluate_vq(tb.vq, real)
     codes = tb.vq.encode(real)
     tokens = {"ids": codes[..., None], "labels": real_labels}
     ar_figs = {name: evaluate_ar(model, tokens, n=len(real)) for name, model in (("target", tb.target),
                                                                                  ("draft", tb.draft))}
+    with torch.no_grad():
+        ar_figs["target"]["flatness"] = flatness_diagnostics(tb.target.forward_train(real_labels, codes), codes,
+                                                             tb.vq.codebook_normalized())
     classes = balanced_classes(num_samples)
     samples = sample_images(tb.target, tb.vq, classes, cfg=cfg, temperature=temperature, top_k=top_k, seed=seed)
     quality = sample_quality(tb.classifier, samples["images"], classes, real)

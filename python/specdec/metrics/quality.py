@@ -4,6 +4,7 @@ FD-cls is the Frechet distance between Gaussians fitted to the classifier's penu
 It is *not* FID (different network, different features) and must not be compared with FID values.
 """
 
+import warnings
 from typing import Dict
 
 import numpy as np
@@ -17,7 +18,9 @@ def frechet_distance(feats_a, feats_b) -> float:
     b = np.asarray(feats_b, dtype=np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    with warnings.catch_warnings():  # dead ReLU features make both covariances singular in the same directions
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():  # near-singular product: regularise the diagonal
         eps = 1e-6 * np.eye(len(cov_a))
         covmean = scipy.linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

@@ -28,7 +28,7 @@ Decoding protocol (what :mod:`specdec.decoding` relies on):
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F

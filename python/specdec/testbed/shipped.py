@@ -35,6 +35,7 @@ def save_weights(module: torch.nn.Module, name: str, kind: str, config: Dict, dt
     path = out / f"{name}.safetensors"
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"kind": kind, "config": json.dumps(config)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import shipped
-from .checkpoint import EpochOrder, train_loop
+from .checkpoint import CHECKPOINT_EVERY_S, EpochOrder, train_loop
 from .data import load_fashion_mnist
 
 DEFAULT_CACHE = Path(".cache") / "testbed"
@@ -33,6 +33,7 @@ class RunOptions:
     out: Optional[Path] = None  # weights directory (default: the package's shipped weights)
     cache: Path = DEFAULT_CACHE
     fresh: bool = False  # ignore an existing checkpoint
+    ckpt_every_s: float = CHECKPOINT_EVERY_S
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -68,9 +69,16 @@ def _optimizer(model, r: Recipe):
                               {"params": other, "weight_decay": 0.0}], lr=r.lr, betas=r.betas)
 
 
-def _timed(fn: Callable[[], Dict]) -> Dict:
+def _meta(opts: RunOptions, r: Recipe) -> Dict:
+    return {"recipe": asdict(r), "seed": opts.seed, "threads": torch.get_num_threads(),
+            "device": str(opts.torch_device())}
+
+
+def _run(opts: RunOptions, name: str, model, r: Recipe, loss_fn, **loop_kwargs) -> Dict:
+    """:func:`train_loop` with the recipe's optimiser, checkpoint and seed; returns final logs and wall time."""
     t0 = time.time()
-    logs = fn()
+    logs = train_loop(name, model, _optimizer(model, r), loss_fn, total_steps=r.steps, lr=r.lr,
+                      ckpt_path=_ckpt(opts, name), seed=opts.seed, ckpt_every_s=opts.ckpt_every_s, **loop_kwargs)
     return {"train_logs": logs, "train_minutes": round((time.time() - t0) / 60, 2)}
 
 
@@ -111,12 +119,10 @@ def train_vq(opts: RunOptions) -> Dict:
     def loss_fn(step):
         return vq.training_loss(images[order.indices(step)].to(dev))
 
-    result = _timed(lambda: train_loop("vq", vq, _optimizer(vq, r), loss_fn, total_steps=r.steps, lr=r.lr,
-                                       ckpt_path=_ckpt(opts, "vq"), seed=opts.seed, warmup_frac=0.02,
-                                       after_step=vq.maybe_restart))
+    result = _run(opts, "vq", vq, r, loss_fn, warmup_frac=0.02, after_step=vq.maybe_restart)
     vq = vq.cpu().eval()
     test_images, _ = load_fashion_mnist("test")
-    metrics = {**evaluate_vq(vq, test_images), **result, "recipe": asdict(r), "seed": opts.seed}
+    metrics = {**evaluate_vq(vq, test_images), **result, **_meta(opts, r)}
     shipped.save_weights(vq, "vq", "vq", vq.config.to_dict(), torch.float32, opts.out)
     shipped.update_metrics("vq", metrics, opts.out)
     return metrics
@@ -160,13 +166,11 @@ def train_classifier(opts: RunOptions) -> Dict:
         x = _random_shift(images[idx], r.extra["max_shift"])
         return model.training_loss(x.to(dev), labels[idx].to(dev))
 
-    result = _timed(lambda: train_loop("classifier", model, _optimizer(model, r), loss_fn, total_steps=r.steps,
-                                       lr=r.lr, ckpt_path=_ckpt(opts, "classifier"), seed=opts.seed,
-                                       warmup_frac=0.03))
+    result = _run(opts, "classifier", model, r, loss_fn, warmup_frac=0.03)
     model = model.cpu().eval()
     test_images, test_labels = load_fashion_mnist("test")
     acc = (classify(model, test_images)["probs"].argmax(-1) == test_labels).float().mean().item()
-    metrics = {"test_accuracy": round(acc, 4), **result, "recipe": asdict(r), "seed": opts.seed}
+    metrics = {"test_accuracy": round(acc, 4), **result, **_meta(opts, r)}
     shipped.save_weights(model, "classifier", "classifier", model.config, torch.float32, opts.out)
     shipped.update_metrics("classifier", metrics, opts.out)
     return metrics
@@ -180,9 +184,9 @@ RECIPES["classifier"] = train_classifier
 
 #: Stochastic-quantisation temperature for AR training targets (see tokens.py); 0 = nearest code.
 TARGET_TAU = 0.01
-TARGET_CONFIG = dict(dim=192, n_layer=4, n_head=6)
-DRAFT_CONFIG = dict(dim=128, n_layer=2, n_head=4)
-TARGET_RECIPE = Recipe(steps=2000, batch_size=64, lr=1e-3, weight_decay=0.05, extra={"tau": TARGET_TAU})
+TARGET_CONFIG = {"dim": 192, "n_layer": 4, "n_head": 6}
+DRAFT_CONFIG = {"dim": 128, "n_layer": 2, "n_head": 4}
+TARGET_RECIPE = Recipe(steps=3600, batch_size=64, lr=1e-3, weight_decay=0.05, extra={"tau": TARGET_TAU})
 DRAFT_RECIPE = Recipe(steps=1200, batch_size=64, lr=2e-3, weight_decay=0.05, extra={"tau": TARGET_TAU})
 
 
@@ -244,14 +248,13 @@ def _train_ar(opts: RunOptions, name: str, recipe: Recipe, arch: Dict, dtype) ->
         loss = model.nll(train["labels"][idx].to(dev), tokens)
         return loss, {"nll": loss.item()}
 
-    result = _timed(lambda: train_loop(name, model, _optimizer(model, r), loss_fn, total_steps=r.steps, lr=r.lr,
-                                       ckpt_path=_ckpt(opts, name), seed=opts.seed))
+    result = _run(opts, name, model, r, loss_fn)
     model = model.cpu().eval()
     shipped.save_weights(model, name, "ar", config.to_dict(), dtype, opts.out)
     model = shipped.load_model(name, in_dir=opts.out)  # evaluate what is shipped (rounded to ``dtype``)
     params = sum(p.numel() for p in model.parameters())
-    metrics = {**evaluate_ar(model, data["test"]), "parameters": params, **result, "recipe": asdict(r),
-               "seed": opts.seed}
+    metrics = {**evaluate_ar(model, data["test"]), "parameters": params, **result,
+               **_meta(opts, r)}
     shipped.update_metrics(name, metrics, opts.out)
     return metrics
 
@@ -270,7 +273,7 @@ RECIPES.update({"tokens": build_tokens, "target": train_target, "draft": train_d
 # ---------------------------------------------------------------------------------------------------------------
 # EAGLE-1 head on the shipped target
 
-EAGLE_RECIPE = Recipe(steps=1000, batch_size=64, lr=2e-3, weight_decay=0.0,
+EAGLE_RECIPE = Recipe(steps=1600, batch_size=64, lr=2e-3, weight_decay=0.0,
                       extra={"tau": TARGET_TAU, "ce_weight": 0.1, "n_head": 6})
 
 
@@ -320,14 +323,13 @@ def train_eagle(opts: RunOptions) -> Dict:
             t_logits, hidden = target.forward_train(cls, tokens, return_hidden=True)
         return head.distill_loss(tokens, hidden, t_logits, r.extra["ce_weight"])
 
-    result = _timed(lambda: train_loop("eagle", head, _optimizer(head, r), loss_fn, total_steps=r.steps, lr=r.lr,
-                                       ckpt_path=_ckpt(opts, "eagle"), seed=opts.seed))
+    result = _run(opts, "eagle", head, r, loss_fn)
     head = head.cpu().eval()
     shipped.save_weights(head, "eagle", "eagle", config.to_dict(), torch.float16, opts.out)
     target = shipped.load_model("target", in_dir=opts.out)
     head = shipped.load_model("eagle", in_dir=opts.out, target=target)
     metrics = {**evaluate_eagle(head, target, data["test"]), "parameters": sum(p.numel() for p in head.parameters()),
-               **result, "recipe": asdict(r), "seed": opts.seed}
+               **result, **_meta(opts, r)}
     shipped.update_metrics("eagle", metrics, opts.out)
     return metrics
 

@@ -1,0 +1,151 @@
+"""``specdec sweep``: how much each relaxation buys and what it costs in quality.
+
+Families (each point: step compression, class accuracy, FD-cls over the same rows and seeds):
+
+* ``lantern``: LANTERN on EAGLE-2 trees, TV budget delta (0 = exact eagle2);
+* ``lantern++``: static tree, ratio bound lambda (1 = exact static tree);
+* ``gsd``: dynamic groups of G ranks around the draft (G/2 on each side), released filters;
+* ``gsd-static``: the same grouped test over *static* codebook clusters of about G codes (k-means on the
+  normalised codebook): GSD's Table 2 ablation. The groups are made exactly the clusters through the partition
+  construction of ALGORITHMS.md section 6 (identical embedding rows within a cluster, far apart across clusters,
+  a rank window covering the vocabulary, p_thr > 1).
+
+Writes ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` to ``out`` (default ``results/``).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..decoding.methods import GSD
+from .common import (QualityJudge, build_method, cost_row, decode, evaluation_rows, load, machine_line,
+                     run_method, write_table)
+
+DELTAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+LAMBDAS = (1.0, 2.0, 5.0, 10.0, 20.0)
+GROUP_SIZES = (2, 4, 8, 14, 26, 50)
+
+COLUMNS = (
+    ("family", "family", "{}"),
+    ("knob", "knob", "{}"),
+    ("value", "value", "{:g}"),
+    ("step_compression", "step compression", "{:.2f}x"),
+    ("accepted_per_step", "accepted / step", "{:.2f}"),
+    ("class_accuracy", "class acc", "{:.3f}"),
+    ("fd_cls", "FD-cls", "{:.2f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+)
+
+
+@dataclass
+class SweepConfig:
+    images_per_class: int = 10
+    batch_size: int = 50
+    seed: int = 0
+    deltas: Sequence[float] = DELTAS
+    lambdas: Sequence[float] = LAMBDAS
+    group_sizes: Sequence[int] = GROUP_SIZES
+    out: Path = Path("results")
+    weights: Optional[Path] = None
+    threads: int = 2
+
+    @classmethod
+    def quick(cls, **kw) -> "SweepConfig":
+        return cls(images_per_class=2, batch_size=20, deltas=(0.0, 0.2), lambdas=(1.0, 5.0), group_sizes=(4, 14),
+                   **kw)
+
+
+def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, dim: int = 64) -> GSD:
+    """GSD whose groups are fixed k-means clusters of about ``group_size`` codes.
+
+    Each cluster gets one random unit vector (``dim``-d, redrawn until every pair of clusters is farther apart than
+    the distance filter), every code gets its cluster's vector; with a rank window covering the vocabulary and
+    ``p_thr`` = 2 (never binding), the group of a draft is exactly its cluster.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    vocab = codebook.shape[0]
+    num_clusters = max(1, vocab // max(1, int(group_size)))
+    points = torch.nn.functional.normalize(codebook.double(), dim=-1).numpy()
+    _, labels = kmeans2(points, num_clusters, minit="++", seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    d_thr = 0.5
+    for _ in range(100):
+        centers = torch.nn.functional.normalize(torch.randn(num_clusters, dim, generator=gen), dim=-1)
+        gram = centers @ centers.T - 2 * torch.eye(num_clusters)
+        if num_clusters == 1 or float(2 - 2 * gram.max()) > 2 * d_thr:
+            break
+    else:  # pragma: no cover - 64-d random directions are nearly orthogonal
+        raise RuntimeError("could not separate the cluster vectors")
+    table = centers[torch.as_tensor(labels, dtype=torch.int64)]
+    return GSD(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr)
+
+
+def sweep_points(config: SweepConfig):
+    """(family, knob, value, method factory) for every point of the sweep."""
+    pts = [("lantern", "delta", d, lambda tb, d=d: build_method(tb, "lantern", delta=d)) for d in config.deltas]
+    pts += [("lantern++", "lambda", lam, lambda tb, lam=lam: build_method(tb, "lantern++", lam=lam))
+            for lam in config.lambdas]
+    pts += [("gsd", "G", g, lambda tb, g=g: build_method(tb, "gsd", rank_window=(g // 2, g // 2)))
+            for g in config.group_sizes]
+    pts += [("gsd-static", "G", g, lambda tb, g=g: static_cluster_gsd(tb.vq.codebook_normalized(), g, config.seed))
+            for g in config.group_sizes]
+    return pts
+
+
+def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> List[Dict]:
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tb = load(config.weights)
+    classes, keys = evaluation_rows(config.images_per_class, config.seed)
+    judge = QualityJudge(tb, len(classes))
+    rows = []
+    ar = run_method(tb, "ar", build_method(tb, "ar"), classes, keys, batch_size=config.batch_size, progress=False)
+    rows.append({"family": "ar", "knob": "-", "value": 0, **cost_row(ar, None), **judge(decode(tb, ar.tokens), classes)})
+    for family, knob, value, factory in tqdm(sweep_points(config), desc="sweep", disable=not progress):
+        run = run_method(tb, f"{family} {knob}={value:g}", factory(tb), classes, keys,
+                         batch_size=config.batch_size, progress=False)
+        rows.append({"family": family, "knob": knob, "value": value, **cost_row(run, None),
+                     **judge(decode(tb, run.tokens), classes)})
+    header = (f"# Sweep: relaxation vs quality on the shipped testbed\n\n{len(classes)} images "
+              f"({config.images_per_class} per class), same rows and seeds for every point. "
+              f"Machine: {machine_line(config.threads)}.")
+    text = write_table(rows, COLUMNS, out / "sweep.csv", out / "sweep.md", header)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot_sweep(rows, out / "sweep.png")
+    if progress:
+        print(text)
+    return rows
+
+
+def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
+    """Class accuracy and FD-cls against step compression, one line per family, AR as a reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    ar = next(r for r in rows if r["family"] == "ar")
+    for ax, key, label in ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "fd_cls", "FD-cls (lower is better)")):
+        for family in dict.fromkeys(r["family"] for r in rows if r["family"] != "ar"):
+            pts = [r for r in rows if r["family"] == family]
+            ax.plot([r["step_compression"] for r in pts], [r[key] for r in pts], "o-", label=family, ms=4)
+            for r in pts:
+                ax.annotate(f"{r['value']:g}", (r["step_compression"], r[key]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.scatter([ar["step_compression"]], [ar[key]], marker="*", s=120, color="k", label="ar", zorder=3)
+        ax.set_xlabel("step compression (x)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("delta / lambda / G against quality (labels: knob value)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,76 @@
+"""The demo / sweep machinery: static-cluster GSD is exactly a partition test, tables are written faithfully, and
+the quick demo runs end to end on the shipped testbed (batched rows == batch-1 rows, AR compression 1)."""
+
+import csv
+
+import pytest
+import torch
+
+import specdec_kernels as sk
+from specdec.experiments.common import write_table
+from specdec.experiments.sweep import static_cluster_gsd
+from specdec.testbed import data, shipped
+
+have_weights = all((shipped.WEIGHTS_DIR / f"{n}.safetensors").is_file() for n in shipped.MODEL_NAMES)
+requires_shipped = pytest.mark.skipif(not (have_weights and data.dataset_available()),
+                                      reason="shipped testbed weights or Fashion-MNIST missing")
+
+
+def test_static_cluster_groups_are_exactly_the_clusters():
+    torch.manual_seed(0)
+    vocab = 64
+    codebook = torch.nn.functional.normalize(torch.randn(vocab, 8), dim=-1)
+    method = static_cluster_gsd(codebook, group_size=8, seed=0)
+    table = method.embeddings
+    same = (table[:, None] == table[None]).all(-1)  # codes sharing a cluster vector
+    gap = ((table[:, None] - table[None]) ** 2).sum(-1)[~same]
+    assert float(gap.min()) > method.d_thr  # clusters are farther apart than the distance filter
+    sizes = same.sum(1)
+    assert 1 < sizes.float().mean() < vocab  # real clusters, neither singletons nor one blob
+    # One-hot draft (q = 1 on x): P_G must be the target mass of x's cluster, Q_G = 1.
+    p = torch.softmax(3 * torch.randn(16, vocab), -1)
+    x = torch.randint(0, vocab, (16,))
+    kwargs = {k: v for k, v in method.verify_kwargs().items() if k != "method"}
+    p_g, q_g = sk.gsd_group_mass(p, None, x, **kwargs)
+    expected = (p.double() * same[x].double()).sum(-1)
+    torch.testing.assert_close(p_g.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_g.double(), torch.ones(16, dtype=torch.float64))
+
+
+def test_write_table_csv_and_markdown(tmp_path):
+    rows = [{"method": "ar", "x": 1.0, "y": None}, {"method": "sjd", "x": 2.345, "y": 0.5}]
+    cols = (("method", "method", "{}"), ("x", "x", "{:.2f}x"), ("y", "y", "{:.1f}"))
+    md = write_table(rows, cols, tmp_path / "t.csv", tmp_path / "t.md", "# T")
+    assert "| sjd | 2.35x | 0.5 |" in md and "| ar | 1.00x | - |" in md
+    with open(tmp_path / "t.csv") as f:
+        back = list(csv.DictReader(f))
+    assert [r["method"] for r in back] == ["ar", "sjd"] and float(back[1]["x"]) == 2.345
+
+
+@requires_shipped
+def test_quick_demo_end_to_end(tmp_path):
+    from specdec.experiments.demo import DemoConfig, run_demo
+
+    config = DemoConfig(images_per_class=1, timed_images=2, batch_size=10, methods=("ar", "sjd", "lantern++"),
+                        out=tmp_path, threads=1)
+    rows = {r["method"]: r for r in run_demo(config, progress=False)}  # raises if batch 1 != batched tokens
+    assert set(rows) == {"ar", "ar (seed + 1)", "sjd", "lantern++"}
+    assert rows["ar"]["step_compression"] == pytest.approx(1.0) and rows["ar"]["speedup"] == pytest.approx(1.0)
+    for name in ("sjd", "lantern++"):
+        assert rows[name]["step_compression"] > 1.0 and rows[name]["speedup"] > 0
+        assert 0.0 <= rows[name]["class_accuracy"] <= 1.0
+    for f in ("demo.md", "demo.csv", "demo.png", "samples_ar.png", "samples_sjd.png", "samples_lanternpp.png"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
+@requires_shipped
+def test_lantern_delta_zero_is_eagle2_on_the_testbed():
+    from specdec.experiments.common import build_method, evaluation_rows, load, run_method
+
+    tb = load()
+    classes, keys = evaluation_rows(1, seed=3)
+    exact = run_method(tb, "eagle2", build_method(tb, "eagle2"), classes[:4], keys[:4], progress=False)
+    relaxed = run_method(tb, "lantern", build_method(tb, "lantern", delta=0.0), classes[:4], keys[:4],
+                         progress=False)
+    assert torch.equal(exact.tokens, relaxed.tokens)
+    assert torch.equal(exact.row_steps, relaxed.row_steps)
