@@ -51,9 +51,8 @@ def test_write_table_csv_and_markdown(tmp_path):
 def test_quick_demo_end_to_end(tmp_path):
     from specdec.experiments.demo import DemoConfig, run_demo
 
-    config = DemoConfig(images_per_class=1, timed_images=2, batch_size=10, methods=("ar", "sjd", "lantern++"),
-                        out=tmp_path, threads=1)
-    rows = {r["method"]: r for r in run_demo(config, progress=False)}  # raises if batch 1 != batched tokens
+    config = DemoConfig(images_per_class=1, methods=("ar", "sjd", "lantern++"), out=tmp_path, threads=1)
+    rows = {r["method"]: r for r in run_demo(config, progress=False)}
     assert set(rows) == {"ar", "ar (seed + 1)", "sjd", "lantern++"}
     assert rows["ar"]["step_compression"] == pytest.approx(1.0) and rows["ar"]["speedup"] == pytest.approx(1.0)
     for name in ("sjd", "lantern++"):
@@ -74,3 +73,21 @@ def test_lantern_delta_zero_is_eagle2_on_the_testbed():
                          progress=False)
     assert torch.equal(exact.tokens, relaxed.tokens)
     assert torch.equal(exact.row_steps, relaxed.row_steps)
+
+
+def test_plots_from_rows(tmp_path):
+    from specdec.experiments.demo import plot_demo
+    from specdec.experiments.sweep import plot_sweep
+
+    quality = {"class_accuracy": 0.9, "fd_cls": 40.0}
+    demo_rows = [{"method": "ar", "step_compression": 1.0, "speedup": 1.0, **quality},
+                 {"method": "ar (seed + 1)", "step_compression": 1.0, **quality},
+                 {"method": "sjd", "step_compression": 2.5, "speedup": 1.2, **quality}]
+    plot_demo(demo_rows, tmp_path / "demo.png")
+    sweep_rows = [{"family": "ar", "setting": "-", "value": None, "step_compression": 1.0, **quality},
+                  {"family": "sjd init", "setting": "init=random", "value": "random", "step_compression": 2.0,
+                   **quality}]
+    sweep_rows += [{"family": "lantern", "setting": f"delta={d}", "value": d, "step_compression": 2 + d, **quality}
+                   for d in (0.0, 0.1)]
+    plot_sweep(sweep_rows, tmp_path / "sweep.png")
+    assert (tmp_path / "demo.png").stat().st_size > 10_000 and (tmp_path / "sweep.png").stat().st_size > 10_000

@@ -92,7 +92,8 @@ def _add_metrics(sub) -> None:
 def _add_run_options(p, default_out: Path) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run on a few images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="rows per batched generation call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per generate call (demo default 1, sweep default 50)")
     p.add_argument("--images-per-class", type=int, default=None)
     p.add_argument("--out", type=Path, default=default_out, help=f"output directory (default {default_out})")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
@@ -110,7 +111,6 @@ def _config(cls, args, **extra):
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="every decoding method on the shipped testbed: image grids, table, plot")
     _add_run_options(p, Path("results"))
-    p.add_argument("--timed-images", type=int, default=None, help="images timed at batch 1 (0: no timing)")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of ar,sd,sjd,gsd,eagle2,lantern,lantern++ (ar is always run)")
 
@@ -122,8 +122,6 @@ def _add_demo(sub) -> None:
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {list(DEMO_METHODS)}")
         extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar")}
-        if args.timed_images is not None:
-            extra["timed_images"] = args.timed_images
         run_demo(_config(DemoConfig, args, **extra))
         return 0
 

@@ -1,13 +1,14 @@
-"""What the demo and the sweep share: the shipped testbed, one decoding run per method (batched for quality and
-step counts, batch 1 for wall-clock), and the quality figures of a set of generated images.
+"""What the demo and the sweep share: the shipped testbed, one decoding run per method over the same rows, and
+the quality figures of a set of generated images.
 
-Rows are addressed by per-row keys derived once from the seed, so a row generated in a batch of 50 and alone at
-batch 1 gets the same uniforms and hence the same tokens (``tests/test_decoding_batching.py``): the batched run
-gives quality and step counts, the batch-1 run on a subset of the same rows gives wall-clock time.
+Rows are addressed by per-row keys derived once from the seed, so every method sees the same per-row randomness
+whatever the batch layout. (Tokens are the same across batch sizes only up to floating-point: the model's matmuls
+reduce in a batch-dependent order, so a sample that sits on a CDF boundary can flip. The demo therefore measures
+everything, quality, steps and wall-clock, in one batch-1 run per method.)
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -22,6 +23,12 @@ from ..testbed import shipped
 DEFAULT_SAMPLING = SamplingConfig(cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEMPERATURE, top_k=DEFAULT_TOP_K)
 
 
+#: Per-method options for the LlamaGen-style testbed: SJD's LlamaGen code initialises fresh Jacobi tokens by
+#: repeating the left neighbour (``repeat_horizon``, ALGORITHMS.md 2.2); GSD reuses SJD's drafts. The classes keep
+#: the Lumina-mGPT default (random init); the sweep reports both.
+TESTBED_OPTIONS = {"sjd": {"init": "repeat_left"}, "gsd": {"init": "repeat_left"}}
+
+
 def load(weights=None):
     """The shipped testbed (float32, CPU); raises a clear error naming what to train when weights are missing."""
     return shipped.load_testbed("cpu", weights)
@@ -29,7 +36,8 @@ def load(weights=None):
 
 def build_method(tb, name: str, **options):
     """A decoding method wired to the testbed: the small AR draft (sd), the EAGLE head (trees), the VQ codebook
-    (gsd, lantern, lantern++); ``options`` go to the method's constructor."""
+    (gsd, lantern, lantern++); ``options`` (over :data:`TESTBED_OPTIONS`) go to the method's constructor."""
+    options = {**TESTBED_OPTIONS.get(name, {}), **options}
     return make_method(name, draft_model=tb.draft, head=tb.eagle, codebook=tb.vq.codebook_normalized(), **options)
 
 
@@ -40,11 +48,14 @@ class MethodRun:
     name: str
     tokens: torch.Tensor  # (N, num_tokens)
     row_steps: torch.Tensor  # (N,) speculative steps per row (target forwards = 1 + steps at batch 1)
-    accept_lens: List[torch.Tensor]  # per chunk (rows, steps), -1 padded
+    accept_lens: List[torch.Tensor]  # per batch (rows, steps), -1 padded
     num_tokens: int
-    timed_seconds: Optional[float] = None  # wall-clock of the batch-1 runs over the timed rows
-    timed_rows: int = 0
-    extra: Dict = field(default_factory=dict)
+    seconds: float  # wall-clock of all generate calls (after one untimed warm-up call)
+    batch_size: int
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / len(self.row_steps)
 
     @property
     def step_compression(self) -> float:
@@ -64,32 +75,22 @@ class MethodRun:
 
 
 def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Tensor, *,
-               sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 50, timed_rows: int = 0,
-               progress: bool = True) -> MethodRun:
-    """Generate every row of ``classes`` with ``method`` in batches of ``batch_size`` (quality, step counts), then
-    time the first ``timed_rows`` rows again one at a time (after one untimed warm-up row)."""
-    tokens, steps, accepts = [], [], []
+               sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1, progress: bool = True) -> MethodRun:
+    """Generate every row of ``classes`` with ``method``, ``batch_size`` rows per call, timing the calls (after
+    one untimed warm-up call on the first row, so one-off costs such as neighbour tables stay out)."""
+    generate(tb.target, classes[:1], method, sampling=sampling, row_keys=row_keys[:1])
+    tokens, steps, accepts, seconds = [], [], [], 0.0
     n = len(classes)
-    chunks = range(0, n, batch_size)
-    for i in tqdm(chunks, desc=f"{name}: batched", leave=False, disable=not progress):
+    for i in tqdm(range(0, n, batch_size), desc=name, leave=False, disable=not progress):
+        start = time.perf_counter()
         res = generate(tb.target, classes[i : i + batch_size], method, sampling=sampling,
                        row_keys=row_keys[i : i + batch_size])
+        seconds += time.perf_counter() - start
         tokens.append(res.tokens)
         steps.append(res.metrics.row_steps)
         accepts.append(res.metrics.accept_lens)
-    run = MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens))
-    if timed_rows:
-        timed = min(timed_rows, n)
-        generate(tb.target, classes[:1], method, sampling=sampling, row_keys=row_keys[:1])  # warm-up
-        seconds = 0.0
-        for i in tqdm(range(timed), desc=f"{name}: batch 1", leave=False, disable=not progress):
-            start = time.perf_counter()
-            res = generate(tb.target, classes[i : i + 1], method, sampling=sampling, row_keys=row_keys[i : i + 1])
-            seconds += time.perf_counter() - start
-            if not torch.equal(res.tokens[0], run.tokens[i]):
-                raise RuntimeError(f"{name}: row {i} differs between batched and batch-1 generation")
-        run.timed_seconds, run.timed_rows = seconds, timed
-    return run
+    return MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens), seconds,
+                     batch_size)
 
 
 def evaluation_rows(images_per_class: int, seed: int):
@@ -104,6 +105,15 @@ def decode(tb, tokens: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([tb.vq.decode(tokens[i : i + batch]) for i in range(0, len(tokens), batch)])
 
 
+#: Table columns (key, title, format) of :class:`QualityJudge`'s figures.
+QUALITY_COLUMNS = (
+    ("class_accuracy", "class acc", "{:.3f}"),
+    ("fd_cls", "FD-cls", "{:.2f}"),
+    ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"),
+)
+
+
 class QualityJudge:
     """Class accuracy, FD-cls and precision/recall of generated images against as many held-out test images."""
 
@@ -115,13 +125,12 @@ class QualityJudge:
         return sample_quality(self.tb.classifier, images, classes, self.real)
 
 
-def cost_row(run: MethodRun, ar_seconds_per_image: Optional[float]) -> Dict[str, float]:
-    """The decoding-cost columns of one run (speed-up only when both it and AR were timed)."""
+def cost_row(run: MethodRun, ar: Optional[MethodRun] = None) -> Dict[str, float]:
+    """The decoding-cost columns of one run; wall-clock columns relative to ``ar`` when given."""
     row = {"method": run.name, "accepted_per_step": run.mean_accepted, "tokens_per_step": run.tokens_per_step,
            "step_compression": run.step_compression}
-    if run.timed_seconds is not None and ar_seconds_per_image:
-        per_image = run.timed_seconds / run.timed_rows
-        row.update({"seconds_per_image": per_image, "speedup": ar_seconds_per_image / per_image})
+    if ar is not None:
+        row.update({"seconds_per_image": run.seconds_per_image, "speedup": ar.seconds / run.seconds})
         row["speedup_over_compression"] = row["speedup"] / row["step_compression"]
     return row
 

@@ -4,7 +4,8 @@ Families (each point: step compression, class accuracy, FD-cls over the same row
 
 * ``lantern``: LANTERN on EAGLE-2 trees, TV budget delta (0 = exact eagle2);
 * ``lantern++``: static tree, ratio bound lambda (1 = exact static tree);
-* ``gsd``: dynamic groups of G ranks around the draft (G/2 on each side), released filters;
+* ``init``: SJD and GSD (default G) with the random (Lumina-mGPT) and repeat-left (LlamaGen) Jacobi inits;
+* ``gsd``: dynamic groups of G ranks around the draft (G/2 on each side), released filters, repeat-left init;
 * ``gsd-static``: the same grouped test over *static* codebook clusters of about G codes (k-means on the
   normalised codebook): GSD's Table 2 ablation. The groups are made exactly the clusters through the partition
   construction of ALGORITHMS.md section 6 (identical embedding rows within a cluster, far apart across clusters,
@@ -22,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import GSD
-from .common import (QualityJudge, build_method, cost_row, decode, evaluation_rows, load, machine_line,
-                     run_method, write_table)
+from .common import (QUALITY_COLUMNS, QualityJudge, build_method, cost_row, decode, evaluation_rows, load,
+                     machine_line, run_method, write_table)
 
 DELTAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 LAMBDAS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -31,15 +32,10 @@ GROUP_SIZES = (2, 4, 8, 14, 26, 50)
 
 COLUMNS = (
     ("family", "family", "{}"),
-    ("knob", "knob", "{}"),
-    ("value", "value", "{:g}"),
+    ("setting", "setting", "{}"),
     ("step_compression", "step compression", "{:.2f}x"),
     ("accepted_per_step", "accepted / step", "{:.2f}"),
-    ("class_accuracy", "class acc", "{:.3f}"),
-    ("fd_cls", "FD-cls", "{:.2f}"),
-    ("precision", "precision", "{:.3f}"),
-    ("recall", "recall", "{:.3f}"),
-)
+) + QUALITY_COLUMNS
 
 
 @dataclass
@@ -83,7 +79,7 @@ def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, d
     else:  # pragma: no cover - 64-d random directions are nearly orthogonal
         raise RuntimeError("could not separate the cluster vectors")
     table = centers[torch.as_tensor(labels, dtype=torch.int64)]
-    return GSD(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr)
+    return GSD(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr, init="repeat_left")
 
 
 def sweep_points(config: SweepConfig):
@@ -91,6 +87,8 @@ def sweep_points(config: SweepConfig):
     pts = [("lantern", "delta", d, lambda tb, d=d: build_method(tb, "lantern", delta=d)) for d in config.deltas]
     pts += [("lantern++", "lambda", lam, lambda tb, lam=lam: build_method(tb, "lantern++", lam=lam))
             for lam in config.lambdas]
+    pts += [(f"{name} init", "init", init, lambda tb, name=name, init=init: build_method(tb, name, init=init))
+            for name in ("sjd", "gsd") for init in ("random", "repeat_left")]
     pts += [("gsd", "G", g, lambda tb, g=g: build_method(tb, "gsd", rank_window=(g // 2, g // 2)))
             for g in config.group_sizes]
     pts += [("gsd-static", "G", g, lambda tb, g=g: static_cluster_gsd(tb.vq.codebook_normalized(), g, config.seed))
@@ -107,11 +105,13 @@ def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> Lis
     judge = QualityJudge(tb, len(classes))
     rows = []
     ar = run_method(tb, "ar", build_method(tb, "ar"), classes, keys, batch_size=config.batch_size, progress=False)
-    rows.append({"family": "ar", "knob": "-", "value": 0, **cost_row(ar, None), **judge(decode(tb, ar.tokens), classes)})
+    rows.append({"family": "ar", "setting": "-", "value": None, **cost_row(ar),
+                 **judge(decode(tb, ar.tokens), classes)})
     for family, knob, value, factory in tqdm(sweep_points(config), desc="sweep", disable=not progress):
-        run = run_method(tb, f"{family} {knob}={value:g}", factory(tb), classes, keys,
-                         batch_size=config.batch_size, progress=False)
-        rows.append({"family": family, "knob": knob, "value": value, **cost_row(run, None),
+        setting = f"{knob}={value:g}" if isinstance(value, (int, float)) else f"{knob}={value}"
+        run = run_method(tb, f"{family} {setting}", factory(tb), classes, keys, batch_size=config.batch_size,
+                         progress=False)
+        rows.append({"family": family, "setting": setting, "value": value, **cost_row(run),
                      **judge(decode(tb, run.tokens), classes)})
     header = (f"# Sweep: relaxation vs quality on the shipped testbed\n\n{len(classes)} images "
               f"({config.images_per_class} per class), same rows and seeds for every point. "
@@ -134,8 +134,9 @@ def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     ar = next(r for r in rows if r["family"] == "ar")
     for ax, key, label in ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "fd_cls", "FD-cls (lower is better)")):
-        for family in dict.fromkeys(r["family"] for r in rows if r["family"] != "ar"):
-            pts = [r for r in rows if r["family"] == family]
+        curves = [r for r in rows if isinstance(r["value"], (int, float))]  # knobs with a numeric value
+        for family in dict.fromkeys(r["family"] for r in curves):
+            pts = [r for r in curves if r["family"] == family]
             ax.plot([r["step_compression"] for r in pts], [r[key] for r in pts], "o-", label=family, ms=4)
             for r in pts:
                 ax.annotate(f"{r['value']:g}", (r["step_compression"], r[key]), fontsize=6, xytext=(3, 3),

@@ -77,14 +77,22 @@ class SJD(ChainMethod):
             init = (u * self.vocab).long().clamp_max(self.vocab - 1)
             window.copy_(torch.where(fresh, init, window))
         else:
-            # Raster buffer: committed tokens then the window; entry j sits at image index n_gen + j.
-            buf = torch.cat([state.tokens, state.tokens.new_zeros(state.batch_size, width)], dim=1)
-            for k in range(width):
-                idx = state.n_gen + k
-                left = torch.where(idx % self.grid_width > 0, idx - 1, idx - self.grid_width)
-                left = torch.where(left >= 0, left, idx - 1).clamp(0, buf.shape[1] - 1)
-                value = torch.where(fresh[:, k], buf.gather(1, left[:, None])[:, 0], window[:, k])
-                window[:, k] = value
-                buf.scatter_(1, idx.clamp_max(buf.shape[1] - 1)[:, None], value[:, None])
+            window.copy_(torch.where(fresh, self._repeat_left(state, window, fresh), window))
         one_hot = F.one_hot(window, self.vocab).to(q.dtype)
         q.copy_(torch.where(fresh[:, :, None], one_hot, q))
+
+    def _repeat_left(self, state, window: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """Each fresh entry copies its left neighbour in the image row (the token above at a row start), which may
+        itself be fresh: follow the chain to the first committed or refreshed token by pointer doubling."""
+        batch, width = window.shape
+        length = state.tokens.shape[1] + width
+        j = torch.arange(width, device=window.device)
+        pos = state.n_gen[:, None] + j[None, :]  # raster index of window entry j (< length)
+        buf = torch.cat([state.tokens, state.tokens.new_zeros(batch, width)], dim=1).scatter_(1, pos, window)
+        left = torch.where(pos % self.grid_width > 0, pos - 1, pos - self.grid_width)
+        left = torch.where(left >= 0, left, pos - 1).clamp(0, length - 1)
+        ptr = torch.arange(length, device=window.device).expand(batch, length).clone()
+        ptr.scatter_(1, pos, torch.where(fresh, left, pos))
+        for _ in range(max(1, width).bit_length() + 1):  # chains are at most `width` long and only point left
+            ptr = ptr.gather(1, ptr)
+        return buf.gather(1, ptr.gather(1, pos))
