@@ -9,6 +9,7 @@ everything, quality, steps and wall-clock, in one batch-1 run per method.)
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -39,6 +40,19 @@ def build_method(tb, name: str, **options):
     (gsd, lantern, lantern++); ``options`` (over :data:`TESTBED_OPTIONS`) go to the method's constructor."""
     options = {**TESTBED_OPTIONS.get(name, {}), **options}
     return make_method(name, draft_model=tb.draft, head=tb.eagle, codebook=tb.vq.codebook_normalized(), **options)
+
+
+@dataclass
+class RunConfig:
+    """What every experiment takes: the evaluation rows (10 classes x ``images_per_class``, keys from ``seed``),
+    rows per generate call, where to write, which weights, torch threads."""
+
+    images_per_class: int = 10
+    batch_size: int = 1
+    seed: int = 0
+    out: Path = Path("results")
+    weights: Optional[Path] = None
+    threads: int = 2
 
 
 @dataclass

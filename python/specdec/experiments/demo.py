@@ -15,14 +15,14 @@ An ``ar (seed + 1)`` row (AR again with other uniforms) shows how much the quali
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, QUALITY_COLUMNS, QualityJudge, build_method, cost_row, decode,
-                     evaluation_rows, load, machine_line, run_method, write_table)
+                     RunConfig, evaluation_rows, load, machine_line, run_method, write_table)
 
 DEMO_METHODS = ("ar", "sd", "sjd", "gsd", "eagle2", "lantern", "lantern++")
 
@@ -31,22 +31,18 @@ COLUMNS = (
     ("accepted_per_step", "accepted / step", "{:.2f}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
     ("step_compression", "step compression", "{:.2f}x"),
-    ("seconds_per_image", "s / image (batch 1)", "{:.3f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
     ("speedup", "wall-clock speed-up", "{:.2f}x"),
     ("speedup_over_compression", "speed-up / compression", "{:.2f}"),
 ) + QUALITY_COLUMNS
 
 
 @dataclass
-class DemoConfig:
-    images_per_class: int = 20  # 10 classes x this images per method
-    batch_size: int = 1  # rows per generate call (wall-clock is per image either way)
-    seed: int = 0
+class DemoConfig(RunConfig):
+    images_per_class: int = 20
+    batch_size: int = 1  # the targets are stated at batch 1; wall-clock is per image either way
     methods: Sequence[str] = DEMO_METHODS
     options: Dict[str, dict] = field(default_factory=dict)  # per-method constructor options
-    out: Path = Path("results")
-    weights: Optional[Path] = None
-    threads: int = 2
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":

@@ -17,13 +17,13 @@ Writes ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` to ``out`` (default ``result
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import GSD
-from .common import (QUALITY_COLUMNS, QualityJudge, build_method, cost_row, decode, evaluation_rows, load,
+from .common import (QUALITY_COLUMNS, QualityJudge, RunConfig, build_method, cost_row, decode, evaluation_rows, load,
                      machine_line, run_method, write_table)
 
 DELTAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -39,21 +39,17 @@ COLUMNS = (
 
 
 @dataclass
-class SweepConfig:
-    images_per_class: int = 10
-    batch_size: int = 50
-    seed: int = 0
+class SweepConfig(RunConfig):
+    batch_size: int = 50  # no wall-clock here, so batch for speed
     deltas: Sequence[float] = DELTAS
     lambdas: Sequence[float] = LAMBDAS
     group_sizes: Sequence[int] = GROUP_SIZES
-    out: Path = Path("results")
-    weights: Optional[Path] = None
-    threads: int = 2
 
     @classmethod
     def quick(cls, **kw) -> "SweepConfig":
-        return cls(images_per_class=2, batch_size=20, deltas=(0.0, 0.2), lambdas=(1.0, 5.0), group_sizes=(4, 14),
-                   **kw)
+        """A smoke run: 2 images per class, two values per knob."""
+        return cls(**{"images_per_class": 2, "deltas": (0.0, 0.2), "lambdas": (1.0, 5.0), "group_sizes": (4, 14),
+                      **kw})
 
 
 def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, dim: int = 64) -> GSD:
@@ -133,7 +129,8 @@ def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     ar = next(r for r in rows if r["family"] == "ar")
-    for ax, key, label in ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "fd_cls", "FD-cls (lower is better)")):
+    panels = ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "fd_cls", "FD-cls (lower is better)"))
+    for ax, key, label in panels:
         curves = [r for r in rows if isinstance(r["value"], (int, float))]  # knobs with a numeric value
         for family in dict.fromkeys(r["family"] for r in curves):
             pts = [r for r in curves if r["family"] == family]

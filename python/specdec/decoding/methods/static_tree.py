@@ -32,7 +32,7 @@ class StaticTreeMethod(TreeMethod):
 
     def draft_tree(self, ctx, root_feature, q_root):
         state, tree = ctx.state, self.tree
-        batch, device, copies = state.batch_size, state.device, ctx.cfg_copies
+        batch, device = state.batch_size, state.device
         m, vocab = tree.num_nodes, q_root.shape[-1]
         n0, active = state.n_gen, state.active
         tokens = torch.zeros(batch, m, dtype=torch.int64, device=device)
