@@ -91,3 +91,12 @@ def test_plots_from_rows(tmp_path):
                    for d in (0.0, 0.1)]
     plot_sweep(sweep_rows, tmp_path / "sweep.png")
     assert (tmp_path / "demo.png").stat().st_size > 10_000 and (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    from specdec.experiments.common import resolve_device
+
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")

@@ -98,12 +98,14 @@ def _add_run_options(p, default_out: Path) -> None:
     p.add_argument("--out", type=Path, default=default_out, help=f"output directory (default {default_out})")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu (default, as the committed results), cuda or auto")
 
 
 def _config(cls, args, **extra):
     given = {k: v for k, v in (("batch_size", args.batch_size), ("images_per_class", args.images_per_class))
              if v is not None}
-    kwargs = dict(seed=args.seed, out=args.out, weights=args.weights, threads=args.threads, **extra, **given)
+    kwargs = dict(seed=args.seed, out=args.out, weights=args.weights, threads=args.threads, device=args.device,
+                  **extra, **given)
     return cls.quick(**kwargs) if args.quick else cls(**kwargs)
 
 

@@ -30,9 +30,23 @@ DEFAULT_SAMPLING = SamplingConfig(cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEM
 TESTBED_OPTIONS = {"sjd": {"init": "repeat_left"}, "gsd": {"init": "repeat_left"}}
 
 
-def load(weights=None):
-    """The shipped testbed (float32, CPU); raises a clear error naming what to train when weights are missing."""
-    return shipped.load_testbed("cpu", weights)
+def resolve_device(device: str = "cpu") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; otherwise ``device`` itself (a clear error when CUDA is asked
+    for but absent)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+    return dev
+
+
+def load(weights=None, device: str = "cpu"):
+    """The shipped testbed (float32) on ``device``, the classifier on the CPU (quality is judged there); raises a
+    clear error naming what to train when weights are missing."""
+    tb = shipped.load_testbed(resolve_device(device), weights)
+    tb.classifier = tb.classifier.cpu()
+    return tb
 
 
 def build_method(tb, name: str, **options):
@@ -53,6 +67,7 @@ class RunConfig:
     out: Path = Path("results")
     weights: Optional[Path] = None
     threads: int = 2
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
 
 
 @dataclass
@@ -96,27 +111,35 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
     tokens, steps, accepts, seconds = [], [], [], 0.0
     n = len(classes)
     for i in tqdm(range(0, n, batch_size), desc=name, leave=False, disable=not progress):
+        _synchronize(classes.device)
         start = time.perf_counter()
         res = generate(tb.target, classes[i : i + batch_size], method, sampling=sampling,
                        row_keys=row_keys[i : i + batch_size])
+        _synchronize(classes.device)
         seconds += time.perf_counter() - start
-        tokens.append(res.tokens)
+        tokens.append(res.tokens.cpu())
         steps.append(res.metrics.row_steps)
         accepts.append(res.metrics.accept_lens)
     return MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens), seconds,
                      batch_size)
 
 
-def evaluation_rows(images_per_class: int, seed: int):
-    """Balanced class ids ``0..9, 0..9, ...`` and their row keys."""
-    classes = balanced_classes(10 * images_per_class)
-    return classes, derive_row_keys(len(classes), seed)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluation_rows(images_per_class: int, seed: int, device="cpu"):
+    """Balanced class ids ``0..9, 0..9, ...`` and their row keys, on ``device``."""
+    classes = balanced_classes(10 * images_per_class).to(device)
+    return classes, derive_row_keys(len(classes), seed, device)
 
 
 @torch.no_grad()
 def decode(tb, tokens: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Image codes ``(N, num_tokens)`` -> images ``(N, 1, 32, 32)`` in [-1, 1]."""
-    return torch.cat([tb.vq.decode(tokens[i : i + batch]) for i in range(0, len(tokens), batch)])
+    """Image codes ``(N, num_tokens)`` -> images ``(N, 1, 32, 32)`` in [-1, 1], on the CPU."""
+    device = tb.vq.codebook_normalized().device
+    return torch.cat([tb.vq.decode(tokens[i : i + batch].to(device)).cpu() for i in range(0, len(tokens), batch)])
 
 
 #: Table columns (key, title, format) of :class:`QualityJudge`'s figures.
@@ -136,7 +159,7 @@ class QualityJudge:
         self.real, _, _ = balanced_test_subset(num_images)
 
     def __call__(self, images: torch.Tensor, classes: torch.Tensor) -> Dict[str, float]:
-        return sample_quality(self.tb.classifier, images, classes, self.real)
+        return sample_quality(self.tb.classifier, images.cpu(), classes.cpu(), self.real)
 
 
 def cost_row(run: MethodRun, ar: Optional[MethodRun] = None) -> Dict[str, float]:
@@ -169,8 +192,10 @@ def write_table(rows: Sequence[Dict], columns: Sequence[tuple], csv_path, md_pat
     return text
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: int, device="cpu") -> str:
     import platform
 
-    return (f"{platform.machine()} CPU, {threads} torch thread(s), torch {torch.__version__}, "
-            f"{time.strftime('%Y-%m-%d')}")
+    device = torch.device(device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.machine()} CPU, {threads} torch thread(s)")
+    return f"{where}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"

@@ -57,8 +57,9 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    tb = load(config.weights)
-    classes, keys = evaluation_rows(config.images_per_class, config.seed)
+    tb = load(config.weights, config.device)
+    device = tb.vq.codebook_normalized().device
+    classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
     judge = QualityJudge(tb, len(classes))
     names = ["ar"] + [m for m in config.methods if m != "ar"]
     runs, rows = {}, []
@@ -68,17 +69,17 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         runs[name] = run
         images = decode(tb, run.tokens)
         rows.append({**cost_row(run, runs["ar"]), **judge(images, classes)})
-        save_grid(images, classes, out / f"samples_{_file_name(name)}.png", per_class=min(10, config.images_per_class),
+        save_grid(images, classes.cpu(), out / f"samples_{_file_name(name)}.png", per_class=min(10, config.images_per_class),
                   title=f"{name}: {run.step_compression:.2f}x fewer target forwards")
     # Chance alone: AR with other uniforms (batched, not timed).
-    _, other_keys = evaluation_rows(config.images_per_class, config.seed + 1)
+    _, other_keys = evaluation_rows(config.images_per_class, config.seed + 1, device)
     noise = run_method(tb, "ar (seed + 1)", build_method(tb, "ar"), classes, other_keys, batch_size=50,
                        progress=progress)
     rows.insert(1, {**cost_row(noise), **judge(decode(tb, noise.tokens), classes)})
     header = (f"# Demo: every method on the shipped testbed\n\n{len(classes)} images ({config.images_per_class} per "
               f"class), CFG {DEFAULT_SAMPLING.cfg_scale}, T {DEFAULT_SAMPLING.temperature}, top-k "
               f"{DEFAULT_SAMPLING.top_k}, seed {config.seed}, batch {config.batch_size}; SJD and GSD with "
-              f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads)}.")
+              f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, device)}.")
     text = write_table(rows, COLUMNS, out / "demo.csv", out / "demo.md", header)
     (out / "demo.json").write_text(json.dumps({"config": _jsonable(config), "rows": rows}, indent=2) + "\n")
     plot_demo(rows, out / "demo.png")

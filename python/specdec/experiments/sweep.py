@@ -63,7 +63,7 @@ def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, d
 
     vocab = codebook.shape[0]
     num_clusters = max(1, vocab // max(1, int(group_size)))
-    points = torch.nn.functional.normalize(codebook.double(), dim=-1).numpy()
+    points = torch.nn.functional.normalize(codebook.double().cpu(), dim=-1).numpy()
     _, labels = kmeans2(points, num_clusters, minit="++", seed=seed)
     gen = torch.Generator().manual_seed(seed)
     d_thr = 0.5
@@ -74,7 +74,7 @@ def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, d
             break
     else:  # pragma: no cover - 64-d random directions are nearly orthogonal
         raise RuntimeError("could not separate the cluster vectors")
-    table = centers[torch.as_tensor(labels, dtype=torch.int64)]
+    table = centers[torch.as_tensor(labels, dtype=torch.int64)].to(codebook.device)
     return GSD(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr, init="repeat_left")
 
 
@@ -96,8 +96,9 @@ def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> Lis
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    tb = load(config.weights)
-    classes, keys = evaluation_rows(config.images_per_class, config.seed)
+    tb = load(config.weights, config.device)
+    device = tb.vq.codebook_normalized().device
+    classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
     judge = QualityJudge(tb, len(classes))
     rows = []
     ar = run_method(tb, "ar", build_method(tb, "ar"), classes, keys, batch_size=config.batch_size, progress=False)
@@ -111,7 +112,7 @@ def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> Lis
                      **judge(decode(tb, run.tokens), classes)})
     header = (f"# Sweep: relaxation vs quality on the shipped testbed\n\n{len(classes)} images "
               f"({config.images_per_class} per class), same rows and seeds for every point. "
-              f"Machine: {machine_line(config.threads)}.")
+              f"Machine: {machine_line(config.threads, device)}.")
     text = write_table(rows, COLUMNS, out / "sweep.csv", out / "sweep.md", header)
     (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
     plot_sweep(rows, out / "sweep.png")
