@@ -89,13 +89,13 @@ def _add_metrics(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _add_run_options(p, default_out: Path) -> None:
+def _add_run_options(p) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run on a few images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None,
                    help="rows per generate call (demo default 1, sweep default 50)")
     p.add_argument("--images-per-class", type=int, default=None)
-    p.add_argument("--out", type=Path, default=default_out, help=f"output directory (default {default_out})")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default results)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default, as the committed results), cuda or auto")
@@ -112,7 +112,7 @@ def _config(cls, args, **extra):
 @subcommand("demo")
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="every decoding method on the shipped testbed: image grids, table, plot")
-    _add_run_options(p, Path("results"))
+    _add_run_options(p)
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of ar,sd,sjd,gsd,eagle2,lantern,lantern++ (ar is always run)")
 
@@ -133,7 +133,7 @@ def _add_demo(sub) -> None:
 @subcommand("sweep")
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="LANTERN delta, LANTERN++ lambda and GSD group size G against quality")
-    _add_run_options(p, Path("results"))
+    _add_run_options(p)
 
     def run(args) -> int:
         from .experiments.sweep import SweepConfig, run_sweep

@@ -7,6 +7,7 @@ reduce in a batch-dependent order, so a sample that sits on a CDF boundary can f
 everything, quality, steps and wall-clock, in one batch-1 run per method.)
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,6 @@ class MethodRun:
     accept_lens: List[torch.Tensor]  # per batch (rows, steps), -1 padded
     num_tokens: int
     seconds: float  # wall-clock of all generate calls (after one untimed warm-up call)
-    batch_size: int
 
     @property
     def seconds_per_image(self) -> float:
@@ -120,8 +120,7 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
         tokens.append(res.tokens.cpu())
         steps.append(res.metrics.row_steps)
         accepts.append(res.metrics.accept_lens)
-    return MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens), seconds,
-                     batch_size)
+    return MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens), seconds)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -138,7 +137,7 @@ def evaluation_rows(images_per_class: int, seed: int, device="cpu"):
 @torch.no_grad()
 def decode(tb, tokens: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Image codes ``(N, num_tokens)`` -> images ``(N, 1, 32, 32)`` in [-1, 1], on the CPU."""
-    device = tb.vq.codebook_normalized().device
+    device = next(tb.vq.parameters()).device
     return torch.cat([tb.vq.decode(tokens[i : i + batch].to(device)).cpu() for i in range(0, len(tokens), batch)])
 
 
@@ -160,6 +159,50 @@ class QualityJudge:
 
     def __call__(self, images: torch.Tensor, classes: torch.Tensor) -> Dict[str, float]:
         return sample_quality(self.tb.classifier, images.cpu(), classes.cpu(), self.real)
+
+
+@dataclass
+class Setup:
+    """What an experiment runs against: the testbed on ``device``, the evaluation rows and their judge."""
+
+    tb: object
+    device: torch.device
+    classes: torch.Tensor
+    keys: torch.Tensor
+    judge: QualityJudge
+    out: Path
+
+
+def prepare(config: RunConfig) -> Setup:
+    """Threads, output directory, testbed, evaluation rows and judge for ``config``."""
+    torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    tb = load(config.weights, device)
+    classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
+    return Setup(tb, device, classes, keys, QualityJudge(tb, len(classes)), out)
+
+
+def judged_run(setup: Setup, name: str, method, *, batch_size: int, keys: Optional[torch.Tensor] = None,
+               progress: bool = False):
+    """:func:`run_method` over the setup's rows (``keys`` overrides their row keys), decoded and judged:
+    ``(run, images, quality)``."""
+    run = run_method(setup.tb, name, method, setup.classes, setup.keys if keys is None else keys,
+                     batch_size=batch_size, progress=progress)
+    images = decode(setup.tb, run.tokens)
+    return run, images, setup.judge(images, setup.classes)
+
+
+def write_outputs(setup: Setup, stem: str, rows: Sequence[Dict], columns: Sequence[tuple], header: str, payload,
+                  plot, progress: bool) -> None:
+    """``<stem>.csv`` / ``.md`` (the table under ``header``), ``.json`` (``payload``) and ``.png`` (``plot(rows,
+    path)``) in the output directory; prints the table when ``progress``."""
+    text = write_table(rows, columns, setup.out / f"{stem}.csv", setup.out / f"{stem}.md", header)
+    (setup.out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(rows, setup.out / f"{stem}.png")
+    if progress:
+        print(text)
 
 
 def cost_row(run: MethodRun, ar: Optional[MethodRun] = None) -> Dict[str, float]:

@@ -12,7 +12,6 @@ Writes to ``out`` (default ``results/``):
 An ``ar (seed + 1)`` row (AR again with other uniforms) shows how much the quality figures move by chance alone.
 """
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -21,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics.evaluate import save_grid
-from .common import (DEFAULT_SAMPLING, QUALITY_COLUMNS, QualityJudge, build_method, cost_row, decode,
-                     RunConfig, evaluation_rows, load, machine_line, run_method, write_table)
+from .common import (DEFAULT_SAMPLING, QUALITY_COLUMNS, RunConfig, build_method, cost_row, evaluation_rows,
+                     judged_run, machine_line, prepare, write_outputs)
 
 DEMO_METHODS = ("ar", "sd", "sjd", "gsd", "eagle2", "lantern", "lantern++")
 
@@ -54,37 +53,28 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     """Run every method of ``config`` and write the outputs; returns the table rows."""
     if "ar" not in config.methods:
         raise ValueError("the demo needs 'ar' among the methods: speed-ups and quality are relative to it")
-    torch.set_num_threads(config.threads)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tb = load(config.weights, config.device)
-    device = tb.vq.codebook_normalized().device
-    classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
-    judge = QualityJudge(tb, len(classes))
+    setup = prepare(config)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
-    runs, rows = {}, []
+    rows, ar = [], None
     for name in tqdm(names, desc="methods", disable=not progress):
-        method = build_method(tb, name, **config.options.get(name, {}))
-        run = run_method(tb, name, method, classes, keys, batch_size=config.batch_size, progress=progress)
-        runs[name] = run
-        images = decode(tb, run.tokens)
-        rows.append({**cost_row(run, runs["ar"]), **judge(images, classes)})
-        save_grid(images, classes.cpu(), out / f"samples_{_file_name(name)}.png", per_class=min(10, config.images_per_class),
+        method = build_method(setup.tb, name, **config.options.get(name, {}))
+        run, images, quality = judged_run(setup, name, method, batch_size=config.batch_size, progress=progress)
+        ar = ar or run
+        rows.append({**cost_row(run, ar), **quality})
+        save_grid(images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
+                  per_class=min(10, config.images_per_class),
                   title=f"{name}: {run.step_compression:.2f}x fewer target forwards")
     # Chance alone: AR with other uniforms (batched, not timed).
-    _, other_keys = evaluation_rows(config.images_per_class, config.seed + 1, device)
-    noise = run_method(tb, "ar (seed + 1)", build_method(tb, "ar"), classes, other_keys, batch_size=50,
-                       progress=progress)
-    rows.insert(1, {**cost_row(noise), **judge(decode(tb, noise.tokens), classes)})
-    header = (f"# Demo: every method on the shipped testbed\n\n{len(classes)} images ({config.images_per_class} per "
-              f"class), CFG {DEFAULT_SAMPLING.cfg_scale}, T {DEFAULT_SAMPLING.temperature}, top-k "
+    _, other_keys = evaluation_rows(config.images_per_class, config.seed + 1, setup.device)
+    noise, _, quality = judged_run(setup, "ar (seed + 1)", build_method(setup.tb, "ar"), batch_size=50,
+                                   keys=other_keys, progress=progress)
+    rows.insert(1, {**cost_row(noise), **quality})
+    header = (f"# Demo: every method on the shipped testbed\n\n{len(setup.classes)} images ({config.images_per_class} "
+              f"per class), CFG {DEFAULT_SAMPLING.cfg_scale}, T {DEFAULT_SAMPLING.temperature}, top-k "
               f"{DEFAULT_SAMPLING.top_k}, seed {config.seed}, batch {config.batch_size}; SJD and GSD with "
-              f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, device)}.")
-    text = write_table(rows, COLUMNS, out / "demo.csv", out / "demo.md", header)
-    (out / "demo.json").write_text(json.dumps({"config": _jsonable(config), "rows": rows}, indent=2) + "\n")
-    plot_demo(rows, out / "demo.png")
-    if progress:
-        print(text)
+              f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, setup.device)}.")
+    write_outputs(setup, "demo", rows, COLUMNS, header, {"config": _jsonable(config), "rows": rows}, plot_demo,
+                  progress)
     return rows
 
 

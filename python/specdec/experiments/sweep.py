@@ -14,7 +14,6 @@ Families (each point: step compression, class accuracy, FD-cls over the same row
 Writes ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` to ``out`` (default ``results/``).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -23,8 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import GSD
-from .common import (QUALITY_COLUMNS, QualityJudge, RunConfig, build_method, cost_row, decode, evaluation_rows, load,
-                     machine_line, run_method, write_table)
+from .common import QUALITY_COLUMNS, RunConfig, build_method, cost_row, judged_run, machine_line, prepare, write_outputs
 
 DELTAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 LAMBDAS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -93,31 +91,17 @@ def sweep_points(config: SweepConfig):
 
 
 def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> List[Dict]:
-    torch.set_num_threads(config.threads)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tb = load(config.weights, config.device)
-    device = tb.vq.codebook_normalized().device
-    classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
-    judge = QualityJudge(tb, len(classes))
-    rows = []
-    ar = run_method(tb, "ar", build_method(tb, "ar"), classes, keys, batch_size=config.batch_size, progress=False)
-    rows.append({"family": "ar", "setting": "-", "value": None, **cost_row(ar),
-                 **judge(decode(tb, ar.tokens), classes)})
+    setup = prepare(config)
+    ar, _, quality = judged_run(setup, "ar", build_method(setup.tb, "ar"), batch_size=config.batch_size)
+    rows = [{"family": "ar", "setting": "-", "value": None, **cost_row(ar), **quality}]
     for family, knob, value, factory in tqdm(sweep_points(config), desc="sweep", disable=not progress):
         setting = f"{knob}={value:g}" if isinstance(value, (int, float)) else f"{knob}={value}"
-        run = run_method(tb, f"{family} {setting}", factory(tb), classes, keys, batch_size=config.batch_size,
-                         progress=False)
-        rows.append({"family": family, "setting": setting, "value": value, **cost_row(run),
-                     **judge(decode(tb, run.tokens), classes)})
-    header = (f"# Sweep: relaxation vs quality on the shipped testbed\n\n{len(classes)} images "
+        run, _, quality = judged_run(setup, f"{family} {setting}", factory(setup.tb), batch_size=config.batch_size)
+        rows.append({"family": family, "setting": setting, "value": value, **cost_row(run), **quality})
+    header = (f"# Sweep: relaxation vs quality on the shipped testbed\n\n{len(setup.classes)} images "
               f"({config.images_per_class} per class), same rows and seeds for every point. "
-              f"Machine: {machine_line(config.threads, device)}.")
-    text = write_table(rows, COLUMNS, out / "sweep.csv", out / "sweep.md", header)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot_sweep(rows, out / "sweep.png")
-    if progress:
-        print(text)
+              f"Machine: {machine_line(config.threads, setup.device)}.")
+    write_outputs(setup, "sweep", rows, COLUMNS, header, rows, plot_sweep, progress)
     return rows
 
 

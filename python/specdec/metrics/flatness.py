@@ -9,12 +9,7 @@ from typing import Dict, Sequence
 
 import torch
 
-
-def code_neighbors(codebook_normalized: torch.Tensor, k: int) -> torch.Tensor:
-    """``(V, k)`` indices of each code's k nearest other codes (cosine)."""
-    sims = codebook_normalized @ codebook_normalized.t()
-    sims.fill_diagonal_(-float("inf"))
-    return sims.topk(k, dim=-1).indices
+import specdec_kernels as sk
 
 
 @torch.no_grad()
@@ -32,7 +27,7 @@ def flatness_diagnostics(logits: torch.Tensor, tokens: torch.Tensor, codebook_no
     gen = torch.Generator().manual_seed(seed)
     V = p.shape[-1]
     for k in ks:
-        nbrs = code_neighbors(codebook_normalized, k)[arg]  # (N*T, k)
+        nbrs = sk.neighbor_table(codebook_normalized, k).long()[arg]  # (N*T, k), LANTERN's neighbours
         rand = torch.randint(0, V, nbrs.shape, generator=gen)
         out[f"neighbor_mass_k{k}"] = p.gather(1, nbrs).sum(-1).mean().item()
         out[f"random_mass_k{k}"] = p.gather(1, rand).sum(-1).mean().item()
