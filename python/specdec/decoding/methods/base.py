@@ -54,28 +54,51 @@ class ChainMethod(Method):
         rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
 
     def step(self, ctx) -> torch.Tensor:
+        """One verify step in four phases: propose, one target forward, verify, commit."""
+        active = ctx.state.active
+        drafts, q = self.propose(ctx)  # 1. propose
+        n = self.draft_counts(ctx, drafts.shape[1])
+        p = self.target_forward(ctx, drafts, n)  # 2. one target forward
+        accept_len, next_token = self.verify(ctx, p, q, drafts, n)  # 3. verify
+        self.commit(ctx, drafts, accept_len, next_token)  # 4. commit
+        self.after_verify(ctx, p, accept_len, next_token, n, active)
+        return torch.where(active, accept_len, 0)
+
+    def draft_counts(self, ctx, width: int) -> torch.Tensor:
+        """Drafts per row ``(batch,)``: ``width``, fewer near the image end, 0 for finished rows."""
+        state = ctx.state
+        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
+        return torch.where(state.active, n, 0)
+
+    def target_forward(self, ctx, drafts: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Feed ``[last, d_0 .. d_{n-1}]`` per row in one target forward; return the processed target rows
+        ``(batch, L+1, V)`` (uniform rows for finished rows, which are never used)."""
         state = ctx.state
         active = state.active
-        drafts, q = self.propose(ctx)
         width = drafts.shape[1]
-        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
-        n = torch.where(active, n, 0)
         offs = torch.arange(width + 1, device=state.device)
         tokens = torch.cat([state.last[:, None], drafts], dim=1)
         positions = state.n_gen[:, None] + offs[None, :]
         valid = (offs[None, :] <= n[:, None]) & active[:, None]
         mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
         logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
-                                   cfg_copies=ctx.cfg_copies)
+                              cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
         p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
+        return torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
+
+    def verify(self, ctx, p, q, drafts, n) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Accept length and next token per row ``(batch,)`` each, from the verification op."""
+        width = drafts.shape[1]
         accept_len, next_token = sk.verify_chain(
             p, q, drafts, ctx.uniform(LANE_ACCEPT, width), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
             num_drafts=n, validate=ctx.validate, **self.verify_kwargs(),
         )
+        return accept_len, next_token
+
+    def commit(self, ctx, drafts, accept_len, next_token) -> None:
+        """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
+        state = ctx.state
         emitted = torch.cat([drafts, next_token[:, None]], dim=1)
         emitted.scatter_(1, accept_len[:, None], next_token[:, None])
-        state.commit(emitted, torch.where(active, accept_len + 1, 0))
-        self.after_verify(ctx, p, accept_len, next_token, n, active)
-        return torch.where(active, accept_len, 0)
+        state.commit(emitted, torch.where(state.active, accept_len + 1, 0))
