@@ -1,22 +1,27 @@
 """Method base classes: a chain step (AR, SD, SJD, GSD) and the hooks a method fills in.
 
-Acceptance is never computed here: every verification goes through :mod:`specdec_kernels` ops.
+Acceptance is never computed here: every verification goes through the method's
+:class:`specdec.SpeculativeVerifier` (``ctx.verifier``, configured with the call's sampling settings).
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-import specdec_kernels as sk
-
+from ...verifier import SpeculativeVerifier
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
 
 
 class Method:
-    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration."""
+    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration.
+
+    ``verifier``: the method's acceptance rule and its tables (exact unless a subclass builds another one
+    in its constructor); :func:`~specdec.decoding.generate` gives it the call's logits processing.
+    """
 
     name = "method"
+    verifier = SpeculativeVerifier("exact")
 
     def max_feed(self) -> int:
         """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
@@ -46,9 +51,6 @@ class ChainMethod(Method):
         batch = ctx.state.batch_size
         return torch.zeros(batch, 0, dtype=torch.int64, device=ctx.state.device), None
 
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
-
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran) -> None:
         """Hook after the commit (``ctx.state`` is already updated). ``p``: ``(batch, L+1, V)`` processed target
         rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
@@ -66,16 +68,12 @@ class ChainMethod(Method):
         valid = (offs[None, :] <= n[:, None]) & active[:, None]
         mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
         logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
-                                   cfg_copies=ctx.cfg_copies)
+                              cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
-        p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
-        accept_len, next_token = sk.verify_chain(
-            p, q, drafts, ctx.uniform(LANE_ACCEPT, width), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_drafts=n, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        emitted = torch.cat([drafts, next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
-        state.commit(emitted, torch.where(active, accept_len + 1, 0))
-        self.after_verify(ctx, p, accept_len, next_token, n, active)
+        # Idle rows verify zero drafts on their (ignored) padding logits; their outcome is not committed.
+        out = ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
+                                u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+        accept_len, next_token = out.accept_len, out.next_token
+        state.commit(out.tokens, torch.where(active, out.num_kept, 0))
+        self.after_verify(ctx, out.probs, accept_len, next_token, n, active)
         return torch.where(active, accept_len, 0)

@@ -1,7 +1,7 @@
 """Tree methods' shared step: draft head catch-up, tree drafting (subclass), target tree forward,
 ``verify_tree``, KV compaction (ALGORITHMS.md 2.5, 3.5; TESTBED.md 1.7)."""
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 
@@ -54,9 +54,6 @@ class TreeMethod(Method):
         or None (deterministic candidates): ``(tokens, parents, depth, q)``."""
         raise NotImplementedError
 
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
-
     # -- shared machinery ----------------------------------------------------------------------------------
     def max_feed(self) -> int:
         return self.num_nodes
@@ -107,19 +104,14 @@ class TreeMethod(Method):
         fits = (depth[:, 1:] <= (state.remaining - 1)[:, None]).sum(1)
         num_nodes = torch.where(active, 1 + fits, 1)
         logits, hidden = tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active)
-        p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
-        accepted, accept_len, next_token = sk.verify_tree(
-            p, q, tree_tokens, parents, ctx.uniform(LANE_ACCEPT, m), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_nodes=num_nodes, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        accept_len = torch.where(active, accept_len, 0)
+        # Idle rows verify a lone root on their (ignored) padding logits; their outcome is not committed.
+        out = ctx.verifier.step_tree(logits, tree_tokens, parents, num_nodes=num_nodes, draft_probs=q,
+                                     u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+        accept_len = torch.where(active, out.accept_len, 0)
         width = int(accept_len.max()) + 1
-        path = torch.cat([zero, accepted[:, : width - 1].clamp_min(0)], dim=1)  # root, accepted nodes
+        path = out.path[:, :width]  # root, accepted nodes
         on_path = torch.arange(width, device=state.device)[None, :] <= accept_len[:, None]
-        path = torch.where(on_path, path, 0)
-        emitted = torch.cat([tree_tokens.gather(1, path[:, 1:]), next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
+        emitted = out.tokens[:, :width]
         state.commit(emitted, torch.where(active, accept_len + 1, 0))
         self._compact(ctx, n0, path, on_path)
         self._set_pending(ctx, active, n0, emitted, hidden, path, accept_len)
