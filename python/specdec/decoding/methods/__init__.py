@@ -2,7 +2,7 @@
 
 The registrations are the one list of methods: :func:`make_method`, ``specdec demo`` (``demo=True``, in this
 order), ``specdec sweep`` (``sweep=`` knobs) and the CLI read it. :func:`method_table` prints it. Adding a
-method: write the class (``name``, ``propose`` / ``draft_tree``, ``verify_kwargs``), then add one ``register``
+method: write the class (``name``, ``propose`` / ``draft_tree``, and a ``verifier`` for a non-exact rule), then add one ``register``
 line here (docs/CONTRIBUTING.md).
 """
 

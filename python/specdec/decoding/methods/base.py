@@ -1,22 +1,27 @@
 """Method base classes: a chain step (AR, SD, SJD, GSD) and the hooks a method fills in.
 
-Acceptance is never computed here: every verification goes through :mod:`specdec_kernels` ops.
+Acceptance is never computed here: every verification goes through the method's
+:class:`specdec.SpeculativeVerifier` (``ctx.verifier``, configured with the call's sampling settings).
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-import specdec_kernels as sk
-
+from ...verifier import SpeculativeVerifier
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
 
 
 class Method:
-    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration."""
+    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration.
+
+    ``verifier``: the method's acceptance rule and its tables (exact unless a subclass builds another one
+    in its constructor); :func:`~specdec.decoding.generate` gives it the call's logits processing.
+    """
 
     name = "method"
+    verifier = SpeculativeVerifier("exact")
 
     def max_feed(self) -> int:
         """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
@@ -46,9 +51,6 @@ class ChainMethod(Method):
         batch = ctx.state.batch_size
         return torch.zeros(batch, 0, dtype=torch.int64, device=ctx.state.device), None
 
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
-
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran) -> None:
         """Hook after the commit (``ctx.state`` is already updated). ``p``: ``(batch, L+1, V)`` processed target
         rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
@@ -58,11 +60,11 @@ class ChainMethod(Method):
         active = ctx.state.active
         drafts, q = self.propose(ctx)  # 1. propose
         n = self.draft_counts(ctx, drafts.shape[1])
-        p = self.target_forward(ctx, drafts, n)  # 2. one target forward
-        accept_len, next_token = self.verify(ctx, p, q, drafts, n)  # 3. verify
-        self.commit(ctx, drafts, accept_len, next_token)  # 4. commit
-        self.after_verify(ctx, p, accept_len, next_token, n, active)
-        return torch.where(active, accept_len, 0)
+        logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
+        out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
+        self.commit(ctx, out)  # 4. commit
+        self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
+        return torch.where(active, out.accept_len, 0)
 
     def draft_counts(self, ctx, width: int) -> torch.Tensor:
         """Drafts per row ``(batch,)``: ``width``, fewer near the image end, 0 for finished rows."""
@@ -71,8 +73,8 @@ class ChainMethod(Method):
         return torch.where(state.active, n, 0)
 
     def target_forward(self, ctx, drafts: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """Feed ``[last, d_0 .. d_{n-1}]`` per row in one target forward; return the processed target rows
-        ``(batch, L+1, V)`` (uniform rows for finished rows, which are never used)."""
+        """Feed ``[last, d_0 .. d_{n-1}]`` per row in one target forward; return its raw logits
+        ``(copies * batch, L+1, V)`` (CFG-doubled when the sampling uses CFG)."""
         state = ctx.state
         active = state.active
         width = drafts.shape[1]
@@ -84,21 +86,17 @@ class ChainMethod(Method):
         logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
                               cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
-        p = ctx.process(logits)
-        return torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
+        return logits
 
-    def verify(self, ctx, p, q, drafts, n) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Accept length and next token per row ``(batch,)`` each, from the verification op."""
+    def verify(self, ctx, logits, q, drafts, n):
+        """Process the target logits and verify the drafts (``ctx.verifier``); returns its outcome (accept length,
+        next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
+        (ignored) padding logits; their outcome is not committed."""
         width = drafts.shape[1]
-        accept_len, next_token = sk.verify_chain(
-            p, q, drafts, ctx.uniform(LANE_ACCEPT, width), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_drafts=n, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        return accept_len, next_token
+        return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
+                                 u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
 
-    def commit(self, ctx, drafts, accept_len, next_token) -> None:
+    def commit(self, ctx, out) -> None:
         """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
         state = ctx.state
-        emitted = torch.cat([drafts, next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
-        state.commit(emitted, torch.where(state.active, accept_len + 1, 0))
+        state.commit(out.tokens, torch.where(state.active, out.num_kept, 0))

@@ -1,7 +1,7 @@
 """Tree methods' shared step: draft head catch-up, tree drafting (subclass), target tree forward,
 ``verify_tree``, KV compaction (ALGORITHMS.md 2.5, 3.5; TESTBED.md 1.7)."""
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -65,9 +65,6 @@ class TreeMethod(Method):
         or None (deterministic candidates): ``(tokens, parents, depth, q)``."""
         raise NotImplementedError
 
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
-
     # -- shared machinery ----------------------------------------------------------------------------------
     def max_feed(self) -> int:
         return self.num_nodes
@@ -109,10 +106,10 @@ class TreeMethod(Method):
         active = ctx.state.active
         n0 = ctx.state.n_gen.clone()  # the root's position: the last committed token
         tree = self.propose(ctx)  # 1. propose
-        p, hidden = self.target_forward(ctx, tree, n0, active)  # 2. one target forward
-        accepted, accept_len, next_token = self.verify(ctx, p, tree)  # 3. verify
-        accept_len = torch.where(active, accept_len, 0)
-        self.commit(ctx, tree, n0, active, hidden, accepted, accept_len, next_token)  # 4. commit
+        logits, hidden = self.target_forward(ctx, tree, n0, active)  # 2. one target forward
+        out = self.verify(ctx, logits, tree)  # 3. verify
+        accept_len = torch.where(active, out.accept_len, 0)
+        self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
         return accept_len
 
     def propose(self, ctx) -> DraftTree:
@@ -131,33 +128,26 @@ class TreeMethod(Method):
         return DraftTree(tree_tokens, parents, num_nodes, q)
 
     def target_forward(self, ctx, tree: DraftTree, n0, active) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One target forward over the trees; processed target rows ``(batch, M, V)`` (uniform rows for finished
-        rows) and the target's hidden states."""
-        logits, hidden = tree_forward(ctx, tree.tokens, tree.parents, tree.num_nodes, n0, active)
-        p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
-        return p, hidden
+        """One target forward over the trees: raw logits ``(copies * batch, M, V)`` and the target's hidden
+        states."""
+        return tree_forward(ctx, tree.tokens, tree.parents, tree.num_nodes, n0, active)
 
-    def verify(self, ctx, p, tree: DraftTree) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Accepted node ids ``(batch, H)``, accept length and next token per row, from the verification op."""
+    def verify(self, ctx, logits, tree: DraftTree):
+        """Process the logits and verify the trees (``ctx.verifier``): accepted path, accept length, next token
+        and emitted tokens per row. Idle rows verify a lone root on their (ignored) padding logits; their outcome
+        is not committed."""
         m = tree.tokens.shape[1]
-        accepted, accept_len, next_token = sk.verify_tree(
-            p, tree.q, tree.tokens, tree.parents, ctx.uniform(LANE_ACCEPT, m), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_nodes=tree.num_nodes, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        return accepted, accept_len, next_token
+        return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes, draft_probs=tree.q,
+                                      u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
 
-    def commit(self, ctx, tree: DraftTree, n0, active, hidden, accepted, accept_len, next_token) -> None:
-        """Append the accepted path's tokens and ``next_token``, compact the path's KV to consecutive slots, and
+    def commit(self, ctx, n0, active, hidden, out, accept_len) -> None:
+        """Append the accepted path's tokens and the next token, compact the path's KV to consecutive slots, and
         queue the emitted tokens for the head's next catch-up."""
         state = ctx.state
-        zero = torch.zeros(state.batch_size, 1, dtype=torch.int64, device=state.device)
         width = int(accept_len.max()) + 1
-        path = torch.cat([zero, accepted[:, : width - 1].clamp_min(0)], dim=1)  # root, accepted nodes
+        path = out.path[:, :width]  # root, accepted nodes
         on_path = torch.arange(width, device=state.device)[None, :] <= accept_len[:, None]
-        path = torch.where(on_path, path, 0)
-        emitted = torch.cat([tree.tokens.gather(1, path[:, 1:]), next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
+        emitted = out.tokens[:, :width]
         state.commit(emitted, torch.where(active, accept_len + 1, 0))
         self._compact(ctx, n0, path, on_path)
         self._set_pending(ctx, active, n0, emitted, hidden, path, accept_len)
