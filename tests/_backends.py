@@ -31,6 +31,11 @@ def on_gpu(backend: str) -> bool:
     return device_for(backend) == "cuda"
 
 
+def gpu_only(backend: str, **params) -> bool:
+    """For ``@pytest.mark.select``: image-codebook sizes and many-token cases run where the backend is on a GPU."""
+    return on_gpu(backend)
+
+
 def to_device(value: Any, device) -> Any:
     """``value`` with every tensor in it (also inside dicts, tuples and lists) moved to ``device``."""
     if isinstance(value, torch.Tensor):

@@ -9,7 +9,7 @@ from scipy import stats
 
 import specdec_kernels as sk
 
-from _backends import TRITON_INTERPRETED, assert_same, run_both
+from _backends import TRITON_INTERPRETED, assert_same, gpu_only, run_both
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
 
@@ -46,7 +46,7 @@ def test_parity(kernel_backend, c_one, tau):
     assert accepted.any() and (~accepted).any()
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("c_one", [True, False])
 @pytest.mark.parametrize("tau", [1.0, 42.0])
 @pytest.mark.parametrize("tries", [1, 100])

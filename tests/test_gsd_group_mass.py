@@ -7,7 +7,7 @@ import torch
 
 import specdec_kernels as sk
 
-from _backends import TRITON_INTERPRETED, check_parity
+from _backends import TRITON_INTERPRETED, check_parity, gpu_only
 from _inputs import codebook, probs
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -83,7 +83,7 @@ def test_parity_half_precision(kernel_backend, dtype):
     check_parity(sk.gsd_group_mass, kernel_backend, p, q, torch.randint(0, 50, (6,), generator=gen), p_thr=0.2)
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("window", [(7, 6), (0, 0), (0, 5), (5, 0), (25, 25), (300, 3), (20000, 20000)])
 @pytest.mark.parametrize("with_q", [True, False])

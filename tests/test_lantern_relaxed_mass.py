@@ -9,7 +9,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import TRITON_INTERPRETED, check_parity, device_for, to_device
+from _backends import TRITON_INTERPRETED, check_parity, device_for, gpu_only, to_device
 from _inputs import codebook, probs
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -81,7 +81,7 @@ def _table(vocab: int, k: int) -> torch.Tensor:
     return ((torch.arange(vocab)[:, None] + offsets) % vocab).to(torch.int32)
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k", [1, 31, 32, 33, 1000])
 @pytest.mark.parametrize("budget", [{"delta": 0.0}, {"delta": 0.1}, {"delta": 1.0}, {"lam": 1.0}, {"lam": 20.0}])

@@ -3,6 +3,8 @@ hypothesis-generated inputs; vocabularies across the kernels' block and tile bou
 distribution preservation of "exact", the bounds of the relaxed methods, opcheck, and backend-specific checks
 (Triton's chunk loops, CUDA streams and graph replay)."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, to_device
+from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, to_device
 from _inputs import chain_case, codebook, probs
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -135,10 +137,11 @@ def test_parity_random(kernel_backend, method, with_q, dtype, seed):
     check_parity(sk.verify_chain, kernel_backend, **case, method=_method(method), **kw)
 
 
+@functools.cache
 def _big_table(vocab: int, k: int, seed: int) -> torch.Tensor:
-    """A neighbour table: the reference's up to 4096 codes; above that a cheap valid stand-in (k distinct non-self
+    """A neighbour table: the reference's up to 1024 codes; above that a cheap valid stand-in (k distinct non-self
     ids per row), since the relaxed-mass semantics do not depend on the geometry."""
-    if vocab <= 4096:
+    if vocab <= 1024:
         return reference.neighbor_table(codebook(vocab, dim=8, seed=seed), k)
     offsets = torch.randperm(vocab - 1, generator=torch.Generator().manual_seed(seed))[:k] + 1
     return ((torch.arange(vocab)[:, None] + offsets) % vocab).to(torch.int32)
@@ -157,7 +160,7 @@ def _large_kwargs(method: str, vocab: int, seed: int) -> dict:
     return {}
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("method", ["exact", "gsd", "gsd_wide", "lantern", "lantern_lam"])
 @pytest.mark.parametrize("with_q", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -175,7 +178,7 @@ def test_parity_vocab_sizes(kernel_backend, vocab):
     check_parity(sk.verify_chain, kernel_backend, **{**case, "q": None})
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("vocab", [1, 2, 33, CUDA_TILE - 1, CUDA_TILE, CUDA_TILE + 1, 8192, 16384])
 @pytest.mark.parametrize("method", ["exact", "gsd", "lantern"])
 def test_parity_codebook_sizes(kernel_backend, vocab, method):

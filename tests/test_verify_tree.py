@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, to_device
+from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, to_device
 from _inputs import codebook, probs, tree_case
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -85,7 +85,7 @@ def test_parity_random(kernel_backend, method, with_q, dtype, seed):
                  **_method_kwargs(method, 29, seed))
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("method", ["exact", "lantern_delta", "lantern_lam"])
 @pytest.mark.parametrize("with_q", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -116,7 +116,7 @@ def test_edge_shapes(kernel_backend, with_q):
     check_parity(sk.verify_tree, kernel_backend, **case)
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("vocab", [CUDA_TILE + 1, 8192, 16384])
 @pytest.mark.parametrize("with_q", [True, False])
 def test_parity_codebook_sizes(kernel_backend, vocab, with_q):
