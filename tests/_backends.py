@@ -36,6 +36,12 @@ def gpu_only(backend: str, **params) -> bool:
     return on_gpu(backend)
 
 
+def not_triton(backend: str, **params) -> bool:
+    """For ``@pytest.mark.select``: statistical, property and hypothesis tests run on the reference's peers in C++
+    (cpu, cuda); Triton is held to them through parity on the same inputs."""
+    return backend != "triton"
+
+
 def to_device(value: Any, device) -> Any:
     """``value`` with every tensor in it (also inside dicts, tuples and lists) moved to ``device``."""
     if isinstance(value, torch.Tensor):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, to_device
+from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, not_triton, to_device
 from _inputs import chain_case, codebook, probs
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -278,7 +278,7 @@ def test_long_accept_prefixes(kernel_backend):
         check_parity(sk.verify_chain, kernel_backend, **case, method=method, **_large_kwargs(method, 3000, seed=5))
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 @settings(max_examples=60, deadline=None)
 @given(batch=st.integers(1, 6), drafts=st.integers(0, 6), vocab=st.integers(1, 40), seed=st.integers(0, 10**6),
        with_q=st.booleans(), method=st.sampled_from(["exact", "gsd", "lantern"]),
@@ -339,7 +339,7 @@ def _far_apart():
     return torch.stack([p, p2, bonus]), torch.stack([q, q2])
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 @pytest.mark.parametrize("with_q", [True, False])
 def test_exact_preserves_target_distribution(kernel_backend, with_q):
     """Chi-square: the token emitted at positions 0 and 1 (given position 1 is reached) follows p_i, and the
@@ -394,7 +394,7 @@ def _on(backend, *values):
     return to_device(values, device_for(backend))
 
 
-@pytest.mark.interpreter(keep=lambda size: size == "small")
+@pytest.mark.select(lambda backend, size: backend != "triton" or size == "small")
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_degenerate_relaxations_equal_exact(kernel_backend, size):
     """delta = 0, lam = 1, a (0, 0) GSD window, p_thr = 0 and d_thr = 0 with a table reproduce "exact" token for
@@ -413,7 +413,7 @@ def test_degenerate_relaxations_equal_exact(kernel_backend, size):
         assert_same(sk.verify_chain(**case, backend=kernel_backend, **kw), exact)
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 def test_lantern_acceptance_monotone_in_delta(kernel_backend):
     case, table = _on(kernel_backend, *_relaxed_setup())
     previous = None
@@ -425,7 +425,7 @@ def test_lantern_acceptance_monotone_in_delta(kernel_backend):
     assert previous.float().mean() > 0
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 def test_gsd_accepts_at_least_exact_for_one_hot_drafts(kernel_backend):
     case, _ = _on(kernel_backend, *_relaxed_setup())
     exact, _ = sk.verify_chain(**case, backend=kernel_backend)
@@ -443,7 +443,7 @@ def _single_candidate_output(method_kwargs, p_row, x, n, seed, backend):
     return torch.where(a.cpu() > 0, draft[:, 0], t.cpu())
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 def test_lantern_single_candidate_follows_closed_form(kernel_backend):
     """One deterministic candidate: the output is exactly p with A's mass moved onto x, so TV(out, p) = c_{m*} <= delta."""
     vocab, n, delta, x = 12, 200_000, 0.15, 3
@@ -462,7 +462,7 @@ def test_lantern_single_candidate_follows_closed_form(kernel_backend):
     assert 0.5 * (empirical - p_row.double()).abs().sum() <= delta + tv_bound(vocab, n)
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 def test_gsd_single_candidate_follows_closed_form(kernel_backend):
     """One-hot q: out(x) = P_G and out(y) = p(y) (1 - P_G) / (1 - p(x)) for y != x."""
     vocab, n, x = 10, 200_000, 2

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, to_device
+from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, not_triton, to_device
 from _inputs import codebook, probs, tree_case
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
@@ -164,7 +164,7 @@ def test_padding_is_never_read(kernel_backend):
                 sk.verify_tree(**case, backend="reference"))
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 @settings(max_examples=40, deadline=None)
 @given(batch=st.integers(1, 4), nodes=st.integers(1, 12), vocab=st.integers(2, 30), seed=st.integers(0, 10**6),
        with_q=st.booleans(), lam=st.one_of(st.none(), st.floats(1.0, 20.0)))
@@ -233,7 +233,7 @@ def _emitted(nodes, length, next_token, tokens):
     return first, second
 
 
-@pytest.mark.interpreter(keep=False)
+@pytest.mark.select(not_triton)
 @pytest.mark.parametrize("with_q", [False, True])
 def test_exact_tree_preserves_target_distribution(kernel_backend, with_q):
     """The first emitted token follows p[root]; conditional on accepting node 1, the next follows p[1].
