@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference implementations: the semantics of record (ALGORITHMS.md, section 3).
+"""Pure-PyTorch reference implementations: the semantics of record (docs/ALGORITHMS.md §3).
 
 Every backend (C++ CPU, Triton, CUDA) must reproduce these functions token for token given the same
 inputs and uniforms. They are written for clarity; the public ops in :mod:`specdec_kernels` validate
