@@ -96,6 +96,7 @@ def speculative_generate(
     num_tokens: Optional[int] = None,
     seed: int = 0,
     generator: Optional[torch.Generator] = None,
+    row_keys: Optional[torch.Tensor] = None,
     decode: bool = True,
 ) -> HFImageOutput:
     """Generate one image per prompt with speculative decoding.
@@ -118,8 +119,9 @@ def speculative_generate(
     grid : ``(rows, columns)`` of image tokens (Janus: from its config). eol_token_id : token closing each grid
         row (Emu3: from its vocabulary; Lumina-mGPT: 8803; default none for Chameleon).
     num_tokens : generate only the first ``num_tokens`` image tokens (default the whole grid).
-    seed, generator : randomness; each row's uniforms come from a key drawn from ``generator`` (or a generator
-        seeded with ``seed``), so a row's output does not depend on the other rows in the batch.
+    seed, generator, row_keys : randomness. Row b's uniforms depend only on its key ``row_keys[b]`` (default:
+        drawn from ``generator``, or from a generator seeded with ``seed``), so a row generated alone with its key
+        gives the same tokens as in any batch.
     decode : decode complete images when the model has a VQ decoder.
     """
     family = family_of(model, eol_token_id)
@@ -154,8 +156,12 @@ def speculative_generate(
     target = HFImageTarget(family, prompts, prompt_mask, (rows, cols), n_tok)
     dec = _method(method, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
                   rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
-    gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
-    row_keys = torch.randint(0, 2**31 - 1, (batch,), generator=gen, device=gen.device).to(device)
+    if row_keys is None:
+        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        row_keys = torch.randint(0, 2**31 - 1, (batch,), generator=gen, device=gen.device)
+    elif row_keys.shape != (batch,):
+        raise ValueError(f"row_keys must be ({batch},), got {tuple(row_keys.shape)}")
+    row_keys = row_keys.to(device)
     result = generate(target, torch.arange(batch, device=device), dec, sampling=sampling, row_keys=row_keys,
                       num_tokens=n_tok)
     codes = result.tokens

@@ -22,7 +22,12 @@ from .families import ImageFamily
 
 
 class SlotCache:
-    """A ``DynamicCache`` plus, per row and entry, the owning slot and whether the entry is an EOL."""
+    """A ``DynamicCache`` plus, per row and entry, the owning slot and whether the entry is an EOL.
+
+    ``compact_below``: compact when the fullest row's live entries fill less than this fraction of the cache.
+    """
+
+    compact_below = 0.5
 
     def __init__(self, cache, rows: int, device):
         self.cache = cache
@@ -49,7 +54,7 @@ class SlotCache:
             self.owner, self.is_eol = self.owner[:, :keep], self.is_eol[:, :keep]
             live = live[:, :keep]
         most = int(live.sum(1).max()) if keep else 0
-        if keep and most * 2 < keep:
+        if keep and most < self.compact_below * keep:
             self._compact(live, most)
 
     def _compact(self, live: torch.Tensor, most: int) -> None:
