@@ -34,13 +34,13 @@ def _sharpen(head, factor):
             p.mul_(factor)
 
 
-def tiny_janus(codes=32, seed=0):
+def tiny_janus(codes=32, seed=0, upsampling=3):
     torch.manual_seed(seed)
     config = transformers.JanusConfig(
         text_config=dict(model_type="llama", vocab_size=300, **TEXT),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=64, patch_size=16, num_image_tokens=16),
-        vq_config=dict(num_embeddings=codes, embed_dim=8, base_channels=32, channel_multiplier=[1, 1, 1],
+        vq_config=dict(num_embeddings=codes, embed_dim=8, base_channels=32, channel_multiplier=[1] * upsampling,
                        num_res_blocks=1, latent_channels=32, projection_dim=64, image_token_embed_dim=64))
     model = transformers.JanusForConditionalGeneration(config).eval()
     model.generation_config = transformers.GenerationConfig(bos_token_id=1, pad_token_id=0, eos_token_id=2,
@@ -114,7 +114,8 @@ def test_janus_greedy_matches_hf_generate_with_cfg(janus, method):
                                do_sample=False, guidance_scale=3.0)
     out = speculative_generate(janus, PROMPTS, method=method, cfg_scale=3.0, top_k=1, window=6)
     assert torch.equal(out.codes, reference)
-    assert out.image_tokens.shape == (3, 4, 4) and out.images.shape == (3, 16, 16, 3)
+    assert out.image_tokens.shape == (3, 4, 4) and out.images.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(out.images, janus.decode_image_tokens(out.codes).permute(0, 3, 1, 2))
     if method != "ar":
         assert out.metrics.target_forwards < 16  # drafts were accepted
 
@@ -221,7 +222,7 @@ def test_relaxations_at_zero_strength_equal_sjd_and_run_end_to_end_at_t1(janus):
     for method in ("gsd", "lantern"):
         out = speculative_generate(janus, PROMPTS, method=method, delta=0.3, **common)
         assert out.codes.shape == (3, 16) and int(out.codes.min()) >= 0 and int(out.codes.max()) < 32
-        assert out.images.shape == (3, 16, 16, 3) and torch.isfinite(out.images).all()
+        assert out.images.shape == (3, 3, 16, 16) and torch.isfinite(out.images).all()
         assert out.metrics.target_forwards <= sjd.metrics.target_forwards + 3
 
 
@@ -307,3 +308,44 @@ def test_errors(janus, emu3):
         speculative_generate(torch.nn.Linear(2, 2), PROMPTS)
     with pytest.raises(ValueError, match="num_tokens"):
         speculative_generate(janus, PROMPTS, num_tokens=17)
+
+
+# -- the README snippet, executed as written ---------------------------------------------------------------------
+
+
+def _readme_snippet():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Speed up a Hugging Face image generator", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    return code
+
+
+class _OfflineJanusProcessor:
+    """Stands in for ``JanusProcessor.from_pretrained`` (no download): a fixed prompt ending with BOI, and the
+    real ``JanusImageProcessor.postprocess``."""
+
+    image_processor = None
+
+    def __call__(self, text, generation_mode, return_tensors):
+        assert generation_mode == "image" and return_tensors == "pt"
+        ids = torch.tensor([[1, 10, 11, 12, 5]] * len(text))
+        return transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    def postprocess(self, images, **kwargs):
+        return transformers.JanusImageProcessor().postprocess(images, **kwargs)
+
+
+def test_readme_snippet_runs_as_written(monkeypatch, capsys):
+    monkeypatch.setattr(transformers.JanusForConditionalGeneration, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: tiny_janus(upsampling=5)))  # 64 x 64 px
+    monkeypatch.setattr(transformers.JanusProcessor, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: _OfflineJanusProcessor()))
+    scope = {}
+    exec(compile(_readme_snippet(), "README.md", "exec"), scope)
+    images = scope["images"]
+    assert len(images) == 1 and images[0].size == (64, 64)
+    assert "target_forwards" in capsys.readouterr().out

@@ -62,7 +62,8 @@ class ImageFamily:
                          "negative prompt followed by the same image prefix); or pass cfg_scale=1")
 
     def decode(self, codes: torch.Tensor) -> Optional[torch.Tensor]:
-        """``(B, rows, columns)`` codes -> images, or None when the model has no decoder."""
+        """``(B, rows, columns)`` codes -> ``(B, 3, H, W)`` images in the decoder's range, or None when the model
+        has no decoder."""
         return None
 
 
@@ -101,7 +102,7 @@ class JanusFamily(ImageFamily):
         return torch.where(keep, ids, config.pad_token_id), mask
 
     def decode(self, codes):
-        return self.model.decode_image_tokens(codes.flatten(1))  # (B, H, W, 3)
+        return self.model.model.vqmodel.decode(codes.flatten(1))  # (B, 3, H, W), what postprocess expects
 
 
 class _BpeImageFamily(ImageFamily):

@@ -1,5 +1,6 @@
 """``speculative_generate``: the decoding loop of :mod:`specdec.decoding` over a Hugging Face image generator."""
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -23,11 +24,29 @@ class LanternSJD(SJD):
     name = "lantern-sjd"
 
     def __init__(self, codebook: torch.Tensor, *, delta: float = LANTERN_DELTA, k: Optional[int] = None,
-                 window: int = 16, init: str = "random", grid_width: Optional[int] = None):
+                 window: int = 16, init: str = "random", grid_width: Optional[int] = None,
+                 neighbors: Optional[torch.Tensor] = None):
         super().__init__(window=window, init=init, grid_width=grid_width)
         vocab = codebook.shape[0]
         self.k = lantern_k(vocab) if k is None else min(int(k), vocab - 1)
-        self.verifier = SpeculativeVerifier("lantern", codebook=codebook, k=self.k, delta=delta)
+        if neighbors is not None and neighbors.shape != (vocab, self.k):
+            raise ValueError(f"neighbors must be ({vocab}, {self.k}), got {tuple(neighbors.shape)}")
+        self.verifier = SpeculativeVerifier("lantern", codebook=None if neighbors is not None else codebook,
+                                            neighbors=neighbors, k=self.k, delta=delta)
+
+
+# Neighbour tables per model and k, built once (a 16384-code table with k = 1024 takes seconds to tens of seconds
+# on a CPU) and reused by later calls on the same model.
+_NEIGHBOR_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _neighbors(model, codebook: torch.Tensor, k: Optional[int]) -> torch.Tensor:
+    vocab = codebook.shape[0]
+    k = lantern_k(vocab) if k is None else min(int(k), vocab - 1)
+    tables = _NEIGHBOR_TABLES.setdefault(model, {})
+    if k not in tables:
+        tables[k] = SpeculativeVerifier("lantern", codebook=codebook, k=k).kernel_kwargs["neighbors"]
+    return tables[k]
 
 
 @dataclass
@@ -38,8 +57,8 @@ class HFImageOutput:
     image_tokens : ``(B, rows, columns)`` codes, when a whole image was generated (else None).
     sequences : ``(B, rows * (columns + 1))`` the model's token ids with the EOL column (Emu3 / Chameleon with
         an EOL token; else None): what the model's own loop emits for the image.
-    images : decoded images when the model has a decoder and ``decode=True`` (Janus ``(B, H, W, 3)``, Emu3
-        ``(B, 3, H, W)``, in the model's value range), else None.
+    images : ``(B, 3, H, W)`` decoded images in the decoder's range ([-1, 1]) when the model has a decoder and
+        ``decode=True``, else None (Janus: ``processor.postprocess(list(images.float()), ...)`` makes PIL images).
     metrics : target forwards (prefill included), accepted lengths, wall time (:class:`GenerationMetrics`).
     """
 
@@ -50,7 +69,7 @@ class HFImageOutput:
     metrics: GenerationMetrics
 
 
-def _method(name, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr):
+def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr):
     if name == "ar":
         return AR()
     if name == "sjd":
@@ -59,7 +78,8 @@ def _method(name, codebook, *, window, init, grid_width, delta, k, rank_window, 
         return GSD(codebook, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, window=window, init=init,
                    grid_width=grid_width)
     if name == "lantern":
-        return LanternSJD(codebook, delta=delta, k=k, window=window, init=init, grid_width=grid_width)
+        return LanternSJD(codebook, delta=delta, k=k, window=window, init=init, grid_width=grid_width,
+                          neighbors=_neighbors(model, codebook, k))
     raise ValueError(f"method: unknown {name!r}; choose from {METHODS}")
 
 
@@ -115,7 +135,8 @@ def speculative_generate(
     cfg_scale : guidance scale on raw logits, ``l_u + s (l_c - l_u)`` (default: Janus 5, Emu3 / Chameleon 3);
         1 runs no unconditional rows.
     temperature, top_k, top_p : applied after CFG, to target and drafts alike (``top_k=1`` is greedy).
-    k, delta : LANTERN's neighbours per code (default V // 16) and budget. rank_window, p_thr, d_thr : GSD's.
+    k, delta : LANTERN's neighbours per code (default V // 16; the table is built on the first call and kept per
+        model) and budget. rank_window, p_thr, d_thr : GSD's.
     grid : ``(rows, columns)`` of image tokens (Janus: from its config). eol_token_id : token closing each grid
         row (Emu3: from its vocabulary; Lumina-mGPT: 8803; default none for Chameleon).
     num_tokens : generate only the first ``num_tokens`` image tokens (default the whole grid).
@@ -154,7 +175,7 @@ def speculative_generate(
     else:
         prompts, prompt_mask = ids, mask
     target = HFImageTarget(family, prompts, prompt_mask, (rows, cols), n_tok)
-    dec = _method(method, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
+    dec = _method(method, model, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
                   rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
     if row_keys is None:
         gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
