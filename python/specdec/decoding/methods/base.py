@@ -56,12 +56,28 @@ class ChainMethod(Method):
         rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
 
     def step(self, ctx) -> torch.Tensor:
+        """One verify step in four phases: propose, one target forward, verify, commit."""
+        active = ctx.state.active
+        drafts, q = self.propose(ctx)  # 1. propose
+        n = self.draft_counts(ctx, drafts.shape[1])
+        logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
+        out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
+        self.commit(ctx, out)  # 4. commit
+        self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
+        return torch.where(active, out.accept_len, 0)
+
+    def draft_counts(self, ctx, width: int) -> torch.Tensor:
+        """Drafts per row ``(batch,)``: ``width``, fewer near the image end, 0 for finished rows."""
+        state = ctx.state
+        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
+        return torch.where(state.active, n, 0)
+
+    def target_forward(self, ctx, drafts: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Feed ``[last, d_0 .. d_{n-1}]`` per row in one target forward; return its raw logits
+        ``(copies * batch, L+1, V)`` (CFG-doubled when the sampling uses CFG)."""
         state = ctx.state
         active = state.active
-        drafts, q = self.propose(ctx)
         width = drafts.shape[1]
-        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
-        n = torch.where(active, n, 0)
         offs = torch.arange(width + 1, device=state.device)
         tokens = torch.cat([state.last[:, None], drafts], dim=1)
         positions = state.n_gen[:, None] + offs[None, :]
@@ -70,10 +86,17 @@ class ChainMethod(Method):
         logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
                               cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
-        # Idle rows verify zero drafts on their (ignored) padding logits; their outcome is not committed.
-        out = ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
-                                u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
-        accept_len, next_token = out.accept_len, out.next_token
-        state.commit(out.tokens, torch.where(active, out.num_kept, 0))
-        self.after_verify(ctx, out.probs, accept_len, next_token, n, active)
-        return torch.where(active, accept_len, 0)
+        return logits
+
+    def verify(self, ctx, logits, q, drafts, n):
+        """Process the target logits and verify the drafts (``ctx.verifier``); returns its outcome (accept length,
+        next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
+        (ignored) padding logits; their outcome is not committed."""
+        width = drafts.shape[1]
+        return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
+                                 u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+
+    def commit(self, ctx, out) -> None:
+        """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
+        state = ctx.state
+        state.commit(out.tokens, torch.where(state.active, out.num_kept, 0))
