@@ -190,3 +190,42 @@ def test_errors_name_the_argument():
         SpeculativeVerifier("exact", cfg_scale=2.0).step(logits, drafts, u_accept=u_accept)
     with pytest.raises(ValueError, match="chains only"):
         SpeculativeVerifier("gsd", codebook=_codebook()).step_tree(logits, drafts, drafts)
+
+
+def test_fused_logits_op_is_used_when_probs_are_not_needed(monkeypatch):
+    """With ``return_probs=False`` the verifier hands raw logits to ``specdec_kernels.verify_chain_logits`` /
+    ``verify_tree_logits`` when the library has them (here a stand-in with the contract's semantics, which
+    records its calls); the tokens equal the processed path's."""
+    calls = []
+
+    def chain_logits(logits, draft, u_accept, u_sample, *, cfg_scale, temperature, top_k, top_p, draft_probs,
+                     draft_logits, **kwargs):
+        calls.append("chain")
+        p = _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        return sk.verify_chain(p, draft_probs, draft, u_accept, u_sample, **kwargs)
+
+    def tree_logits(logits, tokens, parents, u_accept, u_sample, *, cfg_scale, temperature, top_k, top_p,
+                    draft_probs, **kwargs):
+        calls.append("tree")
+        p = _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        return sk.verify_tree(p, draft_probs, tokens, parents, u_accept, u_sample, **kwargs)
+
+    logits, drafts, num_drafts, u_accept, u_sample = _inputs()
+    verifier = SpeculativeVerifier("lantern", codebook=_codebook(), cfg_scale=3.0, top_k=9, top_p=0.8)
+    expected = verifier.step(logits, drafts, num_drafts=num_drafts, u_accept=u_accept, u_sample=u_sample)
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 3]]).expand(B, 7).contiguous()
+    monkeypatch.setattr(sk, "verify_chain_logits", chain_logits, raising=False)
+    monkeypatch.setattr(sk, "verify_tree_logits", tree_logits, raising=False)
+    out = verifier.step(logits, drafts, num_drafts=num_drafts, u_accept=u_accept, u_sample=u_sample,
+                        return_probs=False)
+    assert calls == ["chain"] and out.probs is None and torch.equal(out.tokens, expected.tokens)
+    kept = verifier.step(logits, drafts, num_drafts=num_drafts, u_accept=u_accept, u_sample=u_sample)
+    assert calls == ["chain"] and torch.equal(kept.probs, expected.probs)  # return_probs=True: processed path
+    # the tree path: same check on a 7-node tree
+    tree_tokens = torch.randint(0, V, (B, 7), generator=torch.Generator().manual_seed(12))
+    u_tree = torch.rand(B, 7, generator=torch.Generator().manual_seed(13))
+    ref_tree = verifier.step_tree(logits, tree_tokens, parents, u_accept=u_tree, u_sample=u_sample)
+    fused_tree = verifier.step_tree(logits, tree_tokens, parents, u_accept=u_tree, u_sample=u_sample,
+                                    return_probs=False)
+    assert calls == ["chain", "tree"] and torch.equal(fused_tree.tokens, ref_tree.tokens)
+    assert torch.equal(fused_tree.path, ref_tree.path)
