@@ -138,7 +138,8 @@ class TreeMethod(Method):
         is not committed."""
         m = tree.tokens.shape[1]
         return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes, draft_probs=tree.q,
-                                      u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+                                      u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0],
+                                      return_probs=False)
 
     def commit(self, ctx, n0, active, hidden, out, accept_len) -> None:
         """Append the accepted path's tokens and the next token, compact the path's KV to consecutive slots, and
