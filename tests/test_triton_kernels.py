@@ -570,7 +570,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 nbr_ptr=I32, scratch_ptr=F64, marker_ptr=I32, accepted_ptr=I64, accept_len_ptr=I64,
                 next_token_ptr=I64, M="i32", V="i32", K="i32", budget_bits="i64")
     cases = [(verify_chain._verify_chain_kernel, chain,
-              dict(METHOD=m, HAS_Q=True, USE_LAMBDA=m == 2, HAS_EMB=m == 1, BLOCK_V=2048, BLOCK_K=128))
+              dict(METHOD=m, HAS_Q=True, USE_LAMBDA=m == 2, HAS_EMB=m == 1, BLOCK_V=2048, BLOCK_K=128, BLOCK_L=16))
              for m in (0, 1, 2)]
     cases += [(verify_tree._verify_tree_kernel, tree,
                dict(METHOD=m, HAS_Q=m == 2, USE_LAMBDA=False, BLOCK_V=2048, BLOCK_K=128, BLOCK_M=64)) for m in (0, 2)]
