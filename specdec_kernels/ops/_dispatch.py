@@ -18,36 +18,5 @@ def run(name: str, backend: str, device: torch.device, reference: Callable[[], o
         return reference()
     if chosen == "triton":
         return TRITON_OPS[name](*op_args)
-    if not _CPP_PACKED:
-        op_args = _legacy_args(name, op_args)
     return torch_op(name)(*op_args)
 
-
-# Transitional: a C++ extension built before the packed-params schemas (docs/ALGORITHMS.md §3.8) takes every
-# method parameter as its own argument; convert until the extension is rebuilt.
-def _cpp_takes_packed_params() -> bool:
-    from .._backend import _HAS_EXTENSION
-
-    if not _HAS_EXTENSION:
-        return True
-    return any(a.name == "params" for a in torch_op("verify_chain")._schema.arguments)
-
-
-_CPP_PACKED = _cpp_takes_packed_params()
-
-
-def _legacy_args(name: str, args: tuple) -> tuple:
-    from .. import _methods
-
-    if name == "verify_chain":
-        p, q, draft, u_accept, u_sample, num_drafts, code, neighbors, embeddings, params = args
-        clean = _methods.unpack_params(_methods.BY_CODE[code], params)
-        h_lo, h_hi = clean.get("rank_window", (7, 6))
-        return (p, q, draft, u_accept, u_sample, num_drafts, code, neighbors, clean.get("delta"), clean.get("lam"),
-                embeddings, h_lo, h_hi, clean.get("p_thr", 0.15), clean.get("d_thr", 0.5))
-    if name == "verify_tree":
-        p, q, tokens, parents, u_accept, u_sample, num_nodes, code, neighbors, params = args
-        clean = _methods.unpack_params(_methods.BY_CODE[code], params)
-        return (p, q, tokens, parents, u_accept, u_sample, num_nodes, code, neighbors, clean.get("delta"),
-                clean.get("lam"))
-    return args
