@@ -213,19 +213,23 @@ def row_error_message(op: str, code: int, row: int) -> str:
     return f"{op}: row {row}: {argument} {problem} (status code {code})"
 
 
+_ASYNC_MESSAGE = "{op}: a row was reported bad (next_token = -code; codes: " + "; ".join(
+    f"{c} = {a} {p}" for c, (a, p) in ROW_CODES.items()) + ")"
+
+
 def raise_on_bad_rows(op: str, codes: torch.Tensor):
     """``codes`` ``[B]`` int: negative where a row was reported bad (``-code``). Eager CPU: one check over the B
     values, then a ValueError naming the argument and the first bad row. CUDA or ``torch.compile``: an
     asynchronous device assertion (no host synchronisation), which fails the next synchronising call."""
-    if codes.numel() == 0:
+    if _compiling() or not codes.is_cpu:
+        if codes.numel() > 0:
+            torch._assert_async((codes >= 0).all(), _ASYNC_MESSAGE.format(op=op))
         return
-    if _compiling() or codes.device.type != "cpu":
-        torch._assert_async((codes >= 0).all(), f"{op}: a row was reported bad (next_token = -code; codes: "
-                            + "; ".join(f"{c} = {a} {p}" for c, (a, p) in ROW_CODES.items()) + ")")
-        return
-    if bool((codes < 0).any()):
-        row = int(torch.nonzero(codes < 0)[0, 0])
-        _fail(row_error_message(op, -int(codes[row]), row))
+    # Eager CPU: the B outputs as a Python list (about 2 µs; a torch reduction plus .item() costs twice that).
+    values = codes.tolist()
+    if values and min(values) < 0:
+        row = next(i for i, value in enumerate(values) if value < 0)
+        _fail(row_error_message(op, -values[row], row))
 
 
 # ---------------------------------------------------------------- value checks
