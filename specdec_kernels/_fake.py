@@ -4,8 +4,17 @@ torch.compile and pass torch.library.opcheck."""
 
 import torch
 
+from . import _methods
 from . import _validation as v
 from ._constants import NAMESPACE, TRITON_NAMESPACE
+
+
+def _method_params(op: str, method, params):
+    """The packed ``params`` must fit the method (the table in ``_methods.py``), as the kernels check."""
+    chosen = _methods.BY_CODE.get(method)
+    if chosen is None or not (chosen.chain if op == "verify_chain" else chosen.tree):
+        raise ValueError(f"{op}: unknown method code {method!r}")
+    _methods.unpack_params(chosen, params)
 
 
 def neighbor_table(codebook, k, normalize):
@@ -23,7 +32,8 @@ def gsd_group_mass(p, q, x, embeddings, h_lo, h_hi, p_thr, d_thr):
     return p.new_empty((rows,), dtype=torch.float32), p.new_empty((rows,), dtype=torch.float32)
 
 
-def verify_chain(p, q, draft, u_accept, u_sample, num_drafts, method, *method_args):
+def verify_chain(p, q, draft, u_accept, u_sample, num_drafts, method, neighbors, embeddings, params):
+    _method_params("verify_chain", method, params)
     batch, _, _ = v.chain_shapes(p, q, draft, u_accept, u_sample, num_drafts)
     return draft.new_empty((batch,)), draft.new_empty((batch,))
 
@@ -41,7 +51,8 @@ def build_tree(parents, num_nodes):
     )
 
 
-def verify_tree(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method, *method_args):
+def verify_tree(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method, neighbors, params):
+    _method_params("verify_tree", method, params)
     batch, nodes, _ = v.tree_shapes(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes)
     return (
         tree_tokens.new_empty((batch, max(nodes - 1, 0))),
