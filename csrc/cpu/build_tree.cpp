@@ -62,7 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& 
   });
   // An empty batch has no paths (and no maxima to take).
   const int64_t num_paths = batch ? *std::max_element(leaf_count.begin(), leaf_count.end()) : 0;
-  const int64_t path_len = batch ? *std::max_element(max_depth.begin(), max_depth.end()) + 1 : 0;
+  // No good tree: no paths at all, (B, 0, 0) as in the reference.
+  const int64_t path_len = num_paths ? *std::max_element(max_depth.begin(), max_depth.end()) + 1 : 0;
   at::Tensor retrieve = at::full({batch, num_paths, path_len}, -1, parents.options());
   int64_t* rt = retrieve.data_ptr<int64_t>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
