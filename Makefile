@@ -14,7 +14,7 @@ export MAX_JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: data demo sweep test bench install build nvcc-check gpu-check gpu-bundle clean
+.PHONY: data demo sweep test bench fuzz install build nvcc-check gpu-check gpu-bundle clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -48,6 +48,15 @@ test: install build data
 
 bench: install build
 	$(PY) -m benchmarks.kernels
+
+# The long fuzz run (CI runs tests/test_fuzz.py with its small fixed-seed budget): every op x backend x validate
+# level, FUZZ_EXAMPLES batches of FUZZ_BATCH cases per op; prints how many calls it tried.
+FUZZ_EXAMPLES ?= 40
+FUZZ_BATCH ?= 6
+FUZZ_SEED ?= 20261201
+fuzz: install build
+	SPECDEC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SPECDEC_FUZZ_BATCH=$(FUZZ_BATCH) SPECDEC_FUZZ_SEED=$(FUZZ_SEED) \
+	  OMP_NUM_THREADS=1 $(PY) -m pytest -q -s tests/test_fuzz.py --benchmark-disable -p no:cacheprovider
 
 nvcc-check: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash .ci/nvcc_checks.sh

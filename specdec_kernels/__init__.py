@@ -21,10 +21,11 @@ from .ops import (
     verify_tree,
 )
 
-if _backend._HAS_EXTENSION:
-    from . import _fake
+from . import _fake
 
+if _backend._HAS_EXTENSION:
     _fake._register()
+_fake._register_triton()  # the Triton backend's ops exist whether or not Triton is installed (imported on use)
 
 __version__ = "0.1.0"
 

@@ -23,6 +23,9 @@ _HAS_CUDA_KERNELS = _HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatc
     f"{NAMESPACE}::verify_chain", "CUDA"
 )
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Triton chooses interpreter or compiler when a kernel module is imported, so the flag is read once too.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_TRITON_USABLE = _HAS_TRITON and (torch.cuda.is_available() or _TRITON_INTERPRET)
 
 
 def _has_cuda_kernels() -> bool:
@@ -30,7 +33,7 @@ def _has_cuda_kernels() -> bool:
 
 
 def _triton_usable() -> bool:
-    return _HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+    return _TRITON_USABLE
 
 
 def available_backends() -> List[str]:
@@ -63,6 +66,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return backend
     if backend == "cpu" and _HAS_EXTENSION and not on_cuda:  # the hot path: no further probing
         return backend
+    if backend == "triton" and _TRITON_USABLE and (on_cuda or _TRITON_INTERPRET):
+        return backend
     if backend not in available_backends():
         hint = f" (extension import failed: {_EXTENSION_ERROR})" if not _HAS_EXTENSION else ""
         raise RuntimeError(f"backend {backend!r} is not available here; available: {available_backends()}{hint}")
@@ -70,7 +75,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError("backend 'cpu' needs CPU tensors, got tensors on " + str(device))
     if backend == "cuda" and not on_cuda:
         raise ValueError("backend 'cuda' needs CUDA tensors, got tensors on " + str(device))
-    if backend == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and not on_cuda and not _TRITON_INTERPRET:
         raise ValueError("backend 'triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1)")
     return backend
 

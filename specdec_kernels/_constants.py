@@ -1,11 +1,9 @@
-"""Names and codes shared by every layer (mirrored once in csrc/checks.h)."""
+"""Names shared by every layer that are not about methods (methods and row codes: ``_methods.py``)."""
 
 NAMESPACE = "specdec_kernels"
 
-#: verify_chain / verify_tree method names -> the integer codes of the op schemas.
-METHOD_CODES = {"exact": 0, "gsd": 1, "lantern": 2}
-CHAIN_METHODS = ("exact", "gsd", "lantern")
-TREE_METHODS = ("exact", "lantern")
+#: Namespace of the Triton backend's registered ops (same schemas as ``NAMESPACE``'s).
+TRITON_NAMESPACE = "specdec_kernels_triton"
 
 #: Padding value of accepted_nodes / retrieve_indices.
 PAD_INDEX = -1

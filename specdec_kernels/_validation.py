@@ -1,13 +1,24 @@
-"""Input validation for every op, written once: structural checks (shapes, dtypes, devices; no data
-access, shared with the fake kernels) and value checks (NaN/inf, ranges, malformed trees) that the
-public wrappers run before any kernel. Every error is a ValueError naming the argument."""
+"""Input validation for every op, written once (the three levels of docs/ALGORITHMS.md §3.8).
+
+- Structural checks (shapes, dtypes, devices; no data access, shared with the fake kernels): always.
+- ``validate=None`` (default): the structural checks, then the kernel's own row status codes (every backend
+  reports a bad row as ``next_token = -code``); :func:`raise_on_bad_rows` turns them into a ValueError naming the
+  argument and the row (CPU: one check over the B outputs) or, on CUDA and under ``torch.compile``, a
+  ``torch._assert_async`` on the device (no host synchronisation).
+- ``validate=True``: additionally the full value checks before the kernel (NaN/inf anywhere in p / q, every id, the
+  whole neighbour table; one host synchronisation), which also run under ``torch.compile`` as one
+  ``torch._assert_async`` per condition.
+
+Every eager error is a ValueError naming the argument.
+"""
 
 import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ._constants import CHAIN_METHODS, TREE_METHODS
+from . import _methods
+from ._methods import ROW_BAD_COUNT, ROW_BAD_ID, ROW_CODES
 
 _PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -34,8 +45,18 @@ def _shape(t: torch.Tensor, name: str, shape: Tuple[int, ...]):
 
 
 def _scalar(value, name: str, low: float, high: float = math.inf):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low <= value <= high):
-        _fail(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    _methods.check_number(value, name, low, high)
+
+
+def validate_level(validate) -> Optional[bool]:
+    """``validate`` must be None (cheap default), True (full checks) or False (no raise)."""
+    if validate is not None and not isinstance(validate, bool):
+        _fail(f"validate must be None, True or False, got {validate!r}")
+    return validate
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
 
 class _ValueChecks:
@@ -62,7 +83,11 @@ class _ValueChecks:
         self.add(ok if valid is None else ok | ~valid, f"{name} holds ids outside [0, {high})")
 
     def run(self):
-        if not self._items or torch.compiler.is_compiling():
+        if not self._items:
+            return
+        if _compiling():  # no host synchronisation inside a graph: each condition asserts on its device
+            for ok, message in self._items:
+                torch._assert_async(ok, message)
             return
         results = torch.stack([ok for ok, _ in self._items]).cpu().tolist()
         for passed, (_, message) in zip(results, self._items):
@@ -146,42 +171,65 @@ def cspd_shapes(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_a
     return n, dim, tries
 
 
-# ---------------------------------------------------------------- method parameters
+# ---------------------------------------------------------------- method parameters (the table: _methods.py)
 
 
 def lantern_budget(delta, lam):
-    if (delta is None) == (lam is None):
-        _fail("LANTERN needs exactly one of delta (TV budget in [0, 1]) or lam (ratio >= 1)")
-    if delta is not None:
-        _scalar(delta, "delta", 0.0, 1.0)
-    else:
-        _scalar(lam, "lam", 1.0)
+    """LANTERN's budget arguments of ``lantern_relaxed_mass``: exactly one of delta / lam, each in range."""
+    _methods.pack_params(_methods.LANTERN, {"delta": delta, "lam": lam}, {"neighbors": True}, 1)
 
 
-def gsd_params(rank_window, p_thr, d_thr) -> Tuple[int, int]:
-    if (
-        not isinstance(rank_window, (tuple, list))
-        or len(rank_window) != 2
-        or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in rank_window)
-    ):
-        _fail(f"rank_window must be a pair of non-negative ints (h_lo, h_hi), got {rank_window!r}")
-    _scalar(p_thr, "p_thr", 0.0)
-    _scalar(d_thr, "d_thr", 0.0)
-    return int(rank_window[0]), int(rank_window[1])
+def method_params(method, op: str, vocab: int, *, neighbors=None, embeddings=None, **given) -> Tuple[int, List[float]]:
+    """``(code, params)`` of ``method`` for ``op`` from the caller's keyword values (None = not given), with every
+    check of the method table (``_methods.pack_params``)."""
+    chosen = _methods.get(method, op)
+    tensors = {"neighbors": neighbors}
+    if op == "verify_chain":
+        tensors["embeddings"] = embeddings
+    return chosen.code, _methods.pack_params(chosen, given, tensors, vocab)
 
 
-def method_params(method, allowed, *, neighbors, delta, lam, embeddings, gsd_given):
-    """Reject unknown methods and parameters that the chosen method would silently ignore."""
-    if method not in allowed:
-        _fail(f"method must be one of {allowed}, got {method!r}")
-    if method != "lantern" and (neighbors is not None or delta is not None or lam is not None):
-        _fail(f"neighbors / delta / lam only apply to method 'lantern', not {method!r}")
-    if method != "gsd" and (embeddings is not None or gsd_given):
-        _fail(f"embeddings / rank_window / p_thr / d_thr only apply to method 'gsd', not {method!r}")
-    if method == "lantern":
-        if neighbors is None:
-            _fail("method 'lantern' needs neighbors (see specdec_kernels.neighbor_table)")
-        lantern_budget(delta, lam)
+def gsd_params(rank_window, p_thr, d_thr, vocab: int) -> Tuple[int, int, float, float]:
+    """``gsd_group_mass``'s parameters checked by the method table; the window capped at ``vocab - 1``."""
+    h_lo, h_hi, p_thr, d_thr = _methods.pack_params(
+        _methods.GSD, {"rank_window": rank_window, "p_thr": p_thr, "d_thr": d_thr}, {}, vocab)
+    return int(h_lo), int(h_hi), p_thr, d_thr
+
+
+# ---------------------------------------------------------------- row status codes (validate=None and True)
+
+_COUNT_NAME = {"verify_chain": "num_drafts", "verify_tree": "num_nodes", "build_tree": "num_nodes"}
+_ID_NAME = {"verify_chain": "draft", "verify_tree": "tree_tokens", "lantern_relaxed_mass": "x",
+            "gsd_group_mass": "x"}
+
+
+def row_error_message(op: str, code: int, row: int) -> str:
+    """The ValueError text for row ``row`` reported with status ``code`` by ``op``."""
+    argument, problem = ROW_CODES.get(code, ("input", f"was rejected with unknown status {code}"))
+    if code == ROW_BAD_COUNT:
+        argument = _COUNT_NAME.get(op, argument)
+    elif code == ROW_BAD_ID:
+        argument = _ID_NAME.get(op, argument)
+    return f"{op}: row {row}: {argument} {problem} (status code {code})"
+
+
+_ASYNC_MESSAGE = "{op}: a row was reported bad (next_token = -code; codes: " + "; ".join(
+    f"{c} = {a} {p}" for c, (a, p) in ROW_CODES.items()) + ")"
+
+
+def raise_on_bad_rows(op: str, codes: torch.Tensor):
+    """``codes`` ``[B]`` int: negative where a row was reported bad (``-code``). Eager CPU: one check over the B
+    values, then a ValueError naming the argument and the first bad row. CUDA or ``torch.compile``: an
+    asynchronous device assertion (no host synchronisation), which fails the next synchronising call."""
+    if _compiling() or not codes.is_cpu:
+        if codes.numel() > 0:
+            torch._assert_async((codes >= 0).all(), _ASYNC_MESSAGE.format(op=op))
+        return
+    # Eager CPU: the B outputs as a Python list (about 2 µs; a torch reduction plus .item() costs twice that).
+    values = codes.tolist()
+    if values and min(values) < 0:
+        row = next(i for i, value in enumerate(values) if value < 0)
+        _fail(row_error_message(op, -values[row], row))
 
 
 # ---------------------------------------------------------------- value checks
@@ -247,5 +295,7 @@ def tree_parent_shapes(parents, num_nodes):
     _tensor(parents, "parents", 2, (torch.int64,))
     if parents.shape[1] < 1:
         _fail("parents must have at least the root column")
+    if num_nodes is None:
+        return
     _tensor(num_nodes, "num_nodes", 1, (torch.int64,), parents.device)
     _shape(num_nodes, "num_nodes", (parents.shape[0],))

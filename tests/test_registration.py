@@ -1,11 +1,13 @@
-"""Every registered op passes torch.library.opcheck and runs inside torch.compile(fullgraph=True)."""
+"""Every registered op (the C++ ops and the Triton backend's ops) passes torch.library.opcheck and runs inside
+torch.compile(fullgraph=True)."""
 
 import pytest
 import torch
 
 import specdec_kernels as sk
 from specdec_kernels._backend import torch_op
-from specdec_kernels._constants import METHOD_CODES
+from specdec_kernels._methods import METHOD_CODES
+from specdec_kernels.triton._registry import OPS as TRITON_OPS
 from specdec_kernels import reference
 
 from _inputs import chain_case, codebook, tree_case
@@ -26,13 +28,13 @@ def _samples(device="cpu"):
     for with_q in (True, False):
         c = chain_case(batch=4, drafts=3, vocab=23, with_q=with_q, device=device)
         base = (c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
-        out.append(("verify_chain", base + (METHOD_CODES["exact"], None, None, None, None, 7, 6, 0.15, 0.5)))
-        out.append(("verify_chain", base + (METHOD_CODES["gsd"], None, None, None, emb, 7, 6, 0.15, 0.5)))
-        out.append(("verify_chain", base + (METHOD_CODES["lantern"], table, 0.2, None, None, 7, 6, 0.15, 0.5)))
+        out.append(("verify_chain", base + (METHOD_CODES["exact"], None, None, [])))
+        out.append(("verify_chain", base + (METHOD_CODES["gsd"], None, emb, [7.0, 6.0, 0.15, 0.5])))
+        out.append(("verify_chain", base + (METHOD_CODES["lantern"], table, None, [0.0, 0.2])))
         t = tree_case(batch=3, nodes=6, vocab=23, with_q=with_q, device=device)
         tb = (t["p"], t["q"], t["tree_tokens"], t["parents"], t["u_accept"], t["u_sample"], t["num_nodes"])
-        out.append(("verify_tree", tb + (METHOD_CODES["exact"], None, None, None)))
-        out.append(("verify_tree", tb + (METHOD_CODES["lantern"], table, None, 2.0)))
+        out.append(("verify_tree", tb + (METHOD_CODES["exact"], None, [])))
+        out.append(("verify_tree", tb + (METHOD_CODES["lantern"], table, [1.0, 2.0])))
         out.append(("build_tree", (t["parents"], t["num_nodes"])))
     n, d, k = 6, 3, 4
     g = [torch.randn(n, d), torch.randn(n, d), torch.rand(n, d) + 0.5, torch.randn(n, d), torch.rand(n, d) + 0.5,
@@ -47,6 +49,26 @@ SAMPLES = _samples()
 @pytest.mark.parametrize("name,args", SAMPLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)])
 def test_opcheck(name, args):
     torch.library.opcheck(torch_op(name), args)
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends(), reason="Triton not usable here")
+@pytest.mark.parametrize("name,args", SAMPLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)])
+def test_opcheck_triton(name, args):
+    """The Triton backend's registered ops: same schemas, same fakes, same outputs as the C++ ops."""
+    torch.library.opcheck(TRITON_OPS[name], args)
+    got, want = TRITON_OPS[name](*args), torch_op(name)(*args)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert torch.allclose(g.float(), w.float(), rtol=1e-5, atol=1e-6) if g.is_floating_point() else \
+            torch.equal(g, w)
+
+
+def test_wrong_params_length_is_an_error():
+    c = chain_case(batch=2, drafts=2, vocab=7)
+    base = (c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
+    with pytest.raises(ValueError, match="params for method 'gsd' must have 4 entries"):
+        TRITON_OPS["verify_chain"](*base, METHOD_CODES["gsd"], None, None, [1.0])
+    with pytest.raises(RuntimeError):
+        torch_op("verify_chain")(*base, METHOD_CODES["gsd"], None, None, [1.0])
 
 
 @pytest.mark.parametrize("name", ["verify_chain", "verify_tree", "lantern_relaxed_mass", "gsd_group_mass",
@@ -70,13 +92,16 @@ def test_torch_compile_fullgraph(name):
         assert torch.equal(g, e)
 
 
-def test_public_wrapper_compiles_fullgraph():
-    """The public wrapper (validation included) also traces without graph breaks."""
+@pytest.mark.parametrize("validate", [None, True, False])
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in sk.available_backends()])
+def test_public_wrapper_compiles_fullgraph(backend, validate):
+    """The public wrapper (validation included, every level) also traces without graph breaks."""
     c = chain_case(batch=4, drafts=3, vocab=23, with_q=True)
 
     @torch.compile(fullgraph=True)
     def step(p, q, draft, u_accept, u_sample, num_drafts):
-        return sk.verify_chain(p, q, draft, u_accept, u_sample, num_drafts=num_drafts, backend="cpu")
+        return sk.verify_chain(p, q, draft, u_accept, u_sample, num_drafts=num_drafts, backend=backend,
+                               validate=validate)
 
     got = step(c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
     want = sk.verify_chain(**c, backend="reference")

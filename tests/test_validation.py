@@ -1,4 +1,5 @@
-"""Bad input raises a clear ValueError naming the argument, before any kernel runs."""
+"""Bad input raises a clear ValueError naming the argument: before any kernel with ``validate=True``, from the
+kernels' row status codes with the default ``validate=None``; ``validate=False`` reports bad rows in the outputs."""
 
 import pytest
 import torch
@@ -7,6 +8,9 @@ import specdec_kernels as sk
 from specdec_kernels import reference
 
 from _inputs import chain_case, codebook, tree_case
+
+#: Every CPU-testable backend: each reports row status codes.
+ROW_CODE_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in sk.available_backends()]
 
 
 def _chain(**overrides):
@@ -43,7 +47,39 @@ def test_verify_chain_errors(name, change, match):
     case = chain_case(batch=3, drafts=4, vocab=10)
     case.update(change(case))
     with pytest.raises(ValueError, match=match):
-        sk.verify_chain(**case)
+        sk.verify_chain(**case, validate=True)
+
+
+#: (name, change, argument named by the default level's message, row code) for row-level problems.
+ROW_ERRORS = [
+    ("num_drafts > L", lambda c: dict(num_drafts=torch.tensor([0, 5, 1])), "row 1: num_drafts", 1),
+    ("num_drafts < 0", lambda c: dict(num_drafts=torch.tensor([0, 1, -1])), "row 2: num_drafts", 1),
+    ("draft = V", lambda c: dict(draft=torch.full_like(c["draft"], 10), num_drafts=torch.tensor([0, 4, 4])),
+     "row 1: draft", 2),
+    ("draft far below 0", lambda c: dict(draft=torch.full_like(c["draft"], -2**40), num_drafts=torch.full((3,), 4)),
+     "row 0: draft", 2),
+    ("u_accept >= 1", lambda c: dict(u_accept=c["u_accept"] + 1, num_drafts=torch.tensor([0, 2, 0])),
+     "row 1: u_accept", 5),
+    ("NaN u_sample", lambda c: dict(u_sample=torch.tensor([0.5, 0.5, float("nan")])), "row 2: u_accept / u_sample",
+     5),
+    ("zero sampled row", lambda c: dict(p=torch.zeros_like(c["p"]), num_drafts=torch.zeros(3, dtype=torch.int64)),
+     "row 0: p / q", 6),
+    ("NaN bonus row", lambda c: dict(p=c["p"].index_fill(1, torch.tensor([0]), float("nan")),
+                                     num_drafts=torch.zeros(3, dtype=torch.int64)), "row 0: p / q", 6),
+]
+
+
+@pytest.mark.parametrize("backend", ROW_CODE_BACKENDS)
+@pytest.mark.parametrize("name,change,match,code", ROW_ERRORS, ids=[e[0] for e in ROW_ERRORS])
+def test_verify_chain_row_codes(name, change, match, code, backend):
+    """Default level: a ValueError naming the argument and row; validate=False: next_token = -code, accept_len 0."""
+    case = chain_case(batch=3, drafts=4, vocab=10)
+    case.update(change(case))
+    with pytest.raises(ValueError, match=match):
+        sk.verify_chain(**case, backend=backend)
+    accept_len, next_token = sk.verify_chain(**case, backend=backend, validate=False)
+    row = int(match.split(":")[0].split()[1])
+    assert int(next_token[row]) == -code and int(accept_len[row]) == 0
 
 
 def test_method_parameter_errors():
@@ -74,31 +110,43 @@ def test_method_parameter_errors():
     bad = table.clone()
     bad[2, 0] = 2
     with pytest.raises(ValueError, match="its own neighbour"):
-        sk.verify_chain(**case, method="lantern", neighbors=bad, delta=0.1)
+        sk.verify_chain(**case, method="lantern", neighbors=bad, delta=0.1, validate=True)
     with pytest.raises(ValueError, match="neighbors must have dtype int32"):
         sk.verify_chain(**case, method="lantern", neighbors=table.long(), delta=0.1)
     with pytest.raises(ValueError, match="backend must be one of"):
         sk.verify_chain(**case, backend="gpu")
+    with pytest.raises(ValueError, match="validate must be None, True or False"):
+        sk.verify_chain(**case, validate="yes")
 
 
 def test_tree_errors():
     case = tree_case(batch=2, nodes=5, vocab=10)
     bad_root = case["parents"].clone()
     bad_root[0, 0] = 0
-    with pytest.raises(ValueError, match="parents"):
-        sk.verify_tree(**{**case, "parents": bad_root})
     forward = case["parents"].clone()
     forward[:, 1] = 3  # parent after child
-    with pytest.raises(ValueError, match="malformed"):
-        sk.verify_tree(**{**case, "parents": forward, "num_nodes": torch.tensor([5, 5])})
-    with pytest.raises(ValueError, match="malformed"):
-        sk.build_tree(forward)
-    with pytest.raises(ValueError, match="num_nodes must lie in"):
-        sk.verify_tree(**{**case, "num_nodes": torch.tensor([0, 5])})
-    with pytest.raises(ValueError, match="tree_tokens holds ids outside"):
-        sk.verify_tree(**{**case, "tree_tokens": case["tree_tokens"] + 10, "num_nodes": torch.tensor([5, 5])})
+    for validate, messages in ((True, ("parents", "malformed", "malformed", "num_nodes must lie in",
+                                       "tree_tokens holds ids outside")),
+                               (None, ("row 0: parents", "row 0: parents", "row 0: parents", "row 0: num_nodes",
+                                       "row 0: tree_tokens"))):
+        with pytest.raises(ValueError, match=messages[0]):
+            sk.verify_tree(**{**case, "parents": bad_root}, validate=validate, backend="reference")
+        with pytest.raises(ValueError, match=messages[1]):
+            sk.verify_tree(**{**case, "parents": forward, "num_nodes": torch.tensor([5, 5])}, validate=validate,
+                           backend="reference")
+        with pytest.raises(ValueError, match=messages[2]):
+            sk.build_tree(forward, validate=validate, backend="reference")
+        with pytest.raises(ValueError, match=messages[3]):
+            sk.verify_tree(**{**case, "num_nodes": torch.tensor([0, 5])}, validate=validate, backend="reference")
+        with pytest.raises(ValueError, match=messages[4]):
+            sk.verify_tree(**{**case, "tree_tokens": case["tree_tokens"] + 10, "num_nodes": torch.tensor([5, 5])},
+                           validate=validate, backend="reference")
     with pytest.raises(ValueError, match="method must be one of"):
         sk.verify_tree(**case, method="gsd")
+    with pytest.raises(ValueError, match="parents must have 2 dimensions"):
+        sk.verify_tree(**{**case, "parents": case["parents"][0]})
+    with pytest.raises(ValueError, match="parents must have 2 dimensions"):
+        sk.build_tree(case["parents"][0])
 
 
 def test_other_op_errors():
@@ -106,14 +154,21 @@ def test_other_op_errors():
     x = torch.randint(0, 10, (4,))
     table = reference.neighbor_table(codebook(10), 3)
     with pytest.raises(ValueError, match="x holds ids outside"):
-        sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1)
+        sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1, validate=True)
+    with pytest.raises(ValueError, match="row 0: x holds an id"):
+        sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1, backend="reference")
+    with pytest.raises(ValueError, match="row 0: x holds an id"):
+        sk.gsd_group_mass(p, None, x + 10)
     with pytest.raises(ValueError, match="x must have shape"):
         sk.gsd_group_mass(p, None, x[:2])
     with pytest.raises(ValueError, match="codebook contains NaN"):
-        sk.neighbor_table(torch.full((5, 2), float("nan")), 2)
+        sk.neighbor_table(torch.full((5, 2), float("nan")), 2, validate=True)
     z = torch.zeros(3, 2)
     with pytest.raises(ValueError, match="sigma_p must be finite and > 0"):
-        sk.cspd_verify(z, z, z + 1, z, z, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2))
+        sk.cspd_verify(z, z, z + 1, z, z, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2), validate=True)
+    with pytest.raises(ValueError, match="inner_temperature"):
+        sk.cspd_verify(z, z, z + 1, z, z + 1, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2),
+                       inner_temperature=True)
     with pytest.raises(ValueError, match="u_prop must be"):
         sk.cspd_verify(z, z, z + 1, z, z + 1, z, z, torch.rand(3), torch.rand(3, 2, 3), torch.rand(3, 2))
 

@@ -1,6 +1,7 @@
 """Public op: continuous-token acceptance of Continuous Speculative Decoding (arXiv 2411.11925)."""
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 
@@ -23,7 +24,7 @@ def cspd_verify(
     *,
     inner_temperature: float = 1.0,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Accept or resample continuous draft tokens of a diffusion-head AR model (CSpD, arXiv 2411.11925).
 
@@ -43,7 +44,14 @@ def cspd_verify(
         denoising steps (only ``sum_d (s_q - s_p)`` is used).
     u_accept : ``(num_tokens,)``; u_prop : ``(num_tokens, max_tries, dim)``; u_ar : ``(num_tokens, max_tries)``
         float32 uniforms in [0, 1) (proposal uniforms are clamped to [2^-24, 1 - 2^-24]).
-    inner_temperature : float > 0 (1.0 is the paper's form; the released code uses 42).
+    inner_temperature : float > 0 (1.0 is the paper's form; the released code uses 42); a bool is rejected.
+    backend : {"auto", "reference", "cpu", "triton", "cuda"}
+    validate : None (default), True or False
+        Always: shapes, dtypes, devices and ``inner_temperature`` (every index the kernels use is structural, so
+        no value can make them read out of bounds). ``None`` and ``False`` check no values: NaN / inf inputs or
+        non-positive stds give NaN-driven results (a NaN ``log rho`` rejects, a NaN ratio never accepts a try).
+        ``True`` checks that every input is finite, stds are > 0 and uniforms lie in [0, 1) (one host
+        synchronisation; under ``torch.compile`` device assertions).
 
     Returns
     -------
@@ -52,7 +60,8 @@ def cspd_verify(
     Raises
     ------
     ValueError
-        Shapes, dtypes, devices, NaN/inf inputs, non-positive stds or temperature, uniforms outside [0, 1).
+        Shapes, dtypes, devices, a temperature that is not a number > 0; with ``validate=True`` NaN/inf inputs,
+        non-positive stds, uniforms outside [0, 1).
 
     Examples
     --------
@@ -62,9 +71,11 @@ def cspd_verify(
     >>> acc.tolist(), tokens.tolist()
     ([True], [[0.0, 0.0]])
     """
+    validate = v.validate_level(validate)
     v.cspd_shapes(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar)
-    if not isinstance(inner_temperature, (int, float)) or not inner_temperature > 0:
-        raise ValueError(f"inner_temperature must be a number > 0, got {inner_temperature!r}")
+    if (not isinstance(inner_temperature, (int, float)) or isinstance(inner_temperature, bool)
+            or not 0 < inner_temperature < math.inf):
+        raise ValueError(f"inner_temperature must be a finite number > 0, got {inner_temperature!r}")
     if validate:
         checks = v.new_checks()
         for name, t in (("x", x), ("mu_q", mu_q), ("mu_p", mu_p), ("s_q", s_q), ("s_p", s_p)):

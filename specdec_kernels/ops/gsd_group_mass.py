@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _validation as v
+from .._methods import ROW_BAD_ID
 from .. import reference
 from ._dispatch import run
 
@@ -19,7 +20,7 @@ def gsd_group_mass(
     p_thr: float = 0.15,
     d_thr: float = 0.5,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sum ``p`` and ``q`` over Grouped Speculative Decoding's dynamic group around each draft (arXiv 2508.07747).
 
@@ -32,8 +33,14 @@ def gsd_group_mass(
     ----------
     p : ``(rows, vocab_size)`` float32/float16/bfloat16; q : same or None (one-hot drafts: ``group_q = 1``);
     x : ``(rows,)`` int64; embeddings : ``(vocab_size, dim)`` float32 or None (no distance filter; pass the
-    L2-normalised VQ codebook for the project default); rank_window : (h_lo, h_hi) ints >= 0;
-    p_thr, d_thr : floats >= 0.
+    L2-normalised VQ codebook for the project default); rank_window : (h_lo, h_hi) ints >= 0 (capped at
+    ``vocab_size - 1``: a wider window reaches no further rank); p_thr, d_thr : numbers >= 0 (inf included).
+    backend : {"auto", "reference", "cpu", "triton", "cuda"}
+    validate : None (default), True or False
+        Every backend reads only in-range entries: a row whose ``x`` is outside [0, V) returns NaN masses.
+        ``None``: shape and parameter checks, plus one check over the R ids (ValueError naming ``x`` and the
+        row; CUDA / compile: a device assertion). ``True`` adds NaN / inf / negative checks of the whole ``p`` and
+        ``q`` and finite embeddings (one host synchronisation). ``False``: bad ids only give NaN masses.
 
     Returns
     -------
@@ -50,8 +57,9 @@ def gsd_group_mass(
     >>> gsd_group_mass(p, None, torch.tensor([1]), rank_window=(1, 1), p_thr=0.08)
     (tensor([0.7500]), tensor([1.]))
     """
-    h_lo, h_hi = v.gsd_params(rank_window, p_thr, d_thr)
+    validate = v.validate_level(validate)
     v._tensor(p, "p", 2, v._PROB_DTYPES)
+    h_lo, h_hi, p_thr, d_thr = v.gsd_params(rank_window, p_thr, d_thr, p.shape[1])
     if q is not None:
         v._tensor(q, "q", 2, (p.dtype,), p.device)
         v._shape(q, "q", tuple(p.shape))
@@ -68,6 +76,9 @@ def gsd_group_mass(
         if embeddings is not None:
             checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
         checks.run()
+    if validate is not False:
+        bad_x = (x < 0) | (x >= p.shape[1])
+        v.raise_on_bad_rows("gsd_group_mass", torch.where(bad_x, -ROW_BAD_ID, 0))
     return run(
         "gsd_group_mass",
         backend,

@@ -10,7 +10,8 @@ from ._dispatch import run
 
 
 def neighbor_table(
-    codebook: torch.Tensor, k: int, *, normalize: bool = True, backend: str = "auto", validate: bool = True
+    codebook: torch.Tensor, k: int, *, normalize: bool = True, backend: str = "auto",
+    validate: Optional[bool] = None,
 ) -> torch.Tensor:
     """Find the k nearest codes of every VQ code (LANTERN's latent neighbourhood, arXiv 2410.03355).
 
@@ -23,6 +24,12 @@ def neighbor_table(
     normalize : bool
         L2-normalise rows first (default; the geometry an l2-normalised VQ decoder sees). ``False`` uses
         raw rows, as LANTERN's released table script does.
+    backend : {"auto", "reference", "cpu", "triton", "cuda"}
+    validate : None (default), True or False
+        Always: a 2-D float32 codebook and k an int in [1, vocab_size - 1] (no backend reads out of bounds,
+        whatever the codebook holds). ``True`` adds a check that every entry is finite (one host
+        synchronisation); with ``None`` or ``False`` a non-finite codebook gives an unspecified (in-range) table.
+        Distances that overflow float32 are inf and still ordered by id; a code is never its own neighbour.
 
     Returns
     -------
@@ -39,6 +46,7 @@ def neighbor_table(
     >>> neighbor_table(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), 1).tolist()
     [[1], [0], [1]]
     """
+    validate = v.validate_level(validate)
     v._tensor(codebook, "codebook", 2, (torch.float32,))
     n = codebook.shape[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n - 1:
@@ -64,7 +72,7 @@ def lantern_relaxed_mass(
     delta: Optional[float] = None,
     lam: Optional[float] = None,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Aggregate the probability of each candidate's latent neighbours within a TV budget (LANTERN,
     arXiv 2410.03355) or a ratio budget (LANTERN++, arXiv 2502.06352).
@@ -77,17 +85,26 @@ def lantern_relaxed_mass(
     ----------
     p : ``(rows, vocab_size)`` float32/float16/bfloat16; x : ``(rows,)`` int64 candidates;
     neighbors : ``(vocab_size, k)`` int32 (:func:`neighbor_table`);
-    delta : float in [0, 1] or lam : float >= 1 (exactly one).
+    delta : float in [0, 1] or lam : float >= 1, inf included (exactly one). With ``lam = inf`` and
+        ``p(x) = 0`` the budget ``(lam - 1) * p(x)`` is NaN: nothing merges and ``p_tilde = 0``.
+    backend : {"auto", "reference", "cpu", "triton", "cuda"}
+    validate : None (default), True or False
+        Every backend, whatever ``validate`` says, reads only in-range entries: a row whose ``x`` is outside
+        [0, V) returns ``p_tilde = NaN, merged = -2``; a row whose table row (of x) holds an id outside [0, V)
+        or x itself returns ``p_tilde = NaN, merged = -4``. ``None``: shape checks, then a ValueError naming
+        ``x`` or ``neighbors`` and the row for such a row (one check over the R outputs; CUDA / compile: a
+        device assertion). ``True`` adds, before the kernel, NaN / negative checks of the whole ``p``, every
+        ``x`` and the whole table (one host synchronisation). ``False``: only the outputs report.
 
     Returns
     -------
-    p_tilde : ``(rows,)`` float32; merged : ``(rows,)`` int32 in [0, k].
+    p_tilde : ``(rows,)`` float32; merged : ``(rows,)`` int32 in [0, k] (negative: a bad row, above).
 
     Raises
     ------
     ValueError
-        Shapes, dtypes, devices, NaN/negative p, ids out of range, self entries in the table, or not exactly
-        one of delta / lam.
+        Shapes, dtypes, devices, not exactly one of delta / lam; bad rows (see ``validate``); with
+        ``validate=True`` NaN/negative p, ids out of range, self entries anywhere in the table.
 
     Examples
     --------
@@ -96,6 +113,7 @@ def lantern_relaxed_mass(
     >>> lantern_relaxed_mass(p, torch.tensor([0]), nb, delta=0.4)
     (tensor([0.8000]), tensor([1], dtype=torch.int32))
     """
+    validate = v.validate_level(validate)
     v._tensor(p, "p", 2, v._PROB_DTYPES)
     v._tensor(x, "x", 1, (torch.int64,), p.device)
     v._shape(x, "x", (p.shape[0],))
@@ -109,10 +127,13 @@ def lantern_relaxed_mass(
         checks.run()
     delta = None if delta is None else float(delta)
     lam = None if lam is None else float(lam)
-    return run(
+    p_tilde, merged = run(
         "lantern_relaxed_mass",
         backend,
         p.device,
         lambda: reference.lantern_relaxed_mass(p, x, neighbors, delta=delta, lam=lam),
         (p, x, neighbors, delta, lam),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("lantern_relaxed_mass", merged)
+    return p_tilde, merged

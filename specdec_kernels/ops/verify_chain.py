@@ -4,12 +4,13 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import _methods
 from .. import _validation as v
 from .. import reference
-from .._constants import CHAIN_METHODS, METHOD_CODES
 from ._dispatch import run
 
-GSD_DEFAULTS = {"rank_window": (7, 6), "p_thr": 0.15, "d_thr": 0.5}
+#: GSD's defaults, from the method table (kept for callers that read them here).
+GSD_DEFAULTS = {param.name: param.default for param in _methods.GSD.params}
 
 
 def verify_chain(
@@ -29,7 +30,7 @@ def verify_chain(
     p_thr: Optional[float] = None,
     d_thr: Optional[float] = None,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Verify a ragged batch of draft chains in one call (speculative sampling, arXiv 2211.17192 / 2302.01318;
     GSD, arXiv 2508.07747; LANTERN, arXiv 2410.03355 and LANTERN++, arXiv 2502.06352).
@@ -71,10 +72,27 @@ def verify_chain(
     embeddings : ``(vocab_size, dim)`` float32, optional, for "gsd"
         Embedding table of GSD's distance filter (pass the L2-normalised VQ codebook); None disables it.
     rank_window, p_thr, d_thr : for "gsd"
-        Window ``(h_lo, h_hi)`` (default ``(7, 6)``) and filter thresholds (defaults 0.15 and 0.5).
+        Window ``(h_lo, h_hi)`` (default ``(7, 6)``; capped at ``vocab_size - 1``) and filter thresholds
+        (defaults 0.15 and 0.5; any number >= 0, inf included).
     backend : {"auto", "reference", "cpu", "triton", "cuda"}
-    validate : bool
-        Run the value checks (NaN/inf, ranges; one host synchronisation). Shape checks always run.
+    validate : None (default), True or False
+        What is checked (docs/ALGORITHMS.md §3.8). Always: method and parameters, shapes, dtypes, devices, the
+        table's and embeddings' shapes. Every backend, whatever ``validate`` says, range-checks each id it
+        reads and reports a row whose inputs break a precondition instead of verifying it: ``accept_len[b] = 0``,
+        ``next_token[b] = -code`` with code 1 ``num_drafts[b]`` outside [0, L], 2 a used draft id outside
+        [0, V), 4 (lantern) a bad neighbour id (outside [0, V), or the draft itself) in a used draft's table row,
+        5 a used uniform outside [0, 1) or NaN, 6 a NaN / inf / negative value among the entries read (the
+        tested p(x), q(x); the whole row for GSD's ranking; the row sampled from, with q's row for a residual) or
+        a sampled row without mass.
+
+        - ``None``: the checks above, then a ValueError naming the argument and the first bad row if any row
+          came back with a code (CPU: one check over the ``B`` outputs; CUDA and ``torch.compile``: an
+          asynchronous device assertion, no host synchronisation, CUDA-graph capturable).
+        - ``True``: additionally, before the kernel, the full value checks: NaN / inf / negative anywhere in
+          p and q, every draft id, uniforms, all-zero rows that are read, the whole neighbour table and finite
+          embeddings (one host synchronisation; under ``torch.compile`` one device assertion per condition).
+        - ``False``: nothing raises on values; bad rows still come back as ``next_token = -code`` and no backend
+          reads or writes out of bounds.
 
     Returns
     -------
@@ -84,14 +102,15 @@ def verify_chain(
     Randomness
     ----------
     Only ``u_accept`` and ``u_sample``; no generator is read, so the op is deterministic and, with
-    ``validate=False``, capturable in a CUDA graph (refill the uniforms before each replay).
+    ``validate=None`` on CUDA or ``validate=False``, capturable in a CUDA graph (refill the uniforms before each
+    replay).
 
     Raises
     ------
     ValueError
-        Wrong shapes, dtypes or devices; NaN/inf or negative probabilities; draft ids outside the vocabulary;
-        uniforms outside [0, 1); ``num_drafts`` outside [0, L]; unknown method or parameters it would ignore;
-        neighbour table or embeddings that do not match the vocabulary.
+        Wrong shapes, dtypes or devices; unknown method or parameters it would ignore; neighbour table or
+        embeddings that do not match the vocabulary; a bad row (see ``validate``); with ``validate=True`` also
+        NaN/inf or negative probabilities anywhere, uniforms outside [0, 1) and a bad neighbour table.
 
     Examples
     --------
@@ -99,33 +118,28 @@ def verify_chain(
     >>> verify_chain(p, None, torch.tensor([[1]]), torch.tensor([[0.5]]), torch.tensor([0.3]))
     (tensor([1]), tensor([0]))
     """
+    validate = v.validate_level(validate)
     if num_drafts is None:
         num_drafts = torch.full((p.shape[0],), p.shape[1] - 1, dtype=torch.int64, device=p.device)
-    gsd_given = any(value is not None for value in (rank_window, p_thr, d_thr))
-    v.method_params(
-        method, CHAIN_METHODS, neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings, gsd_given=gsd_given
-    )
-    rank_window = GSD_DEFAULTS["rank_window"] if rank_window is None else rank_window
-    p_thr = GSD_DEFAULTS["p_thr"] if p_thr is None else p_thr
-    d_thr = GSD_DEFAULTS["d_thr"] if d_thr is None else d_thr
-    h_lo, h_hi = v.gsd_params(rank_window, p_thr, d_thr)
     _, _, vocab = v.chain_shapes(p, q, draft, u_accept, u_sample, num_drafts)
+    code, params = v.method_params(method, "verify_chain", vocab, neighbors=neighbors, embeddings=embeddings,
+                                   delta=delta, lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
     if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, p.device)
     if embeddings is not None:
         v.embedding_shapes(embeddings, vocab, p.device)
     if validate:
         v.check_chain_values(p, q, draft, u_accept, u_sample, num_drafts, neighbors, embeddings)
-    delta = None if delta is None else float(delta)
-    lam = None if lam is None else float(lam)
-    return run(
+    accept_len, next_token = run(
         "verify_chain",
         backend,
         p.device,
         lambda: reference.verify_chain(
-            p, q, draft, u_accept, u_sample, num_drafts=num_drafts, method=method, neighbors=neighbors, delta=delta,
-            lam=lam, embeddings=embeddings, rank_window=(h_lo, h_hi), p_thr=float(p_thr), d_thr=float(d_thr),
+            p, q, draft, u_accept, u_sample, num_drafts=num_drafts, method=method, neighbors=neighbors,
+            embeddings=embeddings, **_methods.unpack_params(_methods.METHODS[method], params),
         ),
-        (p, q, draft, u_accept, u_sample, num_drafts, METHOD_CODES[method], neighbors, delta, lam, embeddings, h_lo,
-         h_hi, float(p_thr), float(d_thr)),
+        (p, q, draft, u_accept, u_sample, num_drafts, code, neighbors, embeddings, params),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("verify_chain", next_token)
+    return accept_len, next_token

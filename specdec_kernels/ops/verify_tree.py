@@ -4,13 +4,14 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import _methods
 from .. import _validation as v
 from .. import reference
-from .._constants import METHOD_CODES, TREE_METHODS
 from ._dispatch import run
 
 
 def _default_num_nodes(parents: torch.Tensor, num_nodes: Optional[torch.Tensor]) -> torch.Tensor:
+    v.tree_parent_shapes(parents, None)  # a 1-D or non-tensor parents is a ValueError, not an IndexError
     if num_nodes is None:
         return torch.full((parents.shape[0],), parents.shape[1], dtype=torch.int64, device=parents.device)
     return num_nodes
@@ -21,7 +22,7 @@ def build_tree(
     num_nodes: Optional[torch.Tensor] = None,
     *,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Build the attention mask, depths and root-to-leaf paths of a batch of padded draft trees
     (tree data model of Medusa, arXiv 2401.10774, and EAGLE-2, arXiv 2406.16858).
@@ -44,10 +45,20 @@ def build_tree(
         Root-to-leaf path of every leaf (valid node without children) in ascending leaf id, -1 padded;
         P = most leaves and D = deepest depth + 1 over the batch (data-dependent: one host synchronisation).
 
+    backend : {"auto", "reference", "cpu", "triton", "cuda"}
+    validate : None (default), True or False
+        Every backend checks each row and never walks a bad one (so cyclic parents cannot hang it): a row with
+        ``num_nodes[b]`` outside [1, M] (code 1) or malformed parents among its valid nodes (code 3) comes back with
+        ``position_ids[b, :] = -code``, an all-False mask row and no paths (it does not count towards P and D).
+        ``None``: shape and dtype checks, then a ValueError naming the argument and row for a bad row (one check
+        over B values; CUDA / ``torch.compile``: a device assertion). ``True``: the same checks before the
+        kernel (one host synchronisation). ``False``: bad rows are only reported in the outputs.
+
     Raises
     ------
     ValueError
-        Wrong shape or dtype, ``num_nodes`` out of range, or malformed parents.
+        Wrong shape or dtype (1-D parents included); ``num_nodes`` out of range or malformed parents (unless
+        ``validate=False``).
 
     Examples
     --------
@@ -55,17 +66,21 @@ def build_tree(
     >>> pos.tolist(), paths.tolist()
     ([[0, 1, 1, 2]], [[[0, 2, -1], [0, 1, 3]]])
     """
-    num_nodes = _default_num_nodes(parents, num_nodes)
+    validate = v.validate_level(validate)
     v.tree_parent_shapes(parents, num_nodes)
+    num_nodes = _default_num_nodes(parents, num_nodes)
     if validate:
         checks = v.new_checks()
         nodes = parents.shape[1]
         checks.add((num_nodes >= 1) & (num_nodes <= nodes), f"num_nodes must lie in [1, {nodes}]")
         v.check_parent_values(checks, parents, torch.arange(nodes, device=parents.device) < num_nodes[:, None])
         checks.run()
-    return run(
+    mask, depth, paths = run(
         "build_tree", backend, parents.device, lambda: reference.build_tree(parents, num_nodes), (parents, num_nodes)
     )
+    if validate is not False:
+        v.raise_on_bad_rows("build_tree", depth[:, 0])
+    return mask, depth, paths
 
 
 def verify_tree(
@@ -82,7 +97,7 @@ def verify_tree(
     delta: Optional[float] = None,
     lam: Optional[float] = None,
     backend: str = "auto",
-    validate: bool = True,
+    validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Verify a batch of draft trees by recursive rejection over siblings (SpecInfer, arXiv 2305.09781;
     EAGLE-2, arXiv 2406.16858), optionally LANTERN-relaxed (arXiv 2410.03355, 2502.06352).
@@ -112,7 +127,16 @@ def verify_tree(
     u_sample : ``(batch_size,)`` float32 in [0, 1)
     num_nodes : ``(batch_size,)`` int64, optional (ragged trees; default all).
     method : {"exact", "lantern"}; neighbors, delta, lam : as in :func:`verify_chain`.
-    backend, validate : as in :func:`verify_chain`.
+    backend : as in :func:`verify_chain`.
+    validate : None (default), True or False, as in :func:`verify_chain`. Bad rows (every backend, whatever
+        ``validate`` says) come back with ``accepted_nodes[b] = -1``, ``accept_len[b] = 0`` and
+        ``next_token[b] = -code``: 1 ``num_nodes[b]`` outside [1, M]; 2 a valid node's token outside [0, V) (the
+        root's included); 3 malformed parents among the valid nodes; 4 (lantern) a bad neighbour id in a valid
+        node token's table row; 5 ``u_accept[b, n]`` of a valid node (column 0 included) or ``u_sample[b]``
+        outside [0, 1); 6 a NaN / inf / negative tested entry ``p[b, cur, t]`` / ``q[b, cur, t]``, or in the
+        final node's row ``p[b, cur]`` (and ``q[b, cur]`` after a rejection), or that row has no mass.
+        ``None`` raises a ValueError naming the argument and row (CUDA / compile: a device assertion);
+        ``True`` adds the full value checks before the kernel; ``False`` only reports.
 
     Returns
     -------
@@ -124,7 +148,8 @@ def verify_tree(
     Raises
     ------
     ValueError
-        As :func:`verify_chain`, plus malformed parents and ``num_nodes`` outside [1, num_nodes].
+        As :func:`verify_chain`, plus malformed parents and ``num_nodes`` outside [1, num_nodes] (unless
+        ``validate=False``).
 
     Examples
     --------
@@ -133,22 +158,24 @@ def verify_tree(
     ...             torch.zeros(1, 3), torch.tensor([0.9]))
     (tensor([[ 1, -1]]), tensor([1]), tensor([0]))
     """
+    validate = v.validate_level(validate)
     num_nodes = _default_num_nodes(parents, num_nodes)
-    v.method_params(method, TREE_METHODS, neighbors=neighbors, delta=delta, lam=lam, embeddings=None, gsd_given=False)
     _, _, vocab = v.tree_shapes(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes)
+    code, params = v.method_params(method, "verify_tree", vocab, neighbors=neighbors, delta=delta, lam=lam)
     if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, p.device)
     if validate:
         v.check_tree_values(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, neighbors)
-    delta = None if delta is None else float(delta)
-    lam = None if lam is None else float(lam)
-    return run(
+    accepted_nodes, accept_len, next_token = run(
         "verify_tree",
         backend,
         p.device,
         lambda: reference.verify_tree(
             p, q, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, method=method, neighbors=neighbors,
-            delta=delta, lam=lam,
+            **_methods.unpack_params(_methods.METHODS[method], params),
         ),
-        (p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, METHOD_CODES[method], neighbors, delta, lam),
+        (p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, code, neighbors, params),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("verify_tree", next_token)
+    return accepted_nodes, accept_len, next_token

@@ -4,6 +4,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .._methods import ROW_BAD_COUNT, ROW_BAD_PARENTS
+from ._status import first_code, parents_malformed
+
 
 def build_tree(
     parents: torch.Tensor, num_nodes: Optional[torch.Tensor] = None
@@ -15,21 +18,33 @@ def build_tree(
     (root 0); ``retrieve_indices[b, l]`` is the root-to-leaf path of the l-th leaf (childless valid node,
     ascending id), -1 padded. P is the largest leaf count and D the largest depth + 1 over the batch.
     Padding nodes (n >= num_nodes[b]) see only themselves, have position 0 and are on no path.
+    A bad row (``num_nodes[b]`` outside [1, M]: code 1; malformed parents: code 3) is not walked: its mask is all
+    False, its depths are ``-code`` and it has no paths (it does not count towards P and D).
     """
     batch, m = parents.shape
     device = parents.device
     if num_nodes is None:
-        num_nodes = torch.full((batch,), m, dtype=torch.int64)
+        num_nodes = torch.full((batch,), m, dtype=torch.int64, device=device)
+    num_nodes = num_nodes.long()
+    status = first_code(batch, device, [
+        (ROW_BAD_COUNT, (num_nodes < 1) | (num_nodes > m)),
+        (ROW_BAD_PARENTS, parents_malformed(parents, num_nodes)),
+    ]).cpu()
     par = parents.tolist()
     sizes = num_nodes.tolist()
     mask = torch.eye(m, dtype=torch.bool).repeat(batch, 1, 1)
     depth = torch.zeros(batch, m, dtype=torch.int64)
     paths: List[List[List[int]]] = []
     for b in range(batch):
+        if status[b] != 0:  # a bad row: nothing is walked (its parents may hold cycles)
+            mask[b] = False
+            depth[b] = -status[b]
+            paths.append([])
+            continue
         n_b = sizes[b]
         has_child = [False] * n_b
         for n in range(1, n_b):
-            parent = par[b][n]
+            parent = par[b][n]  # in [0, n): checked above, so every walk below ends at the root
             has_child[parent] = True
             mask[b, n] |= mask[b, parent]  # parent's ancestors (parent < n is already complete)
             depth[b, n] = depth[b, parent] + 1

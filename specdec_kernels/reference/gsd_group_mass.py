@@ -1,8 +1,11 @@
 """Reference: the dynamic group of Grouped Speculative Decoding (arXiv 2508.07747; docs/ALGORITHMS.md §3.3)."""
 
+import math
 from typing import Optional, Tuple
 
 import torch
+
+from .._methods import gsd_window
 
 
 def group_mass64(
@@ -15,8 +18,8 @@ def group_mass64(
     d_thr: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 core shared with the chain reference: ``(P_G [R], Q_G [R])`` in float64."""
-    h_lo, h_hi = rank_window
     rows, vocab = p.shape
+    h_lo, h_hi = gsd_window(*rank_window, vocab)  # a wider window reaches no further rank
     p32 = p.to(torch.float32)
     # Rank order: p descending, ties by token id ascending (a stable descending sort keeps id order).
     order = torch.sort(p32, dim=1, descending=True, stable=True).indices
@@ -63,6 +66,11 @@ def gsd_group_mass(
     ``[rank(x) - h_hi, rank(x) + h_lo]`` for ``rank_window = (h_lo, h_hi)``; a member j != x stays in the
     group iff ``|p(j) - p(x)| < p_thr`` and (with ``embeddings`` ``(V, D)``) ``||e_x - e_j||^2 < d_thr``.
     x is always a member. Returns float32 ``(group_p, group_q)``, each ``(R,)``.
+    An ``x`` outside [0, V) gives NaN for both masses (nothing out of range is read).
     """
-    group_p, group_q = group_mass64(p, q, x, embeddings, rank_window, p_thr, d_thr)
+    x = x.long()
+    bad_x = (x < 0) | (x >= p.shape[1])
+    group_p, group_q = group_mass64(p, q, torch.where(bad_x, 0, x), embeddings, rank_window, p_thr, d_thr)
+    group_p = torch.where(bad_x, math.nan, group_p)
+    group_q = torch.where(bad_x, math.nan, group_q)
     return group_p.to(torch.float32), group_q.to(torch.float32)

@@ -1,8 +1,11 @@
 """Reference: LANTERN / LANTERN++ relaxed mass of a candidate (docs/ALGORITHMS.md §3.4)."""
 
+import math
 from typing import Optional, Tuple
 
 import torch
+
+from .._methods import ROW_BAD_ID, ROW_BAD_NEIGHBOR
 
 
 def relaxed_mass64(
@@ -19,11 +22,15 @@ def relaxed_mass64(
     """
     r64 = r.to(torch.float64)
     rx = r64.gather(1, x[:, None]).squeeze(1)
-    rows = neighbors[x].long()  # (R, k): x's neighbours, nearest first
+    # (R, k): x's neighbours, nearest first; ids outside [0, V) only occur in rows the caller reports as bad,
+    # so they are clamped to stay in bounds and their result is discarded.
+    rows = neighbors[x].long().clamp(0, r.shape[1] - 1)
     prefix = torch.cumsum(r64.gather(1, rows), dim=1)  # c_1 .. c_k
+    # (lam - 1) * r(x) is NaN for lam = inf and r(x) = 0: then nothing merges (NaN fails every comparison).
     budget = torch.full_like(rx, delta) if delta is not None else (lam - 1.0) * rx
-    # c_m is non-decreasing, so {m : c_m <= budget} is a prefix and its size is m*.
-    merged = (prefix <= budget[:, None]).sum(dim=1)
+    # m* = the longest prefix with c_m <= budget (a cumulative AND: a NaN or a negative entry ends it as a
+    # sequential scan would).
+    merged = torch.cumprod((prefix <= budget[:, None]).to(torch.int64), dim=1).sum(dim=1)
     c_star = torch.where(merged > 0, prefix.gather(1, (merged - 1).clamp_min(0)[:, None]).squeeze(1), 0.0)
     return rx + c_star, merged
 
@@ -41,6 +48,17 @@ def lantern_relaxed_mass(
     ``p`` is ``(R, V)``, ``x`` int64 ``(R,)``, ``neighbors`` int32 ``(V, k)`` (nearest first). Exactly one
     of ``delta`` (LANTERN, TV budget in [0, 1]) or ``lam`` (LANTERN++, ratio >= 1) is given.
     Returns ``p_tilde`` float32 ``(R,)`` = p(x) + c_{m*} and ``merged`` int32 ``(R,)`` = m*.
+    An ``x`` outside [0, V) gives ``p_tilde = NaN, merged = -2``; a table row of x with an id outside [0, V) or
+    x itself gives ``p_tilde = NaN, merged = -4`` (the row codes of docs/ALGORITHMS.md §3.8).
     """
-    p_tilde, merged = relaxed_mass64(p, x, neighbors, delta, lam)
+    vocab = p.shape[1]
+    x = x.long()
+    bad_x = (x < 0) | (x >= vocab)
+    safe_x = torch.where(bad_x, 0, x)
+    table_row = neighbors[safe_x].long()
+    bad_nb = ((table_row < 0) | (table_row >= vocab) | (table_row == safe_x[:, None])).any(-1) & ~bad_x
+    p_tilde, merged = relaxed_mass64(p, safe_x, neighbors, delta, lam)
+    code = torch.where(bad_x, ROW_BAD_ID, torch.where(bad_nb, ROW_BAD_NEIGHBOR, 0))
+    p_tilde = torch.where(code != 0, math.nan, p_tilde)
+    merged = torch.where(code != 0, -code, merged)
     return p_tilde.to(torch.float32), merged.to(torch.int32)

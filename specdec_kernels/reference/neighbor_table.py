@@ -20,7 +20,8 @@ def neighbor_table(codebook: torch.Tensor, k: int, *, normalize: bool = True) ->
         rows = emb[start : start + _ROW_CHUNK]
         dist = ((rows[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
         own = torch.arange(start, start + rows.shape[0], device=codebook.device)
-        dist[torch.arange(rows.shape[0]), own] = float("inf")
+        # Self goes last, behind every real distance, even one that overflowed float32 to inf: NaN sorts after inf.
+        dist[torch.arange(rows.shape[0]), own] = float("nan")
         # A stable sort keeps equal distances in ascending id order: the tie rule.
         order = torch.sort(dist, dim=-1, stable=True).indices[:, :k]
         out[start : start + rows.shape[0]] = order.to(torch.int32)

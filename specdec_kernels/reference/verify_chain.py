@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._sampling import inverse_cdf
+from ._status import ROW_BAD_PROB, bad_prob, chain_status
 from .gsd_group_mass import group_mass64
 from .lantern_relaxed_mass import relaxed_mass64
 
@@ -39,6 +40,9 @@ def verify_chain(
     Residual at a (weights, never normalised): max(0, p~_x - q) where p~_x is p with LANTERN's merged
     neighbours' mass moved onto x (p~_x = p for exact and gsd) and q is one-hot at x when None; if it
     sums to zero, p[b, a] itself.
+
+    Rows with a structural problem, or a bad value among those read, come back as ``accept_len = 0``,
+    ``next_token = -code`` (``reference/_status.py``); nothing out of range is ever indexed.
     """
     batch, num_slots, vocab = p.shape
     max_drafts = num_slots - 1
@@ -46,6 +50,9 @@ def verify_chain(
     if num_drafts is None:
         num_drafts = torch.full((batch,), max_drafts, dtype=torch.int64, device=device)
     num_drafts = num_drafts.long()
+    status = chain_status(p, q, draft, u_accept, u_sample, num_drafts, neighbors if method == "lantern" else None)
+    # A row with a structural problem is not verified: it runs with no drafts and is overwritten at the end.
+    num_drafts = torch.where(status == 0, num_drafts, 0)
 
     # Phase 1: every draft's test, all positions at once (rows flattened to B * L).
     flat_p = p[:, :max_drafts].reshape(-1, vocab)
@@ -86,7 +93,7 @@ def verify_chain(
         if method == "lantern":
             # Move the merged neighbours' mass onto x (LANTERN's p~_x) before subtracting q.
             k_rej = merged.view(batch, max_drafts)[rows, at]
-            nbrs = neighbors[x_rej].long()
+            nbrs = neighbors[x_rej].long().clamp(0, vocab - 1)  # bad tables only occur in rows already flagged
             moved = torch.arange(nbrs.shape[1], device=device) < k_rej[:, None]
             gained = (target.gather(1, nbrs) * moved).sum(1)  # a repeated code counts once per occurrence
             relaxed[rows[:, None].expand_as(nbrs)[moved], nbrs[moved]] = 0.0
@@ -97,4 +104,17 @@ def verify_chain(
     else:
         weights = target
     next_token = inverse_cdf(weights, u_sample)
-    return accept_len, next_token
+
+    # Code 6 on the values the walk read: the tested entries p(x), q(x) (GSD ranks, so reads, the whole row),
+    # and the row sampled from (with q's row for a residual), which must also carry mass.
+    tested = used & (torch.arange(max_drafts, device=device) <= accept_len[:, None])
+    bad_read = bad_prob(px) | bad_prob(qx)
+    if method == "gsd":
+        bad_read = bad_read | bad_prob(flat_p).any(-1)
+    bad_value = (bad_read.view(batch, max_drafts) & tested).any(-1)
+    bad_value |= bad_prob(target).any(-1) | ~(target.sum(-1) > 0)
+    if q is not None and max_drafts > 0:
+        bad_value |= rejected & bad_prob(q[rows, at]).any(-1)
+    status = torch.where((status == 0) & bad_value, ROW_BAD_PROB, status)
+    bad_row = status != 0
+    return torch.where(bad_row, 0, accept_len), torch.where(bad_row, -status, next_token)

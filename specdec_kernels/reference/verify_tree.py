@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._sampling import inverse_cdf
+from ._status import ROW_BAD_PROB, bad_prob, tree_status
 from .lantern_relaxed_mass import relaxed_mass64
 
 
@@ -37,10 +38,17 @@ def verify_tree(
     onto t (r~ = r for exact) and q' is one-hot at t when q is None; a zero residual falls back to
     p[b, cur]. Accepting moves to the child with r = p[b, child]. The bonus token is sampled from
     p[b, cur] at a childless node, the recovered token from r after the last rejection.
+
+    Bad rows (``reference/_status.py``): codes 1-5 before the walk; code 6 when a tested entry p[b, cur, t] /
+    q[b, cur, t] or the final node's row p[b, cur] (with q[b, cur] after a rejection) holds a NaN, inf or
+    negative value, or p[b, cur] has no mass. They return ``accepted_nodes[b] = -1``, ``accept_len[b] = 0``,
+    ``next_token[b] = -code``.
     """
     batch, m, vocab = p.shape
     if num_nodes is None:
-        num_nodes = torch.full((batch,), m, dtype=torch.int64)
+        num_nodes = torch.full((batch,), m, dtype=torch.int64, device=p.device)
+    status = tree_status(p, tree_tokens, parents, u_accept, u_sample, num_nodes,
+                         neighbors if method == "lantern" else None).tolist()
     accepted_nodes = torch.full((batch, max(m - 1, 0)), -1, dtype=torch.int64)
     accept_len = torch.zeros(batch, dtype=torch.int64)
     next_token = torch.zeros(batch, dtype=torch.int64)
@@ -49,10 +57,17 @@ def verify_tree(
     p64 = p.to(torch.float64).cpu()
     q64 = None if q is None else q.to(torch.float64).cpu()
     u_acc = u_accept.to(torch.float64).cpu()
+    bad64 = bad_prob(p64)
+    bad_q64 = None if q64 is None else bad_prob(q64)
     for b in range(batch):
+        if status[b] != 0:  # structural problem: not walked (ids, parents or the table may be out of range)
+            next_token[b] = -status[b]
+            continue
         n_b = int(num_nodes[b])
         cur = 0
         r = p64[b, 0].clone()
+        bad_read = False  # code 6: a tested entry p(t) / q(t), or the row finally sampled from
+        rejected_last = False
         while True:
             kids = [c for c in range(1, n_b) if par[b][c] == cur]
             if not kids:
@@ -74,6 +89,7 @@ def verify_tree(
                     q_prime = q_prime / total if total > 0 else torch.zeros_like(q_prime)
                     q_t = float(q_prime[t])
                 tried.append(t)
+                bad_read |= bool(bad64[b, cur, t]) or (bad_q64 is not None and bool(bad_q64[b, cur, t]))
                 u = float(u_acc[b, c])
                 if method == "lantern":
                     p_tilde, merged = relaxed_mass64(r[None], torch.tensor([t]), neighbors, delta, lam)
@@ -101,7 +117,14 @@ def verify_tree(
                 total = residual.sum()
                 r = residual / total if total > 0 else p64[b, cur].clone()
             if not accepted:
+                rejected_last = True
                 next_token[b] = _sample(r, u_sample[b])
                 break
+        bad_read |= bool(bad64[b, cur].any()) or not bool(p64[b, cur].sum() > 0)
+        bad_read |= rejected_last and bad_q64 is not None and bool(bad_q64[b, cur].any())
+        if bad_read:
+            accepted_nodes[b] = -1
+            accept_len[b] = 0
+            next_token[b] = -ROW_BAD_PROB
     device = p.device
     return accepted_nodes.to(device), accept_len.to(device), next_token.to(device)

@@ -8,11 +8,14 @@ rounding, which can flip a token only at a cumulative-sum boundary (the accepted
 ``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA the reference does not perform.
 """
 
+import contextlib
 import struct
 
 import torch
 import triton
 import triton.language as tl
+
+from .. import _methods
 
 #: Largest vocabulary chunk one program loads at a time (a power of two). Rows longer than this are processed in
 #: chunks; tests lower it to exercise the chunk loops on small vocabularies.
@@ -23,6 +26,19 @@ MAX_NEIGHBOR_BLOCK = 128
 
 INT64_MAX: tl.constexpr = tl.constexpr(9223372036854775807)
 LOW32: tl.constexpr = tl.constexpr(4294967295)
+#: Largest finite float32: a probability read as float32 is finite iff |v| <= FLT_MAX.
+FLT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
+
+# Method codes and row status codes, from the one table (specdec_kernels/_methods.py).
+EXACT: tl.constexpr = tl.constexpr(_methods.EXACT_CODE)
+GSD: tl.constexpr = tl.constexpr(_methods.GSD_CODE)
+LANTERN: tl.constexpr = tl.constexpr(_methods.LANTERN_CODE)
+ROW_BAD_COUNT: tl.constexpr = tl.constexpr(_methods.ROW_BAD_COUNT)
+ROW_BAD_ID: tl.constexpr = tl.constexpr(_methods.ROW_BAD_ID)
+ROW_BAD_PARENTS: tl.constexpr = tl.constexpr(_methods.ROW_BAD_PARENTS)
+ROW_BAD_NEIGHBOR: tl.constexpr = tl.constexpr(_methods.ROW_BAD_NEIGHBOR)
+ROW_BAD_UNIFORM: tl.constexpr = tl.constexpr(_methods.ROW_BAD_UNIFORM)
+ROW_BAD_PROB: tl.constexpr = tl.constexpr(_methods.ROW_BAD_PROB)
 
 
 def next_pow2(n: int) -> int:
@@ -52,13 +68,90 @@ def f64_bits(value: float) -> int:
 
 
 def to_f32(value: float) -> float:
-    """``value`` rounded to float32, as the reference's float32 comparisons see a Python threshold."""
-    return struct.unpack("<f", struct.pack("<f", float(value)))[0]
+    """``value`` rounded to float32, as the reference's float32 comparisons see a Python threshold (values beyond
+    the float32 range become +-inf, as a float32 cast does)."""
+    return float(torch.tensor(float(value), dtype=torch.float64).to(torch.float32))
+
+
+def on_device(t: torch.Tensor):
+    """Context that makes ``t``'s GPU the current one for a launch (Triton launches on the current device);
+    nothing on CPU (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def gsd_window(h_lo, h_hi, vocab: int):
+    """GSD's window capped at ``vocab - 1`` (``_methods.gsd_window``): the kernels loop over it."""
+    return _methods.gsd_window(int(h_lo), int(h_hi), vocab)
 
 
 def nonempty(t: torch.Tensor) -> torch.Tensor:
     """A one-element stand-in for an empty tensor (never dereferenced), so that no launch gets a null pointer."""
     return t if t.numel() > 0 else torch.empty(1, dtype=t.dtype, device=t.device)
+
+
+# ---------------------------------------------------------------------------------------------- value checks
+
+
+@triton.jit
+def bad_value(v32):
+    """True where a probability (read as float32) is NaN, inf or negative (row status code 6)."""
+    return ~((v32 >= 0.0) & (v32 <= FLT_MAX))
+
+
+@triton.jit
+def bad_uniform(u):
+    """True where a uniform lies outside [0, 1), NaN included (row status code 5)."""
+    return ~((u >= 0.0) & (u < 1.0))
+
+
+@triton.jit
+def row_has_bad(row, use, V, BLOCK_V: tl.constexpr):
+    """One pass over ``row`` [V] (when ``use``): does it hold a NaN, inf or negative value."""
+    bad = tl.zeros((), tl.int32)
+    if use:
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            m = offs < V
+            vals = tl.load(row + offs, mask=m, other=0.0).to(tl.float32)
+            bad = tl.maximum(bad, tl.max((m & bad_value(vals)).to(tl.int32), 0))
+    return bad != 0
+
+
+@triton.jit
+def ids_out_of_range(ptr, count, V, BLOCK: tl.constexpr):
+    """Does any of the ``count`` int64 ids at ``ptr`` lie outside [0, V)."""
+    bad = tl.zeros((), tl.int32)
+    for i0 in range(0, count, BLOCK):
+        offs = i0 + tl.arange(0, BLOCK)
+        m = offs < count
+        ids = tl.load(ptr + offs, mask=m, other=0)
+        bad = tl.maximum(bad, tl.max((m & ((ids < 0) | (ids >= V))).to(tl.int32), 0))
+    return bad != 0
+
+
+@triton.jit
+def uniforms_out_of_range(ptr, count, BLOCK: tl.constexpr):
+    """Does any of the ``count`` float32 uniforms at ``ptr`` lie outside [0, 1) (NaN included)."""
+    bad = tl.zeros((), tl.int32)
+    for i0 in range(0, count, BLOCK):
+        offs = i0 + tl.arange(0, BLOCK)
+        m = offs < count
+        u = tl.load(ptr + offs, mask=m, other=0.0)
+        bad = tl.maximum(bad, tl.max((m & bad_uniform(u)).to(tl.int32), 0))
+    return bad != 0
+
+
+@triton.jit
+def neighbor_row_bad(nbr_ptr, token, K, V, BLOCK_K: tl.constexpr):
+    """Does the table row of ``token`` (in [0, V)) hold an id outside [0, V) or ``token`` itself (code 4)."""
+    bad = tl.zeros((), tl.int32)
+    row = nbr_ptr + token.to(tl.int64) * K
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        m = ks < K
+        ids = tl.load(row + ks, mask=m, other=0).to(tl.int64)
+        bad = tl.maximum(bad, tl.max((m & ((ids < 0) | (ids >= V) | (ids == token))).to(tl.int32), 0))
+    return bad != 0
 
 
 # ---------------------------------------------------------------------------------------------- row weights
@@ -150,7 +243,9 @@ def relaxed_mass(p_row, s_row, s_div, from_p, nbr_row, K, rx, budget_param, USE_
         ids = tl.load(nbr_row + offs, mask=m, other=0).to(tl.int64)
         vals = gather_r(p_row, s_row, s_div, from_p, ids, m, HAS_S)
         pref = tl.cumsum(tl.where(offs == k0, vals + c, vals), 0)
-        first_out = tl.min(tl.where(m & (pref > budget), offs, K), 0)
+        # "not (c_m <= budget)", not "c_m > budget": a NaN prefix or a NaN budget (lam = inf, r(x) = 0) ends
+        # the prefix, as in the reference.
+        first_out = tl.min(tl.where(m & ((pref <= budget) == 0), offs, K), 0)
         last_in = tl.max(tl.where(m & (offs < first_out), offs, -1), 0)
         c = tl.where(last_in >= k0, tl.sum(tl.where(offs == last_in, pref, 0.0), 0), c)
         merged = tl.where(last_in >= k0, last_in + 1, merged)

@@ -130,10 +130,11 @@ def cspd_verify_triton(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_pr
     # 256 float64 elements per tile keep a GPU program in registers (no spills at 4 warps); the interpreter's
     # cost grows with the number of programs, so it takes 1024.
     block_n = max(1, min(c.next_pow2(n), (256 if x.is_cuda else 1024) // block_d))
-    _cspd_verify_kernel[(triton.cdiv(n, block_n),)](
-        g(x), g(mu_q.contiguous()), g(sigma_q.contiguous()), g(mu_p.contiguous()), g(sigma_p.contiguous()),
-        g(s_q.contiguous()), g(s_p.contiguous()), u_accept.contiguous(), g(u_prop.contiguous()), u_ar.contiguous(),
-        g(tokens), accepted.view(torch.uint8), fallback.view(torch.uint8), n, dim, tries, c.f64_bits(inner_temperature),
-        BLOCK_N=block_n, BLOCK_D=block_d, **c.launch_options(block_n * block_d),
-    )
+    with c.on_device(x):
+        _cspd_verify_kernel[(triton.cdiv(n, block_n),)](
+            g(x), g(mu_q.contiguous()), g(sigma_q.contiguous()), g(mu_p.contiguous()), g(sigma_p.contiguous()),
+            g(s_q.contiguous()), g(s_p.contiguous()), u_accept.contiguous(), g(u_prop.contiguous()), u_ar.contiguous(),
+            g(tokens), accepted.view(torch.uint8), fallback.view(torch.uint8), n, dim, tries,
+            c.f64_bits(inner_temperature), BLOCK_N=block_n, BLOCK_D=block_d, **c.launch_options(block_n * block_d),
+        )
     return tokens, accepted, fallback

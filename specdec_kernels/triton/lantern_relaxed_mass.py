@@ -3,7 +3,8 @@
 Grid: one program per row r. Pointers: p [R, V] (fp32/fp16/bf16), x [R] int64, neighbors [V, K] int32,
 p_tilde [R] f32 and merged [R] int32 (written). The program walks x's neighbour row in chunks of BLOCK_K with a
 float64 prefix sum (carry folded into each chunk) and stops at the first chunk where the prefix exceeds the budget
-(delta, or (lam - 1) * p(x); passed as float64 bits). Invariants: x and the table's ids lie in [0, V).
+(delta, or (lam - 1) * p(x); passed as float64 bits). Row codes: an x outside [0, V) (2) or a table row of x with
+an id outside [0, V) or x itself (4) reads nothing more and writes p_tilde = NaN, merged = -code.
 """
 
 import torch
@@ -19,12 +20,17 @@ def _lantern_relaxed_mass_kernel(p_ptr, x_ptr, nbr_ptr, p_tilde_ptr, merged_ptr,
     r = tl.program_id(0).to(tl.int64)
     p_row = p_ptr + r * V
     x = tl.load(x_ptr + r)
+    status = tl.where((x < 0) | (x >= V), c.ROW_BAD_ID, 0)
+    x = tl.where(status == 0, x, 0)
+    if status == 0:
+        status = tl.where(c.neighbor_row_bad(nbr_ptr, x, K, V, BLOCK_K), c.ROW_BAD_NEIGHBOR, 0)
     px = tl.load(p_row + x).to(tl.float32).to(tl.float64)
     budget = budget_bits.to(tl.int64).to(tl.float64, bitcast=True)
-    p_tilde, merged, _ = c.relaxed_mass(p_row, p_tilde_ptr, 1.0, 1, nbr_ptr + x * K, K, px, budget, USE_LAMBDA,
-                                        False, BLOCK_K)
-    tl.store(p_tilde_ptr + r, p_tilde.to(tl.float32))
-    tl.store(merged_ptr + r, merged)
+    p_tilde, merged, _ = c.relaxed_mass(p_row, p_tilde_ptr, 1.0, 1, nbr_ptr + x * K, tl.where(status == 0, K, 0), px,
+                                        budget, USE_LAMBDA, False, BLOCK_K)
+    nan = tl.full((), float("nan"), tl.float32)
+    tl.store(p_tilde_ptr + r, tl.where(status == 0, p_tilde.to(tl.float32), nan))
+    tl.store(merged_ptr + r, tl.where(status == 0, merged, -status))
 
 
 def lantern_relaxed_mass_triton(p, x, neighbors, delta, lam):
@@ -39,8 +45,9 @@ def lantern_relaxed_mass_triton(p, x, neighbors, delta, lam):
     k = nbr.shape[1]
     use_lambda = lam is not None
     block_k = c.neighbor_block(k)
-    _lantern_relaxed_mass_kernel[(rows,)](
-        p, x.contiguous(), nbr, p_tilde, merged, vocab, k, c.f64_bits(lam if use_lambda else delta),
-        USE_LAMBDA=use_lambda, BLOCK_K=block_k, **c.launch_options(block_k),
-    )
+    with c.on_device(p):
+        _lantern_relaxed_mass_kernel[(rows,)](
+            p, x.contiguous(), nbr, p_tilde, merged, vocab, k, c.f64_bits(lam if use_lambda else delta),
+            USE_LAMBDA=use_lambda, BLOCK_K=block_k, **c.launch_options(block_k),
+        )
     return p_tilde, merged

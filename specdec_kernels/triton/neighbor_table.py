@@ -36,10 +36,10 @@ def _normalize_kernel(emb_ptr, out_ptr, N, D, BLOCK_R: tl.constexpr):
 def _neighbor_table_kernel(emb_ptr, out_ptr, N, D, K, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     rm = rows < N
-    cols0 = tl.arange(0, BLOCK_K)
+    cols0 = tl.arange(0, BLOCK_K).to(tl.int64)  # int64 ids: cols * D overflows int32 once N * D >= 2^31
     best = tl.full([BLOCK_I, BLOCK_K], c.INT64_MAX, tl.int64)
     for j0 in range(0, N, BLOCK_K):
-        cols = j0 + cols0
+        cols = j0 + cols0  # int64
         cm = cols < N
         dist = tl.zeros([BLOCK_I, BLOCK_K], tl.float32)
         for d in range(D):
@@ -47,7 +47,7 @@ def _neighbor_table_kernel(emb_ptr, out_ptr, N, D, K, BLOCK_I: tl.constexpr, BLO
             ej = tl.load(emb_ptr + cols * D + d, mask=cm, other=0.0)
             diff = ei[:, None] - ej[None, :]
             dist = dist + diff * diff
-        key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
+        key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | cols[None, :]
         valid = rm[:, None] & cm[None, :] & (rows[:, None] != cols[None, :])
         key = tl.where(valid, key, c.INT64_MAX)
         best = tl.sort(tl.minimum(best, tl.flip(tl.sort(key, 1), 1)), 1)
@@ -63,14 +63,18 @@ def neighbor_table_triton(codebook, k, normalize):
     table = torch.empty(n, k, dtype=torch.int32, device=emb.device)
     if n == 0 or k == 0:
         return table
-    if normalize:
-        normed = torch.empty_like(emb)
-        block_r = min(c.next_pow2(n), 256)
-        _normalize_kernel[(triton.cdiv(n, block_r),)](emb, normed, n, dim, BLOCK_R=block_r, **c.launch_options(block_r))
-        emb = normed
-    # Narrow tiles: sorting costs grow as log^2 of the tile width, so the smallest power of two >= k wins.
-    block_k = max(c.next_pow2(k), 8)
-    block_i = max(1, min(2048 // block_k, 128, c.next_pow2(n)))
-    _neighbor_table_kernel[(triton.cdiv(n, block_i),)](emb, table, n, dim, k, BLOCK_I=block_i, BLOCK_K=block_k,
-                                                       **c.launch_options(block_i * block_k))
+    if not 1 <= k <= n - 1:  # the kernel's buffer holds k ids out of n - 1 candidates
+        raise ValueError(f"k must be an int in [1, {n - 1}] (codebook has {n} codes), got {k}")
+    with c.on_device(emb):
+        if normalize:
+            normed = torch.empty_like(emb)
+            block_r = min(c.next_pow2(n), 256)
+            _normalize_kernel[(triton.cdiv(n, block_r),)](emb, normed, n, dim, BLOCK_R=block_r,
+                                                          **c.launch_options(block_r))
+            emb = normed
+        # Narrow tiles: sorting costs grow as log^2 of the tile width, so the smallest power of two >= k wins.
+        block_k = max(c.next_pow2(k), 8)
+        block_i = max(1, min(2048 // block_k, 128, c.next_pow2(n)))
+        _neighbor_table_kernel[(triton.cdiv(n, block_i),)](emb, table, n, dim, k, BLOCK_I=block_i, BLOCK_K=block_k,
+                                                           **c.launch_options(block_i * block_k))
     return table

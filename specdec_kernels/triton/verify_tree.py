@@ -11,13 +11,18 @@ never match). The program zeroes its marker row first, scans node ids c = cur+1 
 and each rejection rewrites the residual row in place (one pass; LANTERN then scatters its merged neighbours and
 re-sums). Every write to scratch/marker sits between block barriers: the one before it lets all lanes finish
 reading the old values (their decisions must agree), the one after it publishes the new ones.
-Invariants: parents well formed below num_nodes[b] (ids topological); tokens and table ids in [0, V).
+Row status codes (docs/ALGORITHMS.md §3.8): before the walk the program checks num_nodes (1), the valid nodes'
+tokens (2), parents (3), the tokens' neighbour rows (4, lantern) and uniforms (5); a bad row is walked as a lone
+root (in-range reads only) and written as accepted_nodes -1, accept_len 0, next_token -code. Code 6: a tested entry
+p[b, cur, t] / q[b, cur, t], or the final node's row p[b, cur] (q[b, cur] after a rejection), is NaN / inf /
+negative, or that row has no mass. Every walk advances a node id per step: at most M steps.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import _methods
 from . import _common as c
 
 
@@ -29,6 +34,31 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
     b = tl.program_id(0).to(tl.int64)
     n_b = tl.load(num_nodes_ptr + b)
     budget = budget_bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+    # Row status codes 1-5 (first failure wins); a bad row is walked as a lone root.
+    n_valid = tl.minimum(tl.maximum(n_b, 1), M)
+    bad_ids = c.ids_out_of_range(tok_ptr + b * M, n_valid, V, BLOCK_M)
+    bad_par = tl.load(par_ptr + b * M) != -1
+    for j0 in range(0, n_valid, BLOCK_M):
+        js = j0 + tl.arange(0, BLOCK_M)
+        jm = (js < n_valid) & (js > 0)
+        pj = tl.load(par_ptr + b * M + js, mask=jm, other=0)
+        bad_par = bad_par | (tl.max((jm & ((pj < 0) | (pj >= js))).to(tl.int32), 0) != 0)
+    status = tl.zeros((), tl.int32)
+    if METHOD == c.LANTERN:
+        bad_nbr = tl.zeros((), tl.int32)
+        if bad_ids == 0:
+            for j in range(n_valid):
+                t_j = tl.load(tok_ptr + b * M + j)
+                bad_nbr = tl.maximum(bad_nbr, c.neighbor_row_bad(nbr_ptr, t_j, K, V, BLOCK_K).to(tl.int32))
+        status = tl.where(bad_nbr != 0, c.ROW_BAD_NEIGHBOR, status)
+    bad_u = c.uniforms_out_of_range(u_accept_ptr + b * M, n_valid, BLOCK_M) | c.bad_uniform(tl.load(u_sample_ptr + b))
+    status = tl.where(bad_u & (status == 0), c.ROW_BAD_UNIFORM, status)
+    status = tl.where(bad_par, c.ROW_BAD_PARENTS, status)
+    status = tl.where(bad_ids, c.ROW_BAD_ID, status)
+    status = tl.where((n_b < 1) | (n_b > M), c.ROW_BAD_COUNT, status)
+    n_b = tl.where(status == 0, n_b, 1)
+    bad_read = tl.zeros((), tl.int1)  # code 6 on a tested entry
     s_row = scratch_ptr + b * V
     mk_row = marker_ptr + b * V
     for v0 in range(0, V, BLOCK_V):
@@ -51,6 +81,9 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
         if fresh:
             p_cur = p_ptr + (b * M + cur) * V
             q_cur = q_ptr + (b * M + cur) * V
+            bad_read = bad_read | c.bad_value(tl.load(p_cur + t).to(tl.float32))
+            if HAS_Q:
+                bad_read = bad_read | c.bad_value(tl.load(q_cur + t).to(tl.float32))
             if HAS_Q:  # q' = q[cur] without the earlier-tried tokens, renormalised (zero if nothing is left)
                 z = tl.zeros((), tl.float64)
                 for v0 in range(0, V, BLOCK_V):
@@ -69,7 +102,7 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
             tl.debug_barrier()
             u = tl.load(u_accept_ptr + b * M + node).to(tl.float64)
             r_t = c.gather_r(p_cur, s_row, r_div, from_p, t, True, True)
-            if METHOD == 2:
+            if METHOD == c.LANTERN:
                 p_tilde, merged, c_star = c.relaxed_mass(p_cur, s_row, r_div, from_p, nbr_ptr + t * K, K, r_t, budget,
                                                          USE_LAMBDA, True, BLOCK_K)
                 ok = (p_tilde > 0.0) & (u * q_t <= p_tilde)
@@ -103,7 +136,7 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
                     tl.store(s_row + offs, res, mask=m)
                     total += tl.sum(res, 0)
                 tl.debug_barrier()
-                if METHOD == 2:  # noqa: SIM102 (a compile-time branch around a run-time one)
+                if METHOD == c.LANTERN:  # noqa: SIM102 (a compile-time branch around a run-time one)
                     if merged > 0:  # r~: the merged neighbours' mass moved onto t
                         nbr_row = nbr_ptr + t * K
                         for k0 in range(0, merged, BLOCK_K):
@@ -133,16 +166,27 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
     u_s = tl.load(u_sample_ptr + b).to(tl.float64)
     total, last = c.weights_total(p_cur, p_cur, s_row, r_div, 0, mode, V, False, True, BLOCK_V)
     token = c.weights_search(p_cur, p_cur, s_row, r_div, 0, mode, u_s * total, last, V, False, True, BLOCK_V)
-    tl.store(next_token_ptr + b, token)
-    tl.store(accept_len_ptr + b, count)
+    # Code 6 on the final row: p[b, cur] (and q[b, cur] after a rejection) and its mass.
+    bad_read = bad_read | c.row_has_bad(p_cur, True, V, BLOCK_V)
+    if HAS_Q:
+        bad_read = bad_read | c.row_has_bad(q_ptr + (b * M + cur) * V, has_kids != 0, V, BLOCK_V)
+    status = tl.where((status == 0) & (bad_read | (last < 0)), c.ROW_BAD_PROB, status)
+    ok = status == 0
+    tl.store(next_token_ptr + b, tl.where(ok, token, -status.to(tl.int64)))
+    tl.store(accept_len_ptr + b, tl.where(ok, count, 0))
+    kept = tl.where(ok, count, 0)
     for j0 in range(0, M - 1, BLOCK_M):
         js = j0 + tl.arange(0, BLOCK_M)
-        tl.store(accepted_ptr + b * (M - 1) + js, tl.full([BLOCK_M], -1, tl.int64), mask=(js >= count) & (js < M - 1))
+        tl.store(accepted_ptr + b * (M - 1) + js, tl.full([BLOCK_M], -1, tl.int64), mask=(js >= kept) & (js < M - 1))
 
 
-def verify_tree_triton(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method_code, neighbors, delta, lam):
-    """Launcher with the ``verify_tree`` op schema; returns
+def verify_tree_triton(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method_code, neighbors, params):
+    """Launcher with the ``verify_tree`` op schema (packed ``params``, ``specdec_kernels/_methods.py``); returns
     ``(accepted_nodes [B, M-1] int64, accept_len [B] int64, next_token [B] int64)``."""
+    method = _methods.BY_CODE.get(int(method_code))
+    if method is None or not method.tree:
+        raise ValueError(f"verify_tree: unknown method code {method_code!r}")
+    values = _methods.unpack_params(method, params)
     p = p.contiguous()
     batch, nodes, vocab = p.shape
     device = p.device
@@ -151,22 +195,23 @@ def verify_tree_triton(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes
     next_token = torch.empty(batch, dtype=torch.int64, device=device)
     if batch == 0:
         return accepted, accept_len, next_token
-    method = int(method_code)
     has_q = q is not None
-    use_lambda = lam is not None
-    if method == 2:
+    use_lambda = values.get("lam") is not None
+    if method is _methods.LANTERN:
         nbr = neighbors.contiguous()
         k = nbr.shape[1]
-        budget = c.f64_bits(lam if use_lambda else delta)
+        budget = c.f64_bits(values["lam"] if use_lambda else values["delta"])
     else:
         nbr, k, budget = parents, 1, 0
     scratch = torch.empty(batch, vocab, dtype=torch.float64, device=device)
     marker = torch.empty(batch, vocab, dtype=torch.int32, device=device)
     block_v = c.vocab_block(vocab)
-    _verify_tree_kernel[(batch,)](
-        p, q.contiguous() if has_q else p, tree_tokens.contiguous(), parents.contiguous(), u_accept.contiguous(),
-        u_sample.contiguous(), num_nodes.contiguous(), nbr, scratch, marker, c.nonempty(accepted), accept_len,
-        next_token, nodes, vocab, k, budget, METHOD=method, HAS_Q=has_q, USE_LAMBDA=use_lambda, BLOCK_V=block_v,
-        BLOCK_K=c.neighbor_block(k), BLOCK_M=min(c.next_pow2(nodes), 1024), **c.launch_options(block_v),
-    )
+    with c.on_device(p):
+        _verify_tree_kernel[(batch,)](
+            p, q.contiguous() if has_q else p, tree_tokens.contiguous(), parents.contiguous(), u_accept.contiguous(),
+            u_sample.contiguous(), num_nodes.contiguous(), nbr, scratch, marker, c.nonempty(accepted), accept_len,
+            next_token, nodes, vocab, k, budget, METHOD=method.code, HAS_Q=has_q, USE_LAMBDA=use_lambda,
+            BLOCK_V=block_v, BLOCK_K=c.neighbor_block(k), BLOCK_M=min(c.next_pow2(nodes), 1024),
+            **c.launch_options(block_v),
+        )
     return accepted, accept_len, next_token
