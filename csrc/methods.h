@@ -1,7 +1,7 @@
 // The one table of verification methods on the C++ side (host C++ and CUDA, torch-free): method codes,
 // the packed-parameter layout of the verify_chain / verify_tree schemas, and the row status codes every
 // kernel reports. Mirrored in Python by specdec_kernels/_methods.py (codes, parameter order, defaults);
-// semantics: docs/ALGORITHMS.md section 3.
+// semantics: docs/ALGORITHMS.md §3.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Per-element math of the verification kernels, shared by the CPU kernels (csrc/cpu) and the CUDA kernels
 // (csrc/cuda): host C++ and CUDA device code, torch-free. Everything a test or a status check decides per
 // element lives here once, so the CPU tests exercise the arithmetic the GPU runs (the kernels differ only
-// in how they schedule it). Semantics: docs/ALGORITHMS.md section 3; status codes: methods.h.
+// in how they schedule it). Semantics: docs/ALGORITHMS.md §3; status codes: methods.h.
 //
 // Conventions: probabilities are read as float32 (whatever the storage type) and decisions are taken in
 // float64 with exact products (a float32 x float32 product is exact in float64), as the reference does.
@@ -63,7 +63,7 @@ SPECDEC_HD inline bool lantern_accepts(double u, double qx, double p_tilde) {
   return p_tilde > 0.0 && u * qx <= p_tilde;
 }
 
-// ---- LANTERN relaxed mass (docs/ALGORITHMS.md 3.4).
+// ---- LANTERN relaxed mass (docs/ALGORITHMS.md §3.4).
 
 // Budget beta: delta, or (lam - 1) * r(x). lam = inf with r(x) = 0 gives NaN, which merges nothing below.
 SPECDEC_HD inline double lantern_budget(const LanternConfig& cfg, double rx) {
@@ -120,7 +120,7 @@ SPECDEC_HD inline bool cdf_crosses(double cumulative, double threshold, double w
   return w > 0.0 && cumulative > threshold;
 }
 
-// ---- GSD (docs/ALGORITHMS.md 3.3).
+// ---- GSD (docs/ALGORITHMS.md §3.3).
 
 // Rank order: p descending, ties by the lower token id.
 SPECDEC_HD inline bool ranks_before(float pa, int64_t a, float pb, int64_t b) {

@@ -98,8 +98,8 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
       // ---- the sample: residual at a (a < n) or the bonus row p[b, n]; the whole rows read are checked
       const scalar_t* target = p + (b * (drafts + 1) + a) * vocab;
       auto target_w = [&](int64_t j) { return static_cast<double>(static_cast<float>(target[j])); };
-      auto target_raw = [&](int64_t j, RawValues& v) { v.add(static_cast<float>(target[j])); };
-      RawValues values;
+      auto target_bad = [&](int64_t j) { return unusable_probability(static_cast<float>(target[j])); };
+      bool unusable = false;
       int64_t token = -1;
       if (a < n) {  // recovered: max(0, p~_x - q), p~_x = p with LANTERN's merged mass moved onto x
         const int64_t x = draft_b[a];
@@ -109,41 +109,39 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
             auto w = [&](int64_t j) {
               return residual_weight(target_w(j), static_cast<double>(static_cast<float>(q_row[j])));
             };
-            auto raw = [&](int64_t j, RawValues& v) {
-              v.add(static_cast<float>(target[j]));
-              v.add(static_cast<float>(q_row[j]));
+            auto bad = [&](int64_t j) {
+              return unusable_probability(static_cast<float>(target[j])) |
+                     unusable_probability(static_cast<float>(q_row[j]));
             };
-            token = inverse_cdf(vocab, w, raw, u_sample[b], block_ends, values);
-          } else {
+            token = inverse_cdf(vocab, w, bad, u_sample[b], block_ends, unusable);
+          } else {  // one-hot q: the weights are p itself except at x, whose p(x) was tested already
             auto w = [&](int64_t j) { return j == x ? residual_weight(target_w(j), 1.0) : target_w(j); };
-            token = inverse_cdf(vocab, w, target_raw, u_sample[b], block_ends, values);
+            token = inverse_cdf_raw(vocab, w, u_sample[b], block_ends, unusable);
           }
         } else {  // LANTERN moved A's mass onto x: materialise the one row
           residual.resize(vocab);
           const int32_t* moved = cfg.neighbors + x * cfg.k;
           double moved_onto_x = 0.0;
           for (int64_t m = 0; m < merged; ++m) moved_onto_x += target_w(moved[m]);
+          uint32_t bad = 0;
           for (int64_t j = 0; j < vocab; ++j) {
             residual[j] = target_w(j);
-            values.add(residual[j]);
+            bad |= target_bad(j) | (q_row ? unusable_probability(static_cast<float>(q_row[j])) : 0u);
           }
+          unusable = bad != 0;
           for (int64_t m = 0; m < merged; ++m) residual[moved[m]] = 0.0;
           residual[x] += moved_onto_x;
           for (int64_t j = 0; j < vocab; ++j) {
-            double qj = j == x ? 1.0 : 0.0;
-            if (q_row) {
-              qj = static_cast<float>(q_row[j]);
-              values.add(qj);
-            }
+            const double qj = q_row ? static_cast<double>(static_cast<float>(q_row[j])) : (j == x ? 1.0 : 0.0);
             residual[j] = residual_weight(residual[j], qj);
           }
           token = inverse_cdf(vocab, [&](int64_t j) { return residual[j]; }, u_sample[b], block_ends);
         }
-        if (values.ok() && token < 0) token = inverse_cdf(vocab, target_w, u_sample[b], block_ends);  // p[b, a]
+        if (!unusable && token < 0) token = inverse_cdf(vocab, target_w, u_sample[b], block_ends);  // p[b, a]
       } else {
-        token = inverse_cdf(vocab, target_w, target_raw, u_sample[b], block_ends, values);  // bonus
+        token = inverse_cdf_raw(vocab, target_w, u_sample[b], block_ends, unusable);  // bonus
       }
-      if (!values.ok() || token < 0) {  // a NaN / inf / negative entry, or a row without mass
+      if (unusable || token < 0) {  // a NaN / inf / negative entry, or a row without mass
         report(kBadProbability);
         continue;
       }

@@ -1,12 +1,13 @@
 // Row-level building blocks of the CPU verification kernels (torch-free, host only): how the CPU schedules
 // the per-element math of ../verify_math.h (shared with the CUDA kernels) over a row. Semantics:
-// docs/ALGORITHMS.md section 3 and specdec_kernels/reference; every sum that decides a token is
+// docs/ALGORITHMS.md §3 and specdec_kernels/reference; every sum that decides a token is
 // accumulated in float64.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../verify_math.h"
@@ -25,21 +26,29 @@ struct RawValues {
   bool ok() const { return valid_probability(sum) && min >= 0.0; }
 };
 
+// How a sampling pass checks the raw probabilities it reads (status code 6: NaN, inf or negative).
+enum class RowCheck {
+  kNone,        // already checked
+  kWeightsRaw,  // the weights are the raw entries (except entries known to be usable): their float64 sum is
+                // finite and their minimum >= 0 iff they all are usable; both ride in the lane loop
+  kUnusable,    // unusable(j) != 0 flags entry j (an OR reduction, one extra vectorised loop per block)
+};
+
 // Inverse-CDF sample over weights weight(0..V-1) >= 0: the smallest j with cumsum_j > u * total and
 // weight(j) > 0, else the largest j with weight(j) > 0; -1 if every weight is zero (the caller falls back
-// or reports the row). In the same pass raw(j, values) feeds the raw probabilities behind weight(j) to
-// `values` (status code 6), so checking them costs no second pass.
+// or reports the row). The row's raw entries are checked in the same pass as CHECK says, setting `unusable`.
 // Sums run in float64. A strictly sequential sum is bound by add latency, so each 64-wide block is summed
 // with four interleaved accumulators and the running sum is kept at block ends; the one block that
 // crosses the threshold is then re-scanned sequentially. The order differs from the reference's cumsum
-// only at float64 rounding level (docs/ALGORITHMS.md 3.8: tokens can differ only within that of a boundary).
-template <class Weight, class Raw>
-int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Raw& raw, float u, std::vector<double>& block_ends,
-                    RawValues& values) {
+// only at float64 rounding level (docs/ALGORITHMS.md §3.8: tokens can differ only within that of a boundary).
+template <RowCheck CHECK, class Weight, class Unusable>
+int64_t inverse_cdf_impl(int64_t vocab, const Weight& weight, const Unusable& unusable_at, float u,
+                         std::vector<double>& block_ends, bool& unusable) {
   constexpr int64_t kBlock = 64;
   const int64_t blocks = (vocab + kBlock - 1) / kBlock;
   block_ends.resize(blocks);
   double cumulative = 0.0;
+  double lowest = 0.0;
   int64_t last_nonzero = -1;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * kBlock, end = std::min(vocab, begin + kBlock), n = end - begin;
@@ -47,13 +56,28 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Raw& raw, float u
     // memory several times faster than when each load waits behind the add chain).
     double w[kBlock];
     for (int64_t i = 0; i < n; ++i) w[i] = weight(begin + i);
-    for (int64_t i = 0; i < n; ++i) raw(begin + i, values);
+    if constexpr (CHECK == RowCheck::kUnusable) {
+      uint32_t bad = 0;  // an OR reduction: vectorises, unlike a dependent sum
+      for (int64_t i = 0; i < n; ++i) bad |= unusable_at(begin + i);
+      unusable = unusable || bad != 0;
+    }
     double lane[4] = {0.0, 0.0, 0.0, 0.0};
+    double low[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-      for (int l = 0; l < 4; ++l) lane[l] += w[i + l];
+      for (int l = 0; l < 4; ++l) {
+        lane[l] += w[i + l];
+        if constexpr (CHECK == RowCheck::kWeightsRaw) low[l] = w[i + l] < low[l] ? w[i + l] : low[l];
+      }
     }
-    for (; i < n; ++i) lane[0] += w[i];
+    for (; i < n; ++i) {
+      lane[0] += w[i];
+      if constexpr (CHECK == RowCheck::kWeightsRaw) low[0] = w[i] < low[0] ? w[i] : low[0];
+    }
+    if constexpr (CHECK == RowCheck::kWeightsRaw) {
+      const double block_low = std::min(std::min(low[0], low[1]), std::min(low[2], low[3]));
+      lowest = block_low < lowest ? block_low : lowest;
+    }
     for (int64_t back = n - 1; back >= 0; --back) {
       if (w[back] > 0.0) {
         last_nonzero = begin + back;
@@ -63,7 +87,9 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Raw& raw, float u
     cumulative += (lane[0] + lane[1]) + (lane[2] + lane[3]);
     block_ends[blk] = cumulative;
   }
-  if (last_nonzero < 0) return -1;
+  // NaN / inf entries make the float64 sum NaN / inf (a sum of finite float32 values cannot overflow).
+  if constexpr (CHECK == RowCheck::kWeightsRaw) unusable = unusable || !(valid_probability(cumulative) && lowest >= 0.0);
+  if (last_nonzero < 0 || unusable) return -1;
   const double threshold = static_cast<double>(u) * cumulative;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     if (!(block_ends[blk] > threshold)) continue;
@@ -78,11 +104,35 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Raw& raw, float u
   return last_nonzero;
 }
 
-// Without value tracking (rows already checked).
+// 1 if a raw float32 probability is NaN, inf or negative (-0 is fine), else 0: integer compares on the
+// bits, branch-free, so an OR reduction over a row vectorises.
+inline uint32_t unusable_probability(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return static_cast<uint32_t>(bits > 0x7f7fffffu) & static_cast<uint32_t>(bits != 0x80000000u);
+}
+
+inline uint32_t no_check(int64_t) { return 0u; }
+
+// Weights that are the raw entries themselves (checked through the lane loop).
+template <class Weight>
+int64_t inverse_cdf_raw(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends,
+                        bool& unusable) {
+  return inverse_cdf_impl<RowCheck::kWeightsRaw>(vocab, weight, no_check, u, block_ends, unusable);
+}
+
+// Weights derived from raw entries that unusable_at(j) checks.
+template <class Weight, class Unusable>
+int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Unusable& unusable_at, float u,
+                    std::vector<double>& block_ends, bool& unusable) {
+  return inverse_cdf_impl<RowCheck::kUnusable>(vocab, weight, unusable_at, u, block_ends, unusable);
+}
+
+// Without value checks (rows already checked).
 template <class Weight>
 int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
-  RawValues unused;
-  return inverse_cdf(vocab, weight, [](int64_t, RawValues&) {}, u, block_ends, unused);
+  bool unused = false;
+  return inverse_cdf_impl<RowCheck::kNone>(vocab, weight, no_check, u, block_ends, unused);
 }
 
 struct GroupMass {

@@ -1,4 +1,4 @@
-// Fused chain verification (docs/ALGORITHMS.md 3.2-3.4; reference: specdec_kernels/reference/verify_chain.py),
+// Fused chain verification (docs/ALGORITHMS.md §3.2-3.4; reference: specdec_kernels/reference/verify_chain.py),
 // torch-free: one launch per call (GSD: two), no [B, L, V] temporaries. Per-element math and the row
 // status codes come from ../verify_math.h and ../methods.h, shared with the CPU kernel.
 #pragma once

@@ -1,5 +1,6 @@
 // Torch-free block- and warp-level building blocks shared by the CUDA verification kernels (the
-// device counterpart of csrc/cpu/verify_common.h). Semantics: docs/ALGORITHMS.md §3 and
+// device counterpart of csrc/cpu/verify_common.h): how the GPU schedules the per-element math of
+// ../verify_math.h, which the CPU kernels share. Semantics: docs/ALGORITHMS.md §3 and
 // specdec_kernels/reference. Every decision is taken in float64 the way the reference takes it;
 // float32 work that must not be contracted into FMAs (distances) uses explicit _rn intrinsics.
 //
