@@ -19,6 +19,7 @@ from .ops import (
     verify_chain,
     verify_tree,
 )
+from .ops.verify_logits import process_logits, verify_chain_logits, verify_tree_logits
 
 if _backend._HAS_EXTENSION:
     from . import _fake
@@ -34,7 +35,10 @@ __all__ = [
     "gsd_group_mass",
     "lantern_relaxed_mass",
     "neighbor_table",
+    "process_logits",
     "reference",
     "verify_chain",
+    "verify_chain_logits",
     "verify_tree",
+    "verify_tree_logits",
 ]

@@ -54,6 +54,23 @@ def _register():
             tree_tokens.new_empty((batch,)),
         )
 
+    @fake("verify_chain_logits")
+    def _(logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale, temperature, top_k,
+          top_p, method, neighbors, embeddings, params):
+        batch = logits.shape[0] // 2 if cfg_scale is not None else logits.shape[0]
+        return draft.new_empty((batch,)), draft.new_empty((batch,))
+
+    @fake("verify_tree_logits")
+    def _(logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg_scale, temperature, top_k,
+          top_p, method, neighbors, params):
+        batch = logits.shape[0] // 2 if cfg_scale is not None else logits.shape[0]
+        nodes = logits.shape[1]
+        return (
+            tree_tokens.new_empty((batch, max(nodes - 1, 0))),
+            tree_tokens.new_empty((batch,)),
+            tree_tokens.new_empty((batch,)),
+        )
+
     @fake("cspd_verify")
     def _(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar, inner_temperature):
         n, _, _ = v.cspd_shapes(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar)
