@@ -1,17 +1,21 @@
-// Structural input checks shared by the CPU and CUDA glue (one rule set per op, written once).
-// Value checks (NaN, ranges, malformed trees) are done in Python before any kernel runs; these guard
-// direct torch.ops calls against out-of-bounds memory access.
+// Structural input checks shared by the CPU and CUDA glue (one rule set per op, written once): tensor
+// ranks, shapes, dtypes, devices, method codes and the packed-parameter list. They say nothing about the
+// values: ids, counts, parents, uniforms and probabilities are range-checked by the kernels themselves,
+// row by row, which report a bad row through its outputs (methods.h RowStatus) instead of reading out of
+// bounds. The Python wrappers turn those reports into ValueErrors.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
+
+#include <cmath>
 #include <optional>
 #include <utility>
 
-namespace specdec {
+#include "methods.h"
 
-// Method codes of verify_chain / verify_tree; mirrored in specdec_kernels/_constants.py.
-enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2 };
+namespace specdec {
 
 inline void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
@@ -41,10 +45,31 @@ inline void check_lantern_budget(std::optional<double> delta, std::optional<doub
   TORCH_CHECK(delta.has_value() != lam.has_value(), "exactly one of delta and lam must be given");
 }
 
+inline const char* method_name(int64_t method) {
+  return method == kExact ? "exact" : (method == kGsd ? "gsd" : (method == kLantern ? "lantern" : "unknown"));
+}
+
+// The packed parameter list of verify_chain / verify_tree (methods.h): its length for the method, and the
+// entries whose meaning needs a particular form (window sides: integers >= 0; use_lambda: 0 or 1).
+inline void check_params(int64_t method, c10::ArrayRef<double> params) {
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == param_count(method), "params must have ", param_count(method),
+              " entries for method ", method_name(method), " (code ", method, "), got ", params.size());
+  if (method == kGsd) {
+    for (int64_t i : {int64_t{gsd_param::kHLo}, int64_t{gsd_param::kHHi}}) {
+      const double h = params[i];
+      TORCH_CHECK(h >= 0.0 && std::floor(h) == h, "gsd params: the rank window entries must be integers >= 0, got ",
+                  h);
+    }
+  } else if (method == kLantern) {
+    const double flag = params[lantern_param::kUseLambda];
+    TORCH_CHECK(flag == 0.0 || flag == 1.0, "lantern params: use_lambda must be 0 or 1, got ", flag);
+  }
+}
+
 inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& draft,
                         const at::Tensor& u_accept, const at::Tensor& u_sample, const at::Tensor& num_drafts,
-                        int64_t method, const std::optional<at::Tensor>& neighbors, std::optional<double> delta,
-                        std::optional<double> lam, const std::optional<at::Tensor>& embeddings) {
+                        int64_t method, const std::optional<at::Tensor>& neighbors,
+                        const std::optional<at::Tensor>& embeddings, c10::ArrayRef<double> params) {
   TORCH_CHECK(p.dim() == 3 && p.size(1) >= 1, "p must be (batch, num_drafts + 1, vocab), got ", p.sizes());
   check_float(p, "p");
   const int64_t batch = p.size(0), drafts = p.size(1) - 1, vocab = p.size(2);
@@ -62,11 +87,11 @@ inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q,
   check_shape(num_drafts, {batch}, "num_drafts");
   check_dtype(num_drafts, at::kLong, "num_drafts");
   for (const at::Tensor* t : {&draft, &u_accept, &u_sample, &num_drafts}) check_same(*t, p, "chain inputs");
-  TORCH_CHECK(method >= kExact && method <= kLantern, "method code must be 0, 1 or 2, got ", method);
+  TORCH_CHECK(chain_supports(method), "verify_chain method code must be 0, 1 or 2, got ", method);
+  check_params(method, params);
   if (method == kLantern) {
     TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
     check_neighbors(*neighbors, vocab, p);
-    check_lantern_budget(delta, lam);
   }
   if (method == kGsd && embeddings) {
     check_dtype(*embeddings, at::kFloat, "embeddings");
@@ -79,7 +104,7 @@ inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q,
 inline void check_tree(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& tree_tokens,
                        const at::Tensor& parents, const at::Tensor& u_accept, const at::Tensor& u_sample,
                        const at::Tensor& num_nodes, int64_t method, const std::optional<at::Tensor>& neighbors,
-                       std::optional<double> delta, std::optional<double> lam) {
+                       c10::ArrayRef<double> params) {
   TORCH_CHECK(p.dim() == 3 && p.size(1) >= 1, "p must be (batch, num_nodes, vocab), got ", p.sizes());
   check_float(p, "p");
   const int64_t batch = p.size(0), nodes = p.size(1), vocab = p.size(2);
@@ -99,16 +124,15 @@ inline void check_tree(const at::Tensor& p, const std::optional<at::Tensor>& q, 
   check_shape(num_nodes, {batch}, "num_nodes");
   check_dtype(num_nodes, at::kLong, "num_nodes");
   for (const at::Tensor* t : {&tree_tokens, &parents, &u_accept, &u_sample, &num_nodes}) check_same(*t, p, "tree inputs");
-  TORCH_CHECK(method == kExact || method == kLantern, "tree method code must be 0 or 2, got ", method);
+  TORCH_CHECK(tree_supports(method), "verify_tree method code must be 0 or 2, got ", method);
+  check_params(method, params);
   if (method == kLantern) {
     TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
     check_neighbors(*neighbors, vocab, p);
-    check_lantern_budget(delta, lam);
   }
 }
 
-// ---- Checks of the remaining ops, written once for the CPU and CUDA glue. The CUDA glue uses them; the CPU
-// files still carry identical inline copies (to be switched over by their owner).
+// ---- Checks of the remaining ops, written once for the CPU and CUDA glue.
 
 inline void check_relaxed_mass(const at::Tensor& p, const at::Tensor& x, const at::Tensor& neighbors,
                                std::optional<double> delta, std::optional<double> lam) {
@@ -150,8 +174,8 @@ inline void check_neighbor_table(const at::Tensor& codebook, int64_t k) {
   TORCH_CHECK(k >= 1 && k <= n - 1, "k must be in [1, ", n - 1, "], got ", k);
 }
 
-// Structure only: the parent values are checked by the kernels (on the host for CPU, through an error flag
-// for CUDA) before anything is written.
+// Structure only: num_nodes and the parent values are checked by the kernels, which mark a bad tree in its
+// outputs (depth = -code).
 inline void check_build_tree(const at::Tensor& parents, const at::Tensor& num_nodes) {
   TORCH_CHECK(parents.dim() == 2, "parents must be (batch, num_nodes), got ", parents.sizes());
   check_dtype(parents, at::kLong, "parents");

@@ -10,14 +10,14 @@ TORCH_LIBRARY(specdec_kernels, m) {
   m.def(
       "gsd_group_mass(Tensor p, Tensor? q, Tensor x, Tensor? embeddings, int h_lo, int h_hi, float p_thr, "
       "float d_thr) -> (Tensor, Tensor)");
+  // verify_chain / verify_tree: method codes and the packed `params` layout per method in methods.h.
   m.def(
       "verify_chain(Tensor p, Tensor? q, Tensor draft, Tensor u_accept, Tensor u_sample, Tensor num_drafts, "
-      "int method, Tensor? neighbors, float? delta, float? lam, Tensor? embeddings, int h_lo, int h_hi, "
-      "float p_thr, float d_thr) -> (Tensor, Tensor)");
+      "int method, Tensor? neighbors, Tensor? embeddings, float[] params) -> (Tensor, Tensor)");
   m.def("build_tree(Tensor parents, Tensor num_nodes) -> (Tensor, Tensor, Tensor)");
   m.def(
       "verify_tree(Tensor p, Tensor? q, Tensor tree_tokens, Tensor parents, Tensor u_accept, Tensor u_sample, "
-      "Tensor num_nodes, int method, Tensor? neighbors, float? delta, float? lam) -> (Tensor, Tensor, Tensor)");
+      "Tensor num_nodes, int method, Tensor? neighbors, float[] params) -> (Tensor, Tensor, Tensor)");
   m.def(
       "cspd_verify(Tensor x, Tensor mu_q, Tensor sigma_q, Tensor mu_p, Tensor sigma_p, Tensor s_q, Tensor s_p, "
       "Tensor u_accept, Tensor u_prop, Tensor u_ar, float inner_temperature) -> (Tensor, Tensor, Tensor)");

@@ -27,8 +27,7 @@ def _register():
         return p.new_empty((rows,), dtype=torch.float32), p.new_empty((rows,), dtype=torch.float32)
 
     @fake("verify_chain")
-    def _(p, q, draft, u_accept, u_sample, num_drafts, method, neighbors, delta, lam, embeddings, h_lo, h_hi, p_thr,
-          d_thr):
+    def _(p, q, draft, u_accept, u_sample, num_drafts, method, neighbors, embeddings, params):
         batch, _, _ = v.chain_shapes(p, q, draft, u_accept, u_sample, num_drafts)
         return draft.new_empty((batch,)), draft.new_empty((batch,))
 
@@ -46,7 +45,7 @@ def _register():
         )
 
     @fake("verify_tree")
-    def _(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method, neighbors, delta, lam):
+    def _(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method, neighbors, params):
         batch, nodes, _ = v.tree_shapes(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes)
         return (
             tree_tokens.new_empty((batch, max(nodes - 1, 0))),

@@ -26,13 +26,13 @@ def _samples(device="cpu"):
     for with_q in (True, False):
         c = chain_case(batch=4, drafts=3, vocab=23, with_q=with_q, device=device)
         base = (c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
-        out.append(("verify_chain", base + (METHOD_CODES["exact"], None, None, None, None, 7, 6, 0.15, 0.5)))
-        out.append(("verify_chain", base + (METHOD_CODES["gsd"], None, None, None, emb, 7, 6, 0.15, 0.5)))
-        out.append(("verify_chain", base + (METHOD_CODES["lantern"], table, 0.2, None, None, 7, 6, 0.15, 0.5)))
+        out.append(("verify_chain", base + (METHOD_CODES["exact"], None, None, [])))
+        out.append(("verify_chain", base + (METHOD_CODES["gsd"], None, emb, [7.0, 6.0, 0.15, 0.5])))
+        out.append(("verify_chain", base + (METHOD_CODES["lantern"], table, None, [0.0, 0.2])))
         t = tree_case(batch=3, nodes=6, vocab=23, with_q=with_q, device=device)
         tb = (t["p"], t["q"], t["tree_tokens"], t["parents"], t["u_accept"], t["u_sample"], t["num_nodes"])
-        out.append(("verify_tree", tb + (METHOD_CODES["exact"], None, None, None)))
-        out.append(("verify_tree", tb + (METHOD_CODES["lantern"], table, None, 2.0)))
+        out.append(("verify_tree", tb + (METHOD_CODES["exact"], None, [])))
+        out.append(("verify_tree", tb + (METHOD_CODES["lantern"], table, [1.0, 2.0])))
         out.append(("build_tree", (t["parents"], t["num_nodes"])))
     n, d, k = 6, 3, 4
     g = [torch.randn(n, d), torch.randn(n, d), torch.rand(n, d) + 0.5, torch.randn(n, d), torch.rand(n, d) + 0.5,

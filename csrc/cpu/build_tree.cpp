@@ -1,5 +1,6 @@
-// CPU tree buffers: ancestor mask, depths and root-to-leaf paths, one tree per task. Parents are
-// validated in Python; the guards here only keep a malformed direct call inside memory bounds.
+// CPU tree buffers: ancestor mask, depths and root-to-leaf paths, one tree per task. Each tree's num_nodes
+// and parents are checked first (methods.h: code 1, then 3); a bad tree is not walked but marked:
+// position_ids[b, :] = -code, mask[b] all false, no paths.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../verify_math.h"
 
 namespace specdec::cpu {
 namespace {
@@ -22,11 +24,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& 
   const at::Tensor parents = parents_in.contiguous(), num_nodes = num_nodes_in.contiguous();
   const int64_t* par = parents.data_ptr<int64_t>();
   const int64_t* sizes = num_nodes.data_ptr<int64_t>();
+  std::vector<int64_t> status(batch, kRowOk);
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(sizes[b] >= 1 && sizes[b] <= m, "num_nodes[", b, "] must be in [1, ", m, "]");
-    TORCH_CHECK(par[b * m] == -1, "parents[", b, ", 0] must be -1 (the root)");
-    for (int64_t n = 1; n < sizes[b]; ++n)
-      TORCH_CHECK(par[b * m + n] >= 0 && par[b * m + n] < n, "parents[", b, ", ", n, "] must be in [0, ", n, ")");
+    if (sizes[b] < 1 || sizes[b] > m) {
+      status[b] = kBadCount;
+      continue;
+    }
+    for (int64_t n = 0; n < sizes[b]; ++n)
+      if (!valid_parent(n, par[b * m + n])) status[b] = kBadParent;
   }
   at::Tensor mask = at::zeros({batch, m, m}, parents.options().dtype(at::kBool));
   at::Tensor depth = at::zeros({batch, m}, parents.options());
@@ -39,6 +44,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& 
       const int64_t* pb = par + b * m;
       bool* mb = mk + b * m * m;
       int64_t* db = dp + b * m;
+      if (status[b] != kRowOk) {  // mask stays all false
+        std::fill(db, db + m, -status[b]);
+        continue;
+      }
       has_child.assign(m, 0);
       for (int64_t n = 0; n < m; ++n) mb[n * m + n] = true;
       for (int64_t n = 1; n < sizes[b]; ++n) {
@@ -59,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cpu(const at::Tensor& 
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<char> has_child;
     for (int64_t b = begin; b < end; ++b) {
+      if (status[b] != kRowOk) continue;
       const int64_t* pb = par + b * m;
       has_child.assign(m, 0);
       for (int64_t n = 1; n < sizes[b]; ++n) has_child[pb[n]] = 1;

@@ -1,4 +1,5 @@
-// CPU GSD group masses (P_G, Q_G), one draft row at a time in parallel.
+// CPU GSD group masses (P_G, Q_G), one draft row at a time in parallel. A draft outside [0, V) is not
+// dereferenced: its masses are NaN.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -6,6 +7,8 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include <limits>
+
 #include "verify_common.h"
 
 namespace specdec::cpu {
@@ -20,6 +23,7 @@ std::tuple<at::Tensor, at::Tensor> gsd_group_mass_cpu(const at::Tensor& p_in, co
   const at::Tensor p = p_in.contiguous(), x = x_in.contiguous();
   const at::Tensor q = q_in ? q_in->contiguous() : at::Tensor();
   const at::Tensor emb = embeddings_in ? embeddings_in->contiguous() : at::Tensor();
+  const GsdConfig cfg = GsdConfig::make(h_lo, h_hi, p_thr, d_thr, vocab);
   at::Tensor group_p = at::empty({rows}, p.options().dtype(at::kFloat));
   at::Tensor group_q = at::empty({rows}, p.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "gsd_group_mass_cpu", [&] {
@@ -37,9 +41,12 @@ std::tuple<at::Tensor, at::Tensor> gsd_group_mass_cpu(const at::Tensor& p_in, co
         const scalar_t* q_row = qp ? qp + r * vocab : nullptr;
         auto pr = [&](int64_t j) { return static_cast<float>(p_row[j]); };
         auto qr = [&](int64_t j) { return static_cast<float>(q_row[j]); };
-        const GroupMass g = group_mass(pr, q_row ? &qr : static_cast<decltype(qr)*>(nullptr), vocab, xp[r], h_lo,
-                                       h_hi, static_cast<float>(p_thr), static_cast<float>(d_thr), ep, emb_dim, above,
-                                       below);
+        if (!valid_id(xp[r], vocab)) {
+          out_p[r] = out_q[r] = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
+        const GroupMass g = group_mass(pr, q_row ? &qr : static_cast<decltype(qr)*>(nullptr), vocab, xp[r], cfg, ep,
+                                       emb_dim, above, below);
         out_p[r] = static_cast<float>(g.p);
         out_q[r] = static_cast<float>(g.q);
       }

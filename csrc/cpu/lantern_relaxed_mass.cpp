@@ -1,4 +1,5 @@
-// CPU LANTERN / LANTERN++ relaxed mass, one candidate row at a time in parallel.
+// CPU LANTERN / LANTERN++ relaxed mass, one candidate row at a time in parallel. A candidate outside
+// [0, V) or a bad neighbour row is not dereferenced: p_tilde = NaN and merged = -code (methods.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -6,6 +7,8 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include <limits>
+
 #include "verify_common.h"
 
 namespace specdec::cpu {
@@ -19,8 +22,7 @@ std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cpu(const at::Tensor& p_
   const int64_t rows = p.size(0), vocab = p.size(1), k = neighbors.size(1);
   at::Tensor p_tilde = at::empty({rows}, p.options().dtype(at::kFloat));
   at::Tensor merged = at::empty({rows}, x.options().dtype(at::kInt));
-  const bool use_lambda = lam.has_value();
-  const double budget = use_lambda ? *lam : *delta;
+  const LanternConfig cfg{lam.has_value(), lam.has_value() ? *lam : *delta};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "lantern_relaxed_mass_cpu", [&] {
     const scalar_t* pp = p.data_ptr<scalar_t>();
     const int64_t* xp = x.data_ptr<int64_t>();
@@ -30,9 +32,16 @@ std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cpu(const at::Tensor& p_
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* row = pp + r * vocab;
+        const int64_t x = xp[r];
+        const int64_t status = token_status(x, vocab, 0.0f, nb, k);
+        if (status != kRowOk) {
+          out[r] = std::numeric_limits<float>::quiet_NaN();
+          out_m[r] = static_cast<int32_t>(-status);
+          continue;
+        }
         auto rd = [&](int64_t j) { return static_cast<double>(static_cast<float>(row[j])); };
         int64_t m = 0;
-        out[r] = static_cast<float>(relaxed_mass(rd, xp[r], nb + xp[r] * k, k, use_lambda, budget, m));
+        out[r] = static_cast<float>(relaxed_mass(rd, x, nb + x * k, k, cfg, &m));
         out_m[r] = static_cast<int32_t>(m);
       }
     });

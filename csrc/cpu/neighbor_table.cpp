@@ -45,9 +45,16 @@ at::Tensor neighbor_table_cpu(const at::Tensor& codebook_in, int64_t k, bool nor
         }
         cand[c++] = {dist, static_cast<int32_t>(j)};
       }
-      // (distance, id) pairs compare lexicographically: equal distances go to the lower id.
-      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
-      std::sort(cand.begin(), cand.begin() + k);
+      // Ascending distance, equal distances to the lower id, NaN after every number: a strict total
+      // order (the std algorithms may read out of bounds under a comparator that NaN makes inconsistent).
+      auto closer = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+        const bool a_nan = std::isnan(a.first), b_nan = std::isnan(b.first);
+        if (a_nan != b_nan) return b_nan;
+        if (!a_nan && a.first != b.first) return a.first < b.first;
+        return a.second < b.second;
+      };
+      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), closer);
+      std::sort(cand.begin(), cand.begin() + k, closer);
       for (int64_t m = 0; m < k; ++m) out[i * k + m] = cand[m].second;
     }
   });

@@ -1,6 +1,7 @@
-// Row-level building blocks shared by the CPU verification kernels (torch-free, host only).
-// Semantics: ALGORITHMS.md section 3 and specdec_kernels/reference; every sum that decides a token is
-// accumulated sequentially in float64, in the order the reference uses.
+// Row-level building blocks of the CPU verification kernels (torch-free, host only): how the CPU schedules
+// the per-element math of ../verify_math.h (shared with the CUDA kernels) over a row. Semantics:
+// docs/ALGORITHMS.md section 3 and specdec_kernels/reference; every sum that decides a token is
+// accumulated in float64.
 #pragma once
 
 #include <algorithm>
@@ -8,16 +9,33 @@
 #include <cstdint>
 #include <vector>
 
+#include "../verify_math.h"
+
 namespace specdec::cpu {
 
-// Inverse-CDF sample over weights weight(0..V-1) >= 0: the smallest j with cumsum_j > u * total,
-// else the largest j with weight(j) > 0; -1 if every weight is zero (the caller falls back).
+// Raw values a sampling pass read: their float64 sum (NaN / inf propagate into it) and their minimum
+// (a negative entry shows there). Entries are fed through add().
+struct RawValues {
+  double sum = 0.0;
+  double min = 0.0;
+  void add(double v) {
+    sum += v;
+    min = v < min ? v : min;
+  }
+  bool ok() const { return valid_probability(sum) && min >= 0.0; }
+};
+
+// Inverse-CDF sample over weights weight(0..V-1) >= 0: the smallest j with cumsum_j > u * total and
+// weight(j) > 0, else the largest j with weight(j) > 0; -1 if every weight is zero (the caller falls back
+// or reports the row). In the same pass raw(j, values) feeds the raw probabilities behind weight(j) to
+// `values` (status code 6), so checking them costs no second pass.
 // Sums run in float64. A strictly sequential sum is bound by add latency, so each 64-wide block is summed
 // with four interleaved accumulators and the running sum is kept at block ends; the one block that
 // crosses the threshold is then re-scanned sequentially. The order differs from the reference's cumsum
-// only at float64 rounding level (ALGORITHMS.md 3.8: tokens can differ only within that of a boundary).
-template <class Weight>
-int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
+// only at float64 rounding level (docs/ALGORITHMS.md 3.8: tokens can differ only within that of a boundary).
+template <class Weight, class Raw>
+int64_t inverse_cdf(int64_t vocab, const Weight& weight, const Raw& raw, float u, std::vector<double>& block_ends,
+                    RawValues& values) {
   constexpr int64_t kBlock = 64;
   const int64_t blocks = (vocab + kBlock - 1) / kBlock;
   block_ends.resize(blocks);
@@ -29,6 +47,7 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<do
     // memory several times faster than when each load waits behind the add chain).
     double w[kBlock];
     for (int64_t i = 0; i < n; ++i) w[i] = weight(begin + i);
+    for (int64_t i = 0; i < n; ++i) raw(begin + i, values);
     double lane[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
@@ -53,52 +72,42 @@ int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<do
     for (int64_t j = blk * kBlock; j < end; ++j) {
       const double w = weight(j);
       c += w;
-      if (c > threshold && w > 0.0) return j;
+      if (cdf_crosses(c, threshold, w)) return j;
     }
   }
   return last_nonzero;
 }
 
-// LANTERN relaxed mass of candidate x under row r: m* = the longest prefix of x's neighbour row whose
-// mass c_m stays <= budget (delta, or (lam - 1) * r(x)); returns r(x) + c_{m*} and sets merged = m*.
-template <class Row>
-double relaxed_mass(const Row& r, int64_t x, const int32_t* neighbor_row, int64_t k, bool use_lambda,
-                    double budget_param, int64_t& merged) {
-  const double rx = r(x);
-  const double budget = use_lambda ? (budget_param - 1.0) * rx : budget_param;
-  double c = 0.0;
-  merged = 0;
-  for (int64_t m = 0; m < k; ++m) {
-    const double next = c + r(neighbor_row[m]);
-    if (next > budget) break;  // c_m is non-decreasing: the first excess ends the prefix
-    c = next;
-    merged = m + 1;
-  }
-  return rx + c;
+// Without value tracking (rows already checked).
+template <class Weight>
+int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
+  RawValues unused;
+  return inverse_cdf(vocab, weight, [](int64_t, RawValues&) {}, u, block_ends, unused);
 }
 
 struct GroupMass {
   double p;
   double q;
+  bool values_ok;  // every ranked p entry and every q entry of a group member is a usable probability
 };
 
 // GSD's dynamic group around x: the h_hi tokens ranked just above x and the h_lo just below
 // (rank = p descending, ties by lower id), filtered by |p(j) - p(x)| < p_thr and, with an embedding
-// table, squared distance < d_thr; x always counts. p_row/q_row/emb are float accessors.
+// table, squared distance < d_thr; x always counts. p_row/q_row are float accessors; x in [0, vocab),
+// h_lo / h_hi already clipped to [0, vocab - 1] (GsdConfig). Insertion into the two short sorted side
+// lists keeps the cost O(V * window) per draft without sorting the row.
 template <class PRow, class QRow>
-GroupMass group_mass(const PRow& p_row, const QRow* q_row, int64_t vocab, int64_t x, int64_t h_lo, int64_t h_hi,
-                     float p_thr, float d_thr, const float* emb, int64_t emb_dim,
-                     std::vector<int64_t>& above, std::vector<int64_t>& below) {
+GroupMass group_mass(const PRow& p_row, const QRow* q_row, int64_t vocab, int64_t x, const GsdConfig& cfg,
+                     const float* emb, int64_t emb_dim, std::vector<int64_t>& above, std::vector<int64_t>& below) {
+  const int64_t h_lo = cfg.h_lo, h_hi = cfg.h_hi;
   const float px = p_row(x);
-  // better(a, b): a ranks before b.
-  auto better = [&](int64_t a, int64_t b) {
-    const float pa = p_row(a), pb = p_row(b);
-    return pa > pb || (pa == pb && a < b);
-  };
+  auto better = [&](int64_t a, int64_t b) { return ranks_before(p_row(a), a, p_row(b), b); };
+  bool ok = valid_probability(px);
   above.clear();  // kept sorted from closest-to-x (rank(x) - 1) outwards
   below.clear();  // kept sorted from closest-to-x (rank(x) + 1) outwards
   for (int64_t j = 0; j < vocab; ++j) {
     if (j == x) continue;
+    ok = ok && valid_probability(p_row(j));
     if (better(j, x)) {
       if (h_hi == 0) continue;
       if (static_cast<int64_t>(above.size()) == h_hi && !better(above.back(), j)) continue;
@@ -115,20 +124,18 @@ GroupMass group_mass(const PRow& p_row, const QRow* q_row, int64_t vocab, int64_
   }
   auto keep = [&](int64_t j) {
     if (j == x) return true;
-    if (!(std::fabs(p_row(j) - px) < p_thr)) return false;
-    if (emb == nullptr) return true;
-    float dist = 0.0f;
-    for (int64_t d = 0; d < emb_dim; ++d) {
-      const float diff = emb[j * emb_dim + d] - emb[x * emb_dim + d];
-      dist += diff * diff;
-    }
-    return dist < d_thr;
+    if (!gsd_close_in_probability(p_row(j), px, cfg.p_thr)) return false;
+    return emb == nullptr || gsd_close_in_embedding(emb + j * emb_dim, emb + x * emb_dim, emb_dim, cfg.d_thr);
   };
-  GroupMass mass{0.0, 0.0};
+  GroupMass mass{0.0, 0.0, ok};
   auto add = [&](int64_t j) {
     if (!keep(j)) return;
     mass.p += static_cast<double>(p_row(j));
-    mass.q += q_row ? static_cast<double>((*q_row)(j)) : 0.0;
+    if (q_row) {
+      const double qj = (*q_row)(j);
+      mass.values_ok = mass.values_ok && valid_probability(qj);
+      mass.q += qj;
+    }
   };
   // Window order: most probable first (rank(x) - h_hi ... rank(x) + h_lo), as the reference sums.
   for (auto it = above.rbegin(); it != above.rend(); ++it) add(*it);

@@ -79,11 +79,10 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, con
                                                      const at::Tensor& draft_in, const at::Tensor& u_accept_in,
                                                      const at::Tensor& u_sample_in, const at::Tensor& num_drafts_in,
                                                      int64_t method, const std::optional<at::Tensor>& neighbors_in,
-                                                     std::optional<double> delta, std::optional<double> lam,
-                                                     const std::optional<at::Tensor>& embeddings_in, int64_t h_lo,
-                                                     int64_t h_hi, double p_thr, double d_thr) {
-  check_chain(p_in, q_in, draft_in, u_accept_in, u_sample_in, num_drafts_in, method, neighbors_in, delta, lam,
-              embeddings_in);
+                                                     const std::optional<at::Tensor>& embeddings_in,
+                                                     c10::ArrayRef<double> params) {
+  check_chain(p_in, q_in, draft_in, u_accept_in, u_sample_in, num_drafts_in, method, neighbors_in, embeddings_in,
+              params);
   const c10::cuda::CUDAGuard guard(p_in.device());
   const at::Tensor p = p_in.contiguous(), draft = draft_in.contiguous(), u_accept = u_accept_in.contiguous(),
                    u_sample = u_sample_in.contiguous(), num_drafts = num_drafts_in.contiguous();
@@ -101,14 +100,15 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, con
   cfg.vocab = vocab;
   cfg.neighbors = ptr<int32_t>(neighbors);
   cfg.k = neighbors.defined() ? to_int(neighbors.size(1), "k") : 0;
-  cfg.use_lambda = lam.has_value();
-  cfg.budget = lam.has_value() ? *lam : delta.value_or(0.0);
-  // A side of the window can never hold more than V - 1 tokens; clipping keeps the counts in int range.
-  const int64_t side = std::max(vocab - 1, 0);
-  cfg.gsd.h_lo = static_cast<int>(std::clamp<int64_t>(h_lo, 0, side));
-  cfg.gsd.h_hi = static_cast<int>(std::clamp<int64_t>(h_hi, 0, side));
-  cfg.gsd.p_thr = static_cast<float>(p_thr);
-  cfg.gsd.d_thr = static_cast<float>(d_thr);
+  if (method == kLantern) cfg.lantern = LanternConfig::decode(params.data());
+  if (method == kGsd) {
+    // A side of the window never holds more than V - 1 tokens (GsdConfig clips), so the counts fit an int.
+    const GsdConfig gsd = GsdConfig::decode(params.data(), vocab);
+    cfg.gsd.h_lo = static_cast<int>(gsd.h_lo);
+    cfg.gsd.h_hi = static_cast<int>(gsd.h_hi);
+    cfg.gsd.p_thr = gsd.p_thr;
+    cfg.gsd.d_thr = gsd.d_thr;
+  }
   cfg.gsd.emb = ptr<float>(embeddings);
   cfg.gsd.emb_dim = embeddings.defined() ? to_int(embeddings.size(1), "embedding dim") : 0;
 
@@ -127,9 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     const at::Tensor& p_in, const std::optional<at::Tensor>& q_in, const at::Tensor& tokens_in,
     const at::Tensor& parents_in, const at::Tensor& u_accept_in, const at::Tensor& u_sample_in,
     const at::Tensor& num_nodes_in, int64_t method, const std::optional<at::Tensor>& neighbors_in,
-    std::optional<double> delta, std::optional<double> lam) {
-  check_tree(p_in, q_in, tokens_in, parents_in, u_accept_in, u_sample_in, num_nodes_in, method, neighbors_in, delta,
-             lam);
+    c10::ArrayRef<double> params) {
+  check_tree(p_in, q_in, tokens_in, parents_in, u_accept_in, u_sample_in, num_nodes_in, method, neighbors_in, params);
   const c10::cuda::CUDAGuard guard(p_in.device());
   const at::Tensor p = p_in.contiguous(), tokens = tokens_in.contiguous(), parents = parents_in.contiguous(),
                    u_accept = u_accept_in.contiguous(), u_sample = u_sample_in.contiguous(),
@@ -150,8 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
   cfg.vocab = vocab;
   cfg.neighbors = ptr<int32_t>(neighbors);
   cfg.k = neighbors.defined() ? to_int(neighbors.size(1), "k") : 0;
-  cfg.use_lambda = lam.has_value();
-  cfg.budget = lam.has_value() ? *lam : delta.value_or(0.0);
+  if (method == kLantern) cfg.lantern = LanternConfig::decode(params.data());
 
   const cudaStream_t stream = stream_of(p);
   dispatch_prob(p.scalar_type(), "verify_tree", [&](auto tag) {
@@ -217,13 +215,12 @@ std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cuda(const at::Tensor& p
   const int vocab = to_int(p.size(1), "vocab");
   at::Tensor p_tilde = at::empty({rows}, p.options().dtype(at::kFloat));
   at::Tensor merged = at::empty({rows}, x.options().dtype(at::kInt));
-  const bool use_lambda = lam.has_value();
-  const double budget = use_lambda ? *lam : *delta;
+  const LanternConfig cfg{lam.has_value(), lam.has_value() ? *lam : *delta};
   const cudaStream_t stream = stream_of(p);
   dispatch_prob(p.scalar_type(), "lantern_relaxed_mass", [&](auto tag) {
     using T = typename decltype(tag)::type;
     check_status(LanternRelaxedMass<T>(ptr<T>(p), ptr<int64_t>(x), ptr<int32_t>(neighbors), rows, vocab,
-                                       to_int(neighbors.size(1), "k"), use_lambda, budget,
+                                       to_int(neighbors.size(1), "k"), cfg,
                                        p_tilde.data_ptr<float>(), merged.data_ptr<int32_t>(), stream),
                  "LanternRelaxedMassKernel (lantern_relaxed_mass)");
   });

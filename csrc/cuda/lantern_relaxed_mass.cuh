@@ -25,13 +25,13 @@ constexpr int kRelaxedWarps = 4;
 template <int WARPS, class T>
 __global__ void __launch_bounds__(WARPS * kWarp)
     LanternRelaxedMassKernel(const T* p, const int64_t* x, const int32_t* neighbors, int64_t rows, int vocab, int k,
-                             bool use_lambda, double budget, float* p_tilde, int32_t* merged) {
+                             LanternConfig cfg, float* p_tilde, int32_t* merged) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / kWarp;
   if (row >= rows) return;
   const int xr = static_cast<int>(x[row]);
   int m = 0;
   const double pt = warp_relaxed_mass(ProbRow<T>{p + row * vocab}, xr, neighbors + static_cast<int64_t>(xr) * k, k,
-                                      use_lambda, budget, &m);
+                                      cfg, &m);
   if ((threadIdx.x & (kWarp - 1)) == 0) {
     p_tilde[row] = static_cast<float>(pt);
     merged[row] = m;
@@ -40,11 +40,11 @@ __global__ void __launch_bounds__(WARPS * kWarp)
 
 template <class T>
 cudaError_t LanternRelaxedMass(const T* p, const int64_t* x, const int32_t* neighbors, int64_t rows, int vocab, int k,
-                               bool use_lambda, double budget, float* p_tilde, int32_t* merged, cudaStream_t stream) {
+                               LanternConfig cfg, float* p_tilde, int32_t* merged, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const int64_t blocks = (rows + kRelaxedWarps - 1) / kRelaxedWarps;
   LanternRelaxedMassKernel<kRelaxedWarps, T><<<static_cast<unsigned>(blocks), kRelaxedWarps * kWarp, 0, stream>>>(
-      p, x, neighbors, rows, vocab, k, use_lambda, budget, p_tilde, merged);
+      p, x, neighbors, rows, vocab, k, cfg, p_tilde, merged);
   return cudaGetLastError();
 }
 

@@ -20,8 +20,8 @@ namespace specdec::gpu {
   template cudaError_t VerifyTree<T>(const T*, const T*, const int64_t*, const int64_t*, const float*,             \
                                      const float*, const int64_t*, bool, const TreeParams&, double*, int64_t*,     \
                                      int64_t*, int64_t*, cudaStream_t);                                            \
-  template cudaError_t LanternRelaxedMass<T>(const T*, const int64_t*, const int32_t*, int64_t, int, int, bool,    \
-                                             double, float*, int32_t*, cudaStream_t);                              \
+  template cudaError_t LanternRelaxedMass<T>(const T*, const int64_t*, const int32_t*, int64_t, int, int,          \
+                                             LanternConfig, float*, int32_t*, cudaStream_t);                       \
   template cudaError_t GsdGroupMass<T>(const T*, const T*, const int64_t*, int64_t, int, GsdParams, float*,        \
                                        float*, cudaStream_t);                                                     \
   template cudaError_t ProcessLogits<T>(const T*, int64_t, int, const LogitsProcessing&, float*, int8_t*,         \

@@ -14,8 +14,7 @@ struct ChainParams {
   int vocab;                  // V
   const int32_t* neighbors;   // lantern: [V, k] int32
   int k;
-  bool use_lambda;            // lantern: budget is lam (true) or delta (false)
-  double budget;
+  LanternConfig lantern;      // lantern
   GsdParams gsd;              // gsd
 };
 
@@ -118,7 +117,7 @@ __global__ void __launch_bounds__(BLOCK)
       const int x = static_cast<int>(x_b[i]);
       int merged = 0;
       const double p_tilde = warp_relaxed_mass(ProbRow<T>{p_row(i)}, x, cfg.neighbors + static_cast<int64_t>(x) * cfg.k,
-                                               cfg.k, cfg.use_lambda, cfg.budget, &merged);
+                                               cfg.k, cfg.lantern, &merged);
       const double qx = q_b != nullptr ? prob64(q_row(i), x) : 1.0;
       if (!(p_tilde > 0.0 && static_cast<double>(u_b[i]) * qx <= p_tilde)) {
         my_fail = i;

@@ -16,11 +16,15 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include "../methods.h"
+#include "../verify_math.h"
+
 namespace specdec::gpu {
 
-// Method codes of verify_chain (verify_tree: exact and lantern); mirrors csrc/checks.h and
-// specdec_kernels/_constants.py.
-enum ChainMethod : int { kMethodExact = 0, kMethodGsd = 1, kMethodLantern = 2 };
+// Method codes as template arguments (methods.h is the one table).
+constexpr int kMethodExact = static_cast<int>(kExact);
+constexpr int kMethodGsd = static_cast<int>(kGsd);
+constexpr int kMethodLantern = static_cast<int>(kLantern);
 
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -219,33 +223,23 @@ struct InverseCdf {
 // is summed); the sequential sum itself runs redundantly in every lane via shuffles, so the early exit
 // is warp-uniform. r(j) returns float64.
 template <class Row>
-__device__ double warp_relaxed_mass(const Row& r, int x, const int32_t* neighbor_row, int k, bool use_lambda,
-                                    double budget_param, int* merged) {
+__device__ double warp_relaxed_mass(const Row& r, int x, const int32_t* neighbor_row, int k, const LanternConfig& cfg,
+                                    int* merged) {
   const int lane = static_cast<int>(threadIdx.x) & (kWarp - 1);
   const double rx = r(x);
-  const double budget = use_lambda ? (budget_param - 1.0) * rx : budget_param;
-  double c = 0.0;
-  int m_star = 0;
+  RelaxedPrefix prefix(lantern_budget(cfg, rx));  // the same step as the CPU kernel (verify_math.h)
   double v = lane < k ? r(neighbor_row[lane]) : 0.0;
-  for (int base = 0; base < k; base += kWarp) {
+  for (int base = 0; base < k && prefix.open; base += kWarp) {
     const int next_m = base + kWarp + lane;
     const double v_next = next_m < k ? r(neighbor_row[next_m]) : 0.0;
     const int count = min(kWarp, k - base);
-    bool stop = false;
     for (int i = 0; i < count; ++i) {
-      const double next = c + __shfl_sync(kFullMask, v, i);
-      if (next > budget) {  // c_m is non-decreasing: the first excess ends the prefix
-        stop = true;
-        break;
-      }
-      c = next;
-      m_star = base + i + 1;
+      if (!prefix.add(__shfl_sync(kFullMask, v, i))) break;  // uniform: every lane holds the same prefix
     }
-    if (stop) break;
     v = v_next;
   }
-  *merged = m_star;
-  return rx + c;
+  *merged = static_cast<int>(prefix.merged);
+  return rx + prefix.mass;
 }
 
 // Sequential float64 sum of r(idx[0..count)) by one full warp (same result in every lane).

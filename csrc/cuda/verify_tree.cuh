@@ -13,8 +13,7 @@ struct TreeParams {
   int vocab;                 // V
   const int32_t* neighbors;  // lantern: [V, k] int32
   int k;
-  bool use_lambda;
-  double budget;
+  LanternConfig lantern;
 };
 
 // The current target distribution r, one float64 row of global scratch per tree.
@@ -103,7 +102,7 @@ __global__ void __launch_bounds__(BLOCK)
         if (tid < kWarp) {
           int m = 0;
           const double p_tilde = warp_relaxed_mass(ScratchRow{r}, t, cfg.neighbors + static_cast<int64_t>(t) * cfg.k,
-                                                   cfg.k, cfg.use_lambda, cfg.budget, &m);
+                                                   cfg.k, cfg.lantern, &m);
           if (tid == 0) {
             s_p_tilde = p_tilde;
             s_merged = m;

@@ -12,6 +12,16 @@ from ._dispatch import run
 GSD_DEFAULTS = {"rank_window": (7, 6), "p_thr": 0.15, "d_thr": 0.5}
 
 
+def _packed_params(method, delta, lam, h_lo, h_hi, p_thr, d_thr):
+    """The schema's ``float[] params`` (layout in csrc/methods.h): exact ``[]``; gsd ``[h_lo, h_hi, p_thr,
+    d_thr]``; lantern ``[use_lambda, budget]``."""
+    if method == "gsd":
+        return [float(h_lo), float(h_hi), float(p_thr), float(d_thr)]
+    if method == "lantern":
+        return [1.0, float(lam)] if lam is not None else [0.0, float(delta)]
+    return []
+
+
 def verify_chain(
     p: torch.Tensor,
     q: Optional[torch.Tensor],
@@ -126,6 +136,6 @@ def verify_chain(
             p, q, draft, u_accept, u_sample, num_drafts=num_drafts, method=method, neighbors=neighbors, delta=delta,
             lam=lam, embeddings=embeddings, rank_window=(h_lo, h_hi), p_thr=float(p_thr), d_thr=float(d_thr),
         ),
-        (p, q, draft, u_accept, u_sample, num_drafts, METHOD_CODES[method], neighbors, delta, lam, embeddings, h_lo,
-         h_hi, float(p_thr), float(d_thr)),
+        (p, q, draft, u_accept, u_sample, num_drafts, METHOD_CODES[method], neighbors, embeddings,
+         _packed_params(method, delta, lam, h_lo, h_hi, p_thr, d_thr)),
     )

@@ -8,6 +8,7 @@ from .. import _validation as v
 from .. import reference
 from .._constants import METHOD_CODES, TREE_METHODS
 from ._dispatch import run
+from .verify_chain import _packed_params
 
 
 def _default_num_nodes(parents: torch.Tensor, num_nodes: Optional[torch.Tensor]) -> torch.Tensor:
@@ -150,5 +151,6 @@ def verify_tree(
             p, q, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, method=method, neighbors=neighbors,
             delta=delta, lam=lam,
         ),
-        (p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, METHOD_CODES[method], neighbors, delta, lam),
+        (p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, METHOD_CODES[method], neighbors,
+         _packed_params(method, delta, lam, 0, 0, 0.0, 0.0)),
     )

@@ -97,9 +97,17 @@ def _verify_chain_kernel(p_ptr, q_ptr, draft_ptr, u_accept_ptr, u_sample_ptr, nu
     tl.store(next_token_ptr + b, token)
 
 
-def verify_chain_triton(p, q, draft, u_accept, u_sample, num_drafts, method_code, neighbors, delta, lam, embeddings,
-                        h_lo, h_hi, p_thr, d_thr):
-    """Launcher with the ``verify_chain`` op schema; returns ``(accept_len [B] int64, next_token [B] int64)``."""
+def verify_chain_triton(p, q, draft, u_accept, u_sample, num_drafts, method_code, neighbors, embeddings, params):
+    """Launcher with the ``verify_chain`` op schema (``params`` packed as in csrc/methods.h); returns
+    ``(accept_len [B] int64, next_token [B] int64)``."""
+    method = int(method_code)
+    delta = lam = None
+    h_lo, h_hi, p_thr, d_thr = 0, 0, 0.0, 0.0
+    if method == 2:
+        use_lambda, budget = params
+        lam, delta = (budget, None) if use_lambda else (None, budget)
+    elif method == 1:
+        h_lo, h_hi, p_thr, d_thr = params
     p = p.contiguous()
     batch, slots, vocab = p.shape
     drafts = slots - 1

@@ -140,9 +140,13 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
         tl.store(accepted_ptr + b * (M - 1) + js, tl.full([BLOCK_M], -1, tl.int64), mask=(js >= count) & (js < M - 1))
 
 
-def verify_tree_triton(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method_code, neighbors, delta, lam):
-    """Launcher with the ``verify_tree`` op schema; returns
+def verify_tree_triton(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, method_code, neighbors, params):
+    """Launcher with the ``verify_tree`` op schema (``params`` packed as in csrc/methods.h); returns
     ``(accepted_nodes [B, M-1] int64, accept_len [B] int64, next_token [B] int64)``."""
+    delta = lam = None
+    if int(method_code) == 2:
+        use_lambda, budget = params
+        lam, delta = (budget, None) if use_lambda else (None, budget)
     p = p.contiguous()
     batch, nodes, vocab = p.shape
     device = p.device

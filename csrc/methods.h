@@ -1,0 +1,101 @@
+// The one table of verification methods on the C++ side (host C++ and CUDA, torch-free): method codes,
+// the packed-parameter layout of the verify_chain / verify_tree schemas, and the row status codes every
+// kernel reports. Mirrored in Python by specdec_kernels/_methods.py (codes, parameter order, defaults);
+// semantics: docs/ALGORITHMS.md section 3.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SPECDEC_HD __host__ __device__
+#else
+#define SPECDEC_HD
+#endif
+
+namespace specdec {
+
+// ---- Method codes (the `int method` argument of verify_chain / verify_tree).
+enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2 };
+constexpr int64_t kNumMethods = 3;
+
+SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method >= kExact && method <= kLantern; }
+SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExact || method == kLantern; }
+
+// ---- Packed parameters (`float[] params`, one list whatever the method, so a new parameter never changes
+// a schema). Layout by method:
+//   exact    []
+//   gsd      [h_lo, h_hi, p_thr, d_thr]      rank window (integers >= 0) and the two filter thresholds
+//   lantern  [use_lambda, budget]            use_lambda is 0 (budget = delta) or 1 (budget = lam)
+SPECDEC_HD constexpr int64_t param_count(int64_t method) {
+  return method == kGsd ? 4 : (method == kLantern ? 2 : 0);
+}
+
+namespace gsd_param {
+enum : int64_t { kHLo = 0, kHHi = 1, kPThr = 2, kDThr = 3 };
+}
+namespace lantern_param {
+enum : int64_t { kUseLambda = 0, kBudget = 1 };
+}
+
+// GSD's parameters, decoded. The window's sides are clipped to [0, vocab - 1] (a side never holds more
+// tokens than that), so a huge window costs no more than the whole row.
+struct GsdConfig {
+  int64_t h_lo;
+  int64_t h_hi;
+  float p_thr;  // compared in float32, as the reference does
+  float d_thr;
+
+  SPECDEC_HD static int64_t clip_side(double h, int64_t vocab) {
+    const double cap = vocab > 0 ? static_cast<double>(vocab - 1) : 0.0;
+    if (!(h > 0.0)) return 0;  // also NaN
+    return h >= cap ? static_cast<int64_t>(cap) : static_cast<int64_t>(h);
+  }
+  SPECDEC_HD static GsdConfig decode(const double* params, int64_t vocab) {
+    return GsdConfig{clip_side(params[gsd_param::kHLo], vocab), clip_side(params[gsd_param::kHHi], vocab),
+                     static_cast<float>(params[gsd_param::kPThr]), static_cast<float>(params[gsd_param::kDThr])};
+  }
+  // From gsd_group_mass's own (integer) arguments.
+  SPECDEC_HD static GsdConfig make(int64_t h_lo, int64_t h_hi, double p_thr, double d_thr, int64_t vocab) {
+    const int64_t cap = vocab > 0 ? vocab - 1 : 0;
+    auto clip = [cap](int64_t h) { return h < 0 ? int64_t{0} : (h > cap ? cap : h); };
+    return GsdConfig{clip(h_lo), clip(h_hi), static_cast<float>(p_thr), static_cast<float>(d_thr)};
+  }
+};
+
+// LANTERN's parameters, decoded: budget = delta (use_lambda false) or lam (use_lambda true).
+struct LanternConfig {
+  bool use_lambda;
+  double budget;
+
+  SPECDEC_HD static LanternConfig decode(const double* params) {
+    return LanternConfig{params[lantern_param::kUseLambda] != 0.0, params[lantern_param::kBudget]};
+  }
+};
+
+// ---- Row status codes. A row whose inputs break a structural precondition is not verified: it comes
+// back with next_token[b] = -code, accept_len[b] = 0 (verify_tree: accepted_nodes[b, :] = -1). Codes 1-5
+// are checked per row before any verification, in this order (the smallest failing code wins); code 6 is
+// found on the values the kernel reads while verifying.
+//   chain: "used drafts" are i < num_drafts[b]; tree: "valid nodes" are n < num_nodes[b], root included.
+enum RowStatus : int64_t {
+  kRowOk = 0,
+  kBadCount = 1,        // num_drafts[b] outside [0, L] (tree: num_nodes[b] outside [1, M])
+  kBadId = 2,           // a used draft / valid node token outside [0, V)
+  kBadParent = 3,       // tree: parents[b, 0] != -1, or parents[b, n] outside [0, n) for a valid n > 0
+  kBadNeighbor = 4,     // lantern: an id in the neighbour row of a used draft / valid node token outside
+                        // [0, V) or equal to that token
+  kBadUniform = 5,      // u_accept of a used draft / valid node, or u_sample[b], outside [0, 1) (NaN too)
+  kBadProbability = 6,  // a probability read is NaN, inf or negative, or the sampled row has zero mass:
+                        //   chain: p(x_i), q(x_i) of the tested drafts i <= a (GSD: every entry of the
+                        //          ranked rows p[b, i] and q of the group members), and the whole rows
+                        //          p[b, a] (and q[b, a] when a draft was rejected) the token is sampled from;
+                        //   tree:  every row p[b, n] loaded for a node n on the accepted path and every row
+                        //          q[b, n] of a node whose children were tested.
+};
+
+// The status pass combines per-element codes by keeping the smallest non-zero one.
+SPECDEC_HD constexpr int64_t first_failure(int64_t a, int64_t b) {
+  return a == kRowOk ? b : (b == kRowOk ? a : (a < b ? a : b));
+}
+
+}  // namespace specdec

@@ -1,0 +1,156 @@
+// Per-element math of the verification kernels, shared by the CPU kernels (csrc/cpu) and the CUDA kernels
+// (csrc/cuda): host C++ and CUDA device code, torch-free. Everything a test or a status check decides per
+// element lives here once, so the CPU tests exercise the arithmetic the GPU runs (the kernels differ only
+// in how they schedule it). Semantics: docs/ALGORITHMS.md section 3; status codes: methods.h.
+//
+// Conventions: probabilities are read as float32 (whatever the storage type) and decisions are taken in
+// float64 with exact products (a float32 x float32 product is exact in float64), as the reference does.
+// Every comparison is written so that NaN fails it (`!(a <= b)`-style), never so that NaN passes.
+#pragma once
+
+#include <cstdint>
+
+#include "methods.h"
+
+namespace specdec {
+
+// ---- Status checks (methods.h RowStatus), one element at a time.
+
+// A probability is usable iff it is finite and >= 0 (NaN fails both comparisons).
+SPECDEC_HD inline bool valid_probability(double v) { return v >= 0.0 && v <= 1.7976931348623157e308; }
+
+// A uniform is usable iff it lies in [0, 1) (NaN fails).
+SPECDEC_HD inline bool valid_uniform(double u) { return u >= 0.0 && u < 1.0; }
+
+SPECDEC_HD inline bool valid_id(int64_t id, int64_t vocab) { return id >= 0 && id < vocab; }
+
+// Status of one neighbour row (LANTERN) of token `self`: kBadNeighbor if an id lies outside [0, vocab) or
+// equals `self`.
+SPECDEC_HD inline int64_t neighbor_row_status(const int32_t* row, int64_t k, int64_t self, int64_t vocab) {
+  for (int64_t m = 0; m < k; ++m) {
+    const int64_t id = row[m];
+    if (!valid_id(id, vocab) || id == self) return kBadNeighbor;
+  }
+  return kRowOk;
+}
+
+// Status of one used draft (chain) or valid node (tree) from its token and uniform: the first failing of
+// kBadId, kBadNeighbor (only with a neighbour table), kBadUniform. `neighbors` is [vocab, k] or nullptr.
+SPECDEC_HD inline int64_t token_status(int64_t token, int64_t vocab, float u, const int32_t* neighbors, int64_t k) {
+  if (!valid_id(token, vocab)) return kBadId;
+  if (neighbors != nullptr && neighbor_row_status(neighbors + token * k, k, token, vocab) != kRowOk)
+    return kBadNeighbor;
+  if (!valid_uniform(u)) return kBadUniform;
+  return kRowOk;
+}
+
+// Tree structure: node 0 is the root (parent -1), every other valid node n has a parent in [0, n), which
+// makes cycles impossible: every walk towards the root terminates.
+SPECDEC_HD inline bool valid_parent(int64_t node, int64_t parent) {
+  return node == 0 ? parent == -1 : (parent >= 0 && parent < node);
+}
+
+// ---- Acceptance tests (division-free; u in [0, 1); q(x) := 1 for one-hot drafts).
+
+// Exact speculative sampling: u < min(1, p/q)  <=>  u * q(x) < p(x); q(x) = 0 accepts iff p(x) > 0.
+SPECDEC_HD inline bool exact_accepts(double u, double qx, double px) { return u * qx < px; }
+
+// GSD: the same test on the group masses, u * Q_G < P_G.
+SPECDEC_HD inline bool group_accepts(double u, double group_q, double group_p) { return u * group_q < group_p; }
+
+// LANTERN: p~(x) > 0 and u * q(x) <= p~(x).
+SPECDEC_HD inline bool lantern_accepts(double u, double qx, double p_tilde) {
+  return p_tilde > 0.0 && u * qx <= p_tilde;
+}
+
+// ---- LANTERN relaxed mass (docs/ALGORITHMS.md 3.4).
+
+// Budget beta: delta, or (lam - 1) * r(x). lam = inf with r(x) = 0 gives NaN, which merges nothing below.
+SPECDEC_HD inline double lantern_budget(const LanternConfig& cfg, double rx) {
+  return cfg.use_lambda ? (cfg.budget - 1.0) * rx : cfg.budget;
+}
+
+// The longest prefix of x's neighbour row whose mass c_m stays <= budget, accumulated in table order.
+// Feed the neighbours' masses in order to add(); it returns false once the prefix has ended (the first
+// excess ends it for good: later neighbours are not considered, even zero-mass ones).
+struct RelaxedPrefix {
+  double budget;
+  double mass = 0.0;   // c_{m*}
+  int64_t merged = 0;  // m*
+  bool open = true;
+
+  SPECDEC_HD explicit RelaxedPrefix(double b) : budget(b) {}
+  SPECDEC_HD bool add(double r_neighbor) {
+    if (!open) return false;
+    const double next = mass + r_neighbor;
+    if (!(next <= budget)) {  // NaN budget or NaN mass: merge nothing more
+      open = false;
+      return false;
+    }
+    mass = next;
+    ++merged;
+    return true;
+  }
+};
+
+// Sequential relaxed mass of candidate x under row r (r(j) -> float64): returns p~ = r(x) + c_{m*}.
+// neighbor_row must be in bounds (checked by the status pass).
+template <class Row>
+SPECDEC_HD double relaxed_mass(const Row& r, int64_t x, const int32_t* neighbor_row, int64_t k,
+                               const LanternConfig& cfg, int64_t* merged) {
+  const double rx = r(x);
+  RelaxedPrefix prefix(lantern_budget(cfg, rx));
+  for (int64_t m = 0; m < k && prefix.add(r(neighbor_row[m])); ++m) {
+  }
+  *merged = prefix.merged;
+  return rx + prefix.mass;
+}
+
+// ---- Residual and inverse-CDF sampling.
+
+// max(0, target - q) in float64 (NaN gives 0: NaN rows are reported by the status checks instead).
+SPECDEC_HD inline double residual_weight(double target, double q) {
+  const double d = target - q;
+  return d > 0.0 ? d : 0.0;
+}
+
+// Inverse-CDF crossing: token j is returned at the first j with w_j > 0 and cumulative_j > u * total (a
+// zero-weight token is never returned, even where a parallel sum is non-monotone by an ulp).
+SPECDEC_HD inline bool cdf_crosses(double cumulative, double threshold, double w) {
+  return w > 0.0 && cumulative > threshold;
+}
+
+// ---- GSD (docs/ALGORITHMS.md 3.3).
+
+// Rank order: p descending, ties by the lower token id.
+SPECDEC_HD inline bool ranks_before(float pa, int64_t a, float pb, int64_t b) {
+  return pa > pb || (pa == pb && a < b);
+}
+
+// Probability filter |p(j) - p(x)| < p_thr, in float32 as the reference computes it.
+SPECDEC_HD inline bool gsd_close_in_probability(float pj, float px, float p_thr) {
+#if defined(__CUDA_ARCH__)
+  const float diff = __fsub_rn(pj, px);
+#else
+  const float diff = pj - px;
+#endif
+  return (diff < 0.0f ? -diff : diff) < p_thr;
+}
+
+// Squared L2 distance between two embedding rows, sequential float32 without FMA contraction (the
+// reference's order), then the filter distance < d_thr.
+SPECDEC_HD inline bool gsd_close_in_embedding(const float* a, const float* b, int64_t dim, float d_thr) {
+  float dist = 0.0f;
+  for (int64_t d = 0; d < dim; ++d) {
+#if defined(__CUDA_ARCH__)
+    const float diff = __fsub_rn(a[d], b[d]);
+    dist = __fadd_rn(dist, __fmul_rn(diff, diff));
+#else
+    const float diff = a[d] - b[d];
+    dist += diff * diff;
+#endif
+  }
+  return dist < d_thr;
+}
+
+}  // namespace specdec
