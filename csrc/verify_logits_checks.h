@@ -14,41 +14,26 @@
 
 namespace specdec::logits {
 
-// Method parameters decoded from the packed float[] params: exact [], gsd [h_lo, h_hi, p_thr, d_thr],
-// lantern [use_lambda (0 or 1), budget]. The pointers are filled by the caller from the contiguous tensors.
+// Method parameters decoded from the packed float[] params (methods.h); the table pointers are filled by the
+// caller from the contiguous tensors.
 struct MethodParams {
   int64_t method = kExact;
   const int32_t* neighbors = nullptr;
   int64_t k = 0;
-  bool use_lambda = false;
-  double budget = 0.0;
+  LanternConfig lantern{false, 0.0};
+  GsdConfig gsd{0, 0, 0.0f, 0.0f};
   const float* embeddings = nullptr;
   int64_t emb_dim = 0;
-  int64_t h_lo = 0, h_hi = 0;
-  double p_thr = 0.0, d_thr = 0.0;
 };
 
-inline MethodParams decode_params(int64_t method, c10::ArrayRef<double> params, bool chain) {
-  TORCH_CHECK(method == kExact || method == kLantern || (chain && method == kGsd), "method code ", method,
+inline MethodParams decode_params(int64_t method, c10::ArrayRef<double> params, bool chain, int64_t vocab) {
+  TORCH_CHECK(chain ? chain_supports(method) : tree_supports(method), "method code ", method,
               " is not supported by verify_", chain ? "chain" : "tree", "_logits");
+  check_params(method, params);
   MethodParams mp;
   mp.method = method;
-  const size_t want = method == kExact ? 0 : method == kGsd ? 4 : 2;
-  TORCH_CHECK(params.size() == want, "params must hold ", want, " values for method code ", method, ", got ",
-              params.size());
-  if (method == kGsd) {
-    TORCH_CHECK(params[0] >= 0 && params[1] >= 0 && params[0] == std::floor(params[0]) &&
-                    params[1] == std::floor(params[1]),
-                "gsd params h_lo, h_hi must be non-negative integers");
-    mp.h_lo = static_cast<int64_t>(params[0]);
-    mp.h_hi = static_cast<int64_t>(params[1]);
-    mp.p_thr = params[2];
-    mp.d_thr = params[3];
-  } else if (method == kLantern) {
-    TORCH_CHECK(params[0] == 0.0 || params[0] == 1.0, "lantern params[0] (use_lambda) must be 0 or 1");
-    mp.use_lambda = params[0] == 1.0;
-    mp.budget = params[1];
-  }
+  if (method == kGsd) mp.gsd = GsdConfig::decode(params.data(), vocab);
+  if (method == kLantern) mp.lantern = LanternConfig::decode(params.data());
   return mp;
 }
 
@@ -110,15 +95,17 @@ inline void check_method_tensors(const MethodParams& mp, const std::optional<at:
   }
 }
 
-// Every structural check of verify_chain_logits; returns the shapes (slots = L + 1).
+// Every structural check of verify_chain_logits; returns the shapes (slots = L + 1) and decodes the method's
+// params into *mp.
 inline LogitsShape check_chain_logits(const at::Tensor& logits, const std::optional<at::Tensor>& draft_logits,
                                       const std::optional<at::Tensor>& draft_probs, const at::Tensor& draft,
                                       const at::Tensor& u_accept, const at::Tensor& u_sample,
                                       const at::Tensor& num_drafts, std::optional<double> cfg_scale,
-                                      double temperature, int64_t top_k, double top_p, const MethodParams& mp,
-                                      const std::optional<at::Tensor>& neighbors,
-                                      const std::optional<at::Tensor>& embeddings) {
+                                      double temperature, int64_t top_k, double top_p, int64_t method,
+                                      c10::ArrayRef<double> params, const std::optional<at::Tensor>& neighbors,
+                                      const std::optional<at::Tensor>& embeddings, MethodParams* mp) {
   LogitsShape shape = check_logits(logits, cfg_scale, temperature, top_k, top_p);
+  *mp = decode_params(method, params, /*chain=*/true, shape.vocab);
   const int64_t batch = shape.batch, drafts = shape.slots - 1, vocab = shape.vocab;
   check_rows(draft, u_accept, u_sample, num_drafts, batch, drafts, logits, "draft", "num_drafts");
   TORCH_CHECK(!(draft_logits && draft_probs), "pass at most one of draft_logits and draft_probs");
@@ -132,25 +119,26 @@ inline LogitsShape check_chain_logits(const at::Tensor& logits, const std::optio
                 "), got ", d.sizes());
   }
   check_draft_probs(draft_probs, batch, drafts, vocab, logits);
-  check_method_tensors(mp, neighbors, embeddings, vocab, logits);
+  check_method_tensors(*mp, neighbors, embeddings, vocab, logits);
   return shape;
 }
 
-// Every structural check of verify_tree_logits; returns the shapes (slots = M).
+// Every structural check of verify_tree_logits; returns the shapes (slots = M) and decodes the params into *mp.
 inline LogitsShape check_tree_logits(const at::Tensor& logits, const std::optional<at::Tensor>& draft_probs,
                                      const at::Tensor& tree_tokens, const at::Tensor& parents,
                                      const at::Tensor& u_accept, const at::Tensor& u_sample,
                                      const at::Tensor& num_nodes, std::optional<double> cfg_scale, double temperature,
-                                     int64_t top_k, double top_p, const MethodParams& mp,
-                                     const std::optional<at::Tensor>& neighbors) {
+                                     int64_t top_k, double top_p, int64_t method, c10::ArrayRef<double> params,
+                                     const std::optional<at::Tensor>& neighbors, MethodParams* mp) {
   const LogitsShape shape = check_logits(logits, cfg_scale, temperature, top_k, top_p);
+  *mp = decode_params(method, params, /*chain=*/false, shape.vocab);
   check_rows(tree_tokens, u_accept, u_sample, num_nodes, shape.batch, shape.slots, logits, "tree_tokens",
              "num_nodes");
   check_shape(parents, {shape.batch, shape.slots}, "parents");
   check_dtype(parents, at::kLong, "parents");
   check_same(parents, logits, "parents");
   check_draft_probs(draft_probs, shape.batch, shape.slots, shape.vocab, logits);
-  check_method_tensors(mp, neighbors, std::nullopt, shape.vocab, logits);
+  check_method_tensors(*mp, neighbors, std::nullopt, shape.vocab, logits);
   return shape;
 }
 

@@ -8,13 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef SPECDEC_HD
-#ifdef __CUDACC__
-#define SPECDEC_HD __host__ __device__
-#else
-#define SPECDEC_HD
-#endif
-#endif
+#include "methods.h"
+#include "verify_math.h"
 
 namespace specdec::logits {
 
@@ -71,63 +66,31 @@ SPECDEC_HD inline double exp_nonpositive(double x) {
   return in_range ? poly * scale : 0.0;
 }
 
-// ---- Row codes of the kernel contract (§3), checked before any verification, first failure wins: 1 count out of
-// range, 2 a used id outside [0, V), 3 (tree) malformed parents, 4 (lantern, neighbors != nullptr) a neighbour id of
-// a used token outside [0, V) or equal to the token, 5 a used uniform outside [0, 1) or NaN. 0: verify the row.
+// ---- Row status codes (methods.h RowStatus) checked before any verification, built from the per-element checks
+// of verify_math.h: the smallest failing code of the row wins.
 
-SPECDEC_HD inline bool valid_uniform(float u) { return u >= 0.0f && u < 1.0f; }  // false for NaN
-
-SPECDEC_HD inline bool bad_neighbor_row(int64_t x, int64_t vocab, const int32_t* neighbors, int64_t k) {
-  for (int64_t m = 0; m < k; ++m) {
-    const int64_t id = neighbors[x * k + m];
-    if (id < 0 || id >= vocab || id == x) return true;
-  }
-  return false;
+// Chain row: n = num_drafts[b]; drafts / u_accept point at the row's L entries; neighbors [V, k] or nullptr.
+SPECDEC_HD inline int64_t chain_row_status(int64_t n, int64_t max_drafts, const int64_t* drafts,
+                                           const float* u_accept, float u_sample, int64_t vocab,
+                                           const int32_t* neighbors, int64_t k) {
+  if (n < 0 || n > max_drafts) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
+  for (int64_t i = 0; i < n; ++i) status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
+  return status;
 }
 
-// Chain row b: n = num_drafts[b], drafts / u_accept point at the row's L entries.
-SPECDEC_HD inline int64_t chain_row_code(int64_t n, int64_t max_drafts, const int64_t* drafts, const float* u_accept,
-                                         float u_sample, int64_t vocab, const int32_t* neighbors, int64_t k) {
-  if (n < 0 || n > max_drafts) return 1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (drafts[i] < 0 || drafts[i] >= vocab) return 2;
-  }
-  if (neighbors != nullptr) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (bad_neighbor_row(drafts[i], vocab, neighbors, k)) return 4;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    if (!valid_uniform(u_accept[i])) return 5;
-  }
-  return valid_uniform(u_sample) ? 0 : 5;
-}
-
-// Tree row b: the valid nodes are n < num_nodes[b] (the root included); tokens / parents / u_accept point at the
+// Tree row: the valid nodes are n < num_nodes[b], the root included; tokens / parents / u_accept point at the
 // row's M entries.
-SPECDEC_HD inline int64_t tree_row_code(int64_t num_nodes, int64_t max_nodes, const int64_t* tokens,
-                                        const int64_t* parents, const float* u_accept, float u_sample, int64_t vocab,
-                                        const int32_t* neighbors, int64_t k) {
-  if (num_nodes < 1 || num_nodes > max_nodes) return 1;
+SPECDEC_HD inline int64_t tree_row_status(int64_t num_nodes, int64_t max_nodes, const int64_t* tokens,
+                                          const int64_t* parents, const float* u_accept, float u_sample,
+                                          int64_t vocab, const int32_t* neighbors, int64_t k) {
+  if (num_nodes < 1 || num_nodes > max_nodes) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
   for (int64_t n = 0; n < num_nodes; ++n) {
-    if (tokens[n] < 0 || tokens[n] >= vocab) return 2;
+    status = first_failure(status, token_status(tokens[n], vocab, u_accept[n], neighbors, k));
+    if (!valid_parent(n, parents[n])) status = first_failure(status, kBadParent);
   }
-  if (parents[0] != -1) return 3;
-  for (int64_t n = 1; n < num_nodes; ++n) {
-    if (parents[n] < 0 || parents[n] >= n) return 3;
-  }
-  if (neighbors != nullptr) {
-    for (int64_t n = 0; n < num_nodes; ++n) {
-      if (bad_neighbor_row(tokens[n], vocab, neighbors, k)) return 4;
-    }
-  }
-  for (int64_t n = 0; n < num_nodes; ++n) {
-    if (!valid_uniform(u_accept[n])) return 5;
-  }
-  return valid_uniform(u_sample) ? 0 : 5;
+  return status;
 }
-
-//: Row code of a row whose processed probabilities (or draft probabilities) are not a distribution.
-constexpr int64_t kCodeBadValues = 6;
 
 }  // namespace specdec::logits

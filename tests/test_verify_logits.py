@@ -186,9 +186,15 @@ def _to(case, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}
 
 
-def _small_for(backend, vocab):
-    """The Triton interpreter sorts (top-p) and scans in Python: keep its cases small."""
-    return backend == "triton"
+def _interpreter_subset(backend, keep: bool):
+    """The Triton interpreter runs every tl operation in Python (a top-k or top-p row is 32 counting passes): it
+    gets a representative subset of the matrix, at small shapes."""
+    if backend == "triton" and not keep:
+        pytest.skip("covered for the Triton interpreter by a sibling case")
+
+
+def _shape_for(backend):
+    return {"batch": 3, "drafts": 3} if backend == "triton" else {}
 
 
 def _check_chain(backend, case, kw, **method_kw):
@@ -204,14 +210,20 @@ def _check_chain(backend, case, kw, **method_kw):
     return want
 
 
-@pytest.mark.parametrize("processing", list(PROCESSING))
-@pytest.mark.parametrize("source", ["logits", "logits_cfg", "probs", "none"])
+SOURCES = ["logits", "logits_cfg", "probs", "none"]
+PROCESSING_SOURCES = [(proc, source) for proc in PROCESSING for source in SOURCES
+                      if source != "logits_cfg" or "cfg_scale" in PROCESSING[proc]]  # a doubled draft batch needs CFG
+
+
+@pytest.mark.parametrize("processing, source", PROCESSING_SOURCES)
 @pytest.mark.parametrize("ties", [False, True])
 def test_chain_parity_processing(logits_backend, processing, source, ties):
-    if source == "logits_cfg" and "cfg_scale" not in PROCESSING[processing]:
-        pytest.skip("a doubled draft batch needs CFG")
+    index = list(PROCESSING).index(processing)
+    _interpreter_subset(logits_backend, source == SOURCES[index % 4] or (source == "probs" and index % 4 == 1
+                                                                          and "cfg_scale" not in PROCESSING[processing]))
     seed = _seed(processing, source, ties)
-    case, kw = chain_logits_case(processing=PROCESSING[processing], source=source, ties=ties, seed=seed)
+    case, kw = chain_logits_case(processing=PROCESSING[processing], source=source, ties=ties, seed=seed,
+                                 **_shape_for(logits_backend))
     _check_chain(logits_backend, case, kw)
 
 
@@ -228,20 +240,23 @@ CHAIN_METHODS = {
 @pytest.mark.parametrize("processing", ["plain", "top_k_5_cfg", "top_k_top_p"])
 @pytest.mark.parametrize("source", ["logits", "probs", "none"])
 def test_chain_parity_methods(logits_backend, method, processing, source):
+    _interpreter_subset(logits_backend, processing != "top_k_top_p" and source == "probs")
     seed = _seed(method, processing, source)
-    case, kw = chain_logits_case(processing=PROCESSING[processing], source=source, seed=seed)
+    case, kw = chain_logits_case(processing=PROCESSING[processing], source=source, seed=seed,
+                                 **_shape_for(logits_backend))
     _check_chain(logits_backend, case, kw, **CHAIN_METHODS[method](codebook(33, seed=seed)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_chain_parity_half_logits(logits_backend, dtype):
-    case, kw = chain_logits_case(processing=PROCESSING["top_k_top_p"], source="logits", seed=5, dtype=dtype)
+    case, kw = chain_logits_case(processing=PROCESSING["top_k_5_cfg"], source="logits", seed=5, dtype=dtype,
+                                 **_shape_for(logits_backend))
     _check_chain(logits_backend, case, kw)
 
 
 @pytest.mark.parametrize("vocab", [1, 2, 1000])
 def test_chain_parity_vocab_sizes(logits_backend, vocab):
-    for processing in ("plain", "top_k_5_cfg", "top_p"):
+    for processing in ("plain",) if logits_backend == "triton" else ("plain", "top_k_5_cfg", "top_p"):
         case, kw = chain_logits_case(batch=3, drafts=3, vocab=vocab, processing=PROCESSING[processing], seed=vocab)
         _check_chain(logits_backend, case, kw)
 
@@ -300,9 +315,11 @@ TREE_METHODS = {
 @pytest.mark.parametrize("processing", ["plain", "cfg_temperature", "top_k_5_cfg", "top_k_top_p", "top_k_1"])
 @pytest.mark.parametrize("with_q", [True, False])
 def test_tree_parity(logits_backend, method, processing, with_q):
+    _interpreter_subset(logits_backend, processing in ("plain", "top_k_5_cfg"))
     seed = _seed(method, processing, with_q)
     kw = PROCESSING[processing]
-    case = tree_logits_case(processing=kw, with_q=with_q, seed=seed)
+    case = tree_logits_case(processing=kw, with_q=with_q, seed=seed,
+                            **({"batch": 3, "nodes": 6} if logits_backend == "triton" else {}))
     method_kw = TREE_METHODS[method](codebook(29, seed=seed))
     device = device_for(logits_backend)
     got = sk.verify_tree_logits(**_to(case, device), **kw, **_to(method_kw, device), backend=logits_backend)
@@ -338,9 +355,10 @@ def _bad_chain(code, backend):
 
 
 @pytest.mark.parametrize("code", [1, 2, 4, 5, 6])
-def test_chain_bad_rows_are_reported(backend, code):
+def test_chain_bad_rows_are_reported(logits_backend, code):
     """validate=False: the bad row comes back as next_token = -code (nothing read out of bounds), the other rows
     are verified as usual; by default a ValueError names the row."""
+    backend = logits_backend
     case, kw, extra = _bad_chain(code, backend)
     device = device_for(backend)
     accept_len, next_token = sk.verify_chain_logits(**_to(case, device), **kw, **_to(extra, device),
@@ -357,7 +375,8 @@ def test_chain_bad_rows_are_reported(backend, code):
         sk.verify_chain_logits(**_to(case, device), **kw, **_to(extra, device), backend=backend, validate=True)
 
 
-def test_chain_bad_draft_probs_row(backend):
+def test_chain_bad_draft_probs_row(logits_backend):
+    backend = logits_backend
     case, kw, _ = _bad_chain(0, backend)
     case["draft_probs"][2, 0, 5] = -0.5
     case["draft"][2, 0] = 5
@@ -366,7 +385,8 @@ def test_chain_bad_draft_probs_row(backend):
 
 
 @pytest.mark.parametrize("code", [1, 2, 3, 5, 6])
-def test_tree_bad_rows_are_reported(backend, code):
+def test_tree_bad_rows_are_reported(logits_backend, code):
+    backend = logits_backend
     case = tree_logits_case(batch=3, processing={}, seed=2)
     case["num_nodes"][:] = 9
     if code == 1:

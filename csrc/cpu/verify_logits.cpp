@@ -179,8 +179,7 @@ struct ProcessedRow {
   }
 };
 
-// A probability as a kernel may read it: finite and non-negative (false for NaN).
-bool valid_prob(float v) { return v >= 0.0f && v < std::numeric_limits<float>::infinity(); }
+bool valid_prob(float v) { return valid_probability(v); }  // finite and >= 0 (verify_math.h)
 
 // ------------------------------------------------------------------------------------------ chain
 
@@ -204,8 +203,8 @@ void verify_chain_logits_rows(const T* logits, const T* draft_logits, const Chai
     std::vector<double> residual, block_ends;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t code =
-          logits::chain_row_code(in.num_drafts[b], in.drafts, in.draft + b * in.drafts, in.u_accept + b * in.drafts,
-                                 in.u_sample[b], in.vocab, mp.method == kLantern ? mp.neighbors : nullptr, mp.k);
+          logits::chain_row_status(in.num_drafts[b], in.drafts, in.draft + b * in.drafts, in.u_accept + b * in.drafts,
+                                   in.u_sample[b], in.vocab, mp.method == kLantern ? mp.neighbors : nullptr, mp.k);
       if (code != 0) {
         accept_len[b] = 0;
         next_token[b] = -code;
@@ -247,16 +246,19 @@ void verify_chain_logits_rows(const T* logits, const T* draft_logits, const Chai
         const double qx = qx_f;
         bool pass;
         if (mp.method == kExact) {
-          pass = u * qx < static_cast<double>(p_at(x));
+          pass = exact_accepts(u, qx, static_cast<double>(p_at(x)));
         } else if (mp.method == kGsd) {
           const GroupMass g = group_mass(p_at, has_q ? &q_at : static_cast<decltype(q_at)*>(nullptr), vocab, x,
-                                         mp.h_lo, mp.h_hi, static_cast<float>(mp.p_thr), static_cast<float>(mp.d_thr), mp.embeddings, mp.emb_dim, above,
-                                         below);
-          pass = u * g.q < g.p;
+                                         mp.gsd, mp.embeddings, mp.emb_dim, above, below);
+          if (!g.values_ok) {  // a draft_probs entry of a group member
+            bad = true;
+            break;
+          }
+          pass = group_accepts(u, g.q, g.p);
         } else {
           auto pd = [&](int64_t j) { return static_cast<double>(p_at(j)); };
-          const double p_tilde = relaxed_mass(pd, x, mp.neighbors + x * mp.k, mp.k, mp.use_lambda, mp.budget, merged);
-          pass = p_tilde > 0.0 && u * qx <= p_tilde;
+          const double p_tilde = relaxed_mass(pd, x, mp.neighbors + x * mp.k, mp.k, mp.lantern, &merged);
+          pass = lantern_accepts(u, qx, p_tilde);
         }
         if (!pass) break;
       }
@@ -267,7 +269,7 @@ void verify_chain_logits_rows(const T* logits, const T* draft_logits, const Chai
       if (!bad && a == n) bad = !load_p(n);  // bonus row
       if (bad) {
         accept_len[b] = 0;
-        next_token[b] = -6;
+        next_token[b] = -kBadProbability;
         continue;
       }
       auto target_w = [&](int64_t j) { return static_cast<double>(p_at(j)); };
@@ -310,10 +312,11 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cpu(
     const at::Tensor& u_sample_in, const at::Tensor& num_drafts_in, std::optional<double> cfg_scale,
     double temperature, int64_t top_k, double top_p, int64_t method, const std::optional<at::Tensor>& neighbors_in,
     const std::optional<at::Tensor>& embeddings_in, c10::ArrayRef<double> params) {
-  MethodParams mp = logits::decode_params(method, params, /*chain=*/true);
+  MethodParams mp;
   const LogitsShape shape =
       logits::check_chain_logits(logits_in, draft_logits_in, draft_probs_in, draft_in, u_accept_in, u_sample_in,
-                                 num_drafts_in, cfg_scale, temperature, top_k, top_p, mp, neighbors_in, embeddings_in);
+                                 num_drafts_in, cfg_scale, temperature, top_k, top_p, method, params, neighbors_in,
+                                 embeddings_in, &mp);
   const int64_t batch = shape.batch, drafts = shape.slots - 1, vocab = shape.vocab;
   const bool draft_cfg = shape.draft_cfg;
   const at::Tensor logits = logits_in.contiguous(), draft = draft_in.contiguous(),
@@ -376,8 +379,8 @@ void verify_tree_logits_rows(const T* logits, const TreeInputs& in, const Proces
     std::vector<int64_t> tried;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t code =
-          logits::tree_row_code(in.num_nodes[b], m, in.tokens + b * m, in.parents + b * m, in.u_accept + b * m,
-                                in.u_sample[b], vocab, mp.method == kLantern ? mp.neighbors : nullptr, mp.k);
+          logits::tree_row_status(in.num_nodes[b], m, in.tokens + b * m, in.parents + b * m, in.u_accept + b * m,
+                                  in.u_sample[b], vocab, mp.method == kLantern ? mp.neighbors : nullptr, mp.k);
       if (code != 0) {
         accept_len[b] = 0;
         next_token[b] = -code;
@@ -424,10 +427,10 @@ void verify_tree_logits_rows(const T* logits, const TreeInputs& in, const Proces
           bool ok;
           if (mp.method == kLantern) {
             auto rd = [&](int64_t j) { return r[j]; };
-            const double p_tilde = relaxed_mass(rd, t, mp.neighbors + t * mp.k, mp.k, mp.use_lambda, mp.budget, merged);
-            ok = p_tilde > 0.0 && u * q_t <= p_tilde;
+            const double p_tilde = relaxed_mass(rd, t, mp.neighbors + t * mp.k, mp.k, mp.lantern, &merged);
+            ok = lantern_accepts(u, q_t, p_tilde);
           } else {
-            ok = u * q_t < r[t];
+            ok = exact_accepts(u, q_t, r[t]);
           }
           if (ok) {
             accepted_nodes[b * width + count++] = c;
@@ -466,7 +469,7 @@ void verify_tree_logits_rows(const T* logits, const TreeInputs& in, const Proces
       if (bad) {
         for (int64_t i = 0; i < width; ++i) accepted_nodes[b * width + i] = -1;
         accept_len[b] = 0;
-        next_token[b] = -6;
+        next_token[b] = -kBadProbability;
         continue;
       }
       accept_len[b] = count;
@@ -479,10 +482,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_logits_cpu(
     const at::Tensor& parents_in, const at::Tensor& u_accept_in, const at::Tensor& u_sample_in,
     const at::Tensor& num_nodes_in, std::optional<double> cfg_scale, double temperature, int64_t top_k, double top_p,
     int64_t method, const std::optional<at::Tensor>& neighbors_in, c10::ArrayRef<double> params) {
-  MethodParams mp = logits::decode_params(method, params, /*chain=*/false);
+  MethodParams mp;
   const LogitsShape shape = logits::check_tree_logits(logits_in, draft_probs_in, tokens_in, parents_in, u_accept_in,
                                                       u_sample_in, num_nodes_in, cfg_scale, temperature, top_k,
-                                                      top_p, mp, neighbors_in);
+                                                      top_p, method, params, neighbors_in, &mp);
   const int64_t batch = shape.batch, m = shape.slots, vocab = shape.vocab;
   const at::Tensor logits = logits_in.contiguous(), tokens = tokens_in.contiguous(),
                    parents = parents_in.contiguous(), u_accept = u_accept_in.contiguous(),

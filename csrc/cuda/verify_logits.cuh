@@ -194,7 +194,7 @@ __global__ void ChainRowCodesKernel(const int64_t* num_drafts, const int64_t* dr
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= rows.batch) return;
   const int64_t L = rows.max_drafts;
-  const int64_t c = logits::chain_row_code(num_drafts[b], L, draft + b * L, u_accept + b * L, u_sample[b], rows.vocab,
+  const int64_t c = logits::chain_row_status(num_drafts[b], L, draft + b * L, u_accept + b * L, u_sample[b], rows.vocab,
                                            rows.neighbors, rows.k);
   code[b] = c;
   safe_n[b] = c == 0 ? num_drafts[b] : 0;  // a bad row runs as an empty chain (reads nothing it should not)
@@ -211,7 +211,7 @@ __global__ void ChainFixupKernel(const int64_t* code, const int64_t* num_drafts,
   if (c == 0) {
     const int64_t a = accept_len[b], n = num_drafts[b];
     for (int64_t i = 0; i <= a && c == 0; ++i) {
-      if (bad_p[b * (L + 1) + i] || (bad_q != nullptr && i < n && bad_q[b * L + i])) c = logits::kCodeBadValues;
+      if (bad_p[b * (L + 1) + i] || (bad_q != nullptr && i < n && bad_q[b * L + i])) c = kBadProbability;
     }
   }
   if (c != 0) {
@@ -254,7 +254,7 @@ __global__ void TreeRowCodesKernel(const int64_t* num_nodes, const int64_t* toke
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= rows.batch) return;
   const int64_t M = rows.nodes;
-  const int64_t c = logits::tree_row_code(num_nodes[b], M, tokens + b * M, parents + b * M, u_accept + b * M,
+  const int64_t c = logits::tree_row_status(num_nodes[b], M, tokens + b * M, parents + b * M, u_accept + b * M,
                                           u_sample[b], rows.vocab, rows.neighbors, rows.k);
   code[b] = c;
   safe_num_nodes[b] = c == 0 ? num_nodes[b] : 1;  // a bad row runs as a lone root
@@ -274,7 +274,7 @@ __global__ void TreeFixupKernel(const int64_t* code, const int64_t* num_nodes, c
       const int64_t node = i < 0 ? 0 : accepted_nodes[b * width + i];
       bool has_child = false;
       for (int64_t child = node + 1; child < n_b && !has_child; ++child) has_child = parents[b * M + child] == node;
-      if (bad_p[b * M + node] || (bad_q != nullptr && has_child && bad_q[b * M + node])) c = logits::kCodeBadValues;
+      if (bad_p[b * M + node] || (bad_q != nullptr && has_child && bad_q[b * M + node])) c = kBadProbability;
     }
   }
   if (c != 0) {

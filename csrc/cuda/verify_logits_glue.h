@@ -73,10 +73,11 @@ inline std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cuda(
     const at::Tensor& u_sample_in, const at::Tensor& num_drafts_in, std::optional<double> cfg_scale,
     double temperature, int64_t top_k, double top_p, int64_t method, const std::optional<at::Tensor>& neighbors_in,
     const std::optional<at::Tensor>& embeddings_in, c10::ArrayRef<double> params) {
-  logits::MethodParams mp = logits::decode_params(method, params, /*chain=*/true);
+  logits::MethodParams mp;
   const logits::LogitsShape shape =
       logits::check_chain_logits(logits_in, draft_logits_in, draft_probs_in, draft_in, u_accept_in, u_sample_in,
-                                 num_drafts_in, cfg_scale, temperature, top_k, top_p, mp, neighbors_in, embeddings_in);
+                                 num_drafts_in, cfg_scale, temperature, top_k, top_p, method, params, neighbors_in,
+                                 embeddings_in, &mp);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits_in.device().index()).stream();
   const int64_t batch = shape.batch;
@@ -113,13 +114,11 @@ inline std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cuda(
   cfg.vocab = vocab;
   cfg.neighbors = rows.neighbors;
   cfg.k = rows.k;
-  cfg.use_lambda = mp.use_lambda;
-  cfg.budget = mp.budget;
-  const int64_t side = std::max(vocab - 1, 0);
-  cfg.gsd.h_lo = static_cast<int>(std::clamp<int64_t>(mp.h_lo, 0, side));
-  cfg.gsd.h_hi = static_cast<int>(std::clamp<int64_t>(mp.h_hi, 0, side));
-  cfg.gsd.p_thr = static_cast<float>(mp.p_thr);
-  cfg.gsd.d_thr = static_cast<float>(mp.d_thr);
+  cfg.lantern = mp.lantern;
+  cfg.gsd.h_lo = static_cast<int>(mp.gsd.h_lo);  // clipped to [0, V - 1] by GsdConfig::decode
+  cfg.gsd.h_hi = static_cast<int>(mp.gsd.h_hi);
+  cfg.gsd.p_thr = mp.gsd.p_thr;
+  cfg.gsd.d_thr = mp.gsd.d_thr;
   cfg.gsd.emb = embeddings.defined() ? embeddings.const_data_ptr<float>() : nullptr;
   cfg.gsd.emb_dim = embeddings.defined() ? as_int(embeddings.size(1), "embedding dim") : 0;
   at::Tensor accept_len = at::empty({batch}, draft.options());
@@ -143,10 +142,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_logits_cuda(
     const at::Tensor& parents_in, const at::Tensor& u_accept_in, const at::Tensor& u_sample_in,
     const at::Tensor& num_nodes_in, std::optional<double> cfg_scale, double temperature, int64_t top_k, double top_p,
     int64_t method, const std::optional<at::Tensor>& neighbors_in, c10::ArrayRef<double> params) {
-  logits::MethodParams mp = logits::decode_params(method, params, /*chain=*/false);
+  logits::MethodParams mp;
   const logits::LogitsShape shape =
       logits::check_tree_logits(logits_in, draft_probs_in, tokens_in, parents_in, u_accept_in, u_sample_in,
-                                num_nodes_in, cfg_scale, temperature, top_k, top_p, mp, neighbors_in);
+                                num_nodes_in, cfg_scale, temperature, top_k, top_p, method, params, neighbors_in, &mp);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits_in.device().index()).stream();
   const int64_t batch = shape.batch;
@@ -180,8 +179,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_logits_cuda(
   cfg.vocab = vocab;
   cfg.neighbors = rows.neighbors;
   cfg.k = rows.k;
-  cfg.use_lambda = mp.use_lambda;
-  cfg.budget = mp.budget;
+  cfg.lantern = mp.lantern;
   at::Tensor accepted_nodes = at::empty({batch, std::max<int64_t>(nodes - 1, 0)}, tokens.options());
   at::Tensor accept_len = at::empty({batch}, tokens.options());
   at::Tensor next_token = at::empty({batch}, tokens.options());

@@ -8,7 +8,7 @@ They equal :func:`verify_chain` / :func:`verify_tree` applied to :func:`process_
 """
 
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -16,7 +16,7 @@ from .. import _validation as v
 from .._backend import resolve_backend, torch_op
 from .._constants import CHAIN_METHODS, METHOD_CODES, TREE_METHODS
 from ..reference import verify_logits as ref
-from .verify_chain import GSD_DEFAULTS
+from .verify_chain import GSD_DEFAULTS, _packed_params
 
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -62,7 +62,7 @@ def _method(method, allowed, neighbors, delta, lam, embeddings, rank_window, p_t
     v.method_params(method, allowed, neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
                     gsd_given=gsd_given)
     kwargs = {"method": method}
-    params: List[float] = []
+    h_lo = h_hi = 0
     if method == "gsd":
         window = GSD_DEFAULTS["rank_window"] if rank_window is None else rank_window
         p_thr = GSD_DEFAULTS["p_thr"] if p_thr is None else p_thr
@@ -71,13 +71,11 @@ def _method(method, allowed, neighbors, delta, lam, embeddings, rank_window, p_t
         if embeddings is not None:
             v.embedding_shapes(embeddings, vocab, device)
         kwargs.update(embeddings=embeddings, rank_window=(h_lo, h_hi), p_thr=float(p_thr), d_thr=float(d_thr))
-        params = [float(h_lo), float(h_hi), float(p_thr), float(d_thr)]
     elif method == "lantern":
         v.neighbor_shapes(neighbors, vocab, device)
         kwargs.update(neighbors=neighbors, delta=None if delta is None else float(delta),
                       lam=None if lam is None else float(lam))
-        params = [1.0, float(lam)] if lam is not None else [0.0, float(delta)]
-    return kwargs, params
+    return kwargs, _packed_params(method, delta, lam, h_lo, h_hi, p_thr, d_thr)
 
 
 def _raise_on_bad_rows(next_token: torch.Tensor, ids: str, count: str):
@@ -231,7 +229,8 @@ def verify_chain_logits(
                              f", {drafts}, {vocab}), got {tuple(draft_logits.shape)}")
     method_kwargs, params = _method(method, CHAIN_METHODS, neighbors, delta, lam, embeddings, rank_window, p_thr,
                                     d_thr, vocab, device)
-    if validate:
+    chosen = resolve_backend(backend, device)
+    if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
         checks = v.new_checks()
         checks.add((num_drafts >= 0) & (num_drafts <= drafts), f"num_drafts must lie in [0, {drafts}]")
         used = torch.arange(drafts, device=device) < num_drafts[:, None]
@@ -248,7 +247,6 @@ def verify_chain_logits(
         if embeddings is not None:
             checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
         checks.run()
-    chosen = resolve_backend(backend, device)
     if chosen == "reference":
         accept_len, next_token = ref.verify_chain_logits(
             logits, draft, u_accept, u_sample, num_drafts=num_drafts, draft_probs=draft_probs,
@@ -333,7 +331,8 @@ def verify_tree_logits(
         v._shape(draft_probs, "draft_probs", (batch, nodes, vocab))
     method_kwargs, params = _method(method, TREE_METHODS, neighbors, delta, lam, None, None, None, None, vocab,
                                     device)
-    if validate:
+    chosen = resolve_backend(backend, device)
+    if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
         checks = v.new_checks()
         checks.add((num_nodes >= 1) & (num_nodes <= nodes), f"num_nodes must lie in [1, {nodes}]")
         valid = torch.arange(nodes, device=device) < num_nodes[:, None]
@@ -347,7 +346,6 @@ def verify_tree_logits(
         if neighbors is not None:
             v.check_neighbor_values(checks, neighbors, vocab)
         checks.run()
-    chosen = resolve_backend(backend, device)
     if chosen == "reference":
         out = ref.verify_tree_logits(
             logits, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, draft_probs=draft_probs,

@@ -207,15 +207,6 @@ def _first_code(*conditions):
     return code
 
 
-def _method_args(method, neighbors, params):
-    """The Triton chain / tree launchers' method arguments from the packed params."""
-    delta = lam = None
-    if method == 2:
-        use_lambda, budget = params
-        lam, delta = (budget, None) if use_lambda == 1.0 else (None, budget)
-    return neighbors, delta, lam
-
-
 def verify_chain_logits_triton(logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale,
                                temperature, top_k, top_p, method, neighbors, embeddings, params):
     """Launcher with the ``verify_chain_logits`` op schema; returns ``(accept_len, next_token)`` [B] int64."""
@@ -243,10 +234,8 @@ def verify_chain_logits_triton(logits, draft_logits, draft_probs, draft, u_accep
     ok_row = code == 0
     safe_n = torch.where(ok_row, n, 0)
     safe_draft = torch.where(used & ok_row[:, None], draft, 0)
-    nbrs, delta, lam = _method_args(method, neighbors, params)
-    h_lo, h_hi, p_thr, d_thr = params if method == 1 else (7, 6, 0.15, 0.5)
-    accept_len, next_token = verify_chain_triton(p, q, safe_draft, u_accept, u_sample, safe_n, method, nbrs, delta,
-                                                 lam, embeddings, int(h_lo), int(h_hi), float(p_thr), float(d_thr))
+    accept_len, next_token = verify_chain_triton(p, q, safe_draft, u_accept, u_sample, safe_n, method, neighbors,
+                                                 embeddings, params)
 
     # Code 6: a processed row the verification read (rows 0..a; draft rows up to a that were tested).
     read = torch.arange(slots, device=p.device) <= accept_len[:, None]
@@ -279,9 +268,8 @@ def verify_tree_logits_triton(logits, draft_probs, tree_tokens, parents, u_accep
     safe_nn = torch.where(ok_row, nn, 1)
     safe_parents = torch.where(ok_row[:, None], parents, -1)
     safe_tokens = torch.where(valid & ok_row[:, None], tree_tokens, 0)
-    nbrs, delta, lam = _method_args(method, neighbors, params)
     accepted, accept_len, next_token = verify_tree_triton(p, q, safe_tokens, safe_parents, u_accept, u_sample,
-                                                          safe_nn, method, nbrs, delta, lam)
+                                                          safe_nn, method, neighbors, params)
 
     # Code 6: the rows the walk stood on (the root and the accepted nodes); q rows of those with children.
     visited = torch.zeros(batch, nodes, dtype=torch.bool, device=p.device)
