@@ -272,6 +272,21 @@ def test_chain_all_accepted_and_zero_drafts(logits_backend):
     assert (want[0][:2] == 0).all() and (want[0][2:] > 0).any()
 
 
+def test_guidance_scale_one(backend):
+    """cfg_scale = 1 is no guidance: on B rows it is accepted as such, on 2B rows it uses the cond rows."""
+    case, kw = chain_logits_case(processing={"cfg_scale": 3.0}, source="none", seed=8)
+    batch = case["draft"].shape[0]
+    args = {k: v for k, v in case.items() if k != "logits"}
+    plain = sk.verify_chain_logits(case["logits"][:batch], **args, backend=backend)
+    for logits, scale in ((case["logits"][:batch], 1.0), (case["logits"], 1.0)):
+        got = sk.verify_chain_logits(logits, **args, cfg_scale=scale, backend=backend)
+        assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
+    with pytest.raises(ValueError, match="doubled batch"):
+        sk.verify_chain_logits(case["logits"][:batch], **args, cfg_scale=3.0, backend=backend)
+    with pytest.raises(ValueError, match="pass cfg_scale"):
+        sk.verify_chain_logits(case["logits"], **args, backend=backend)
+
+
 def test_chain_batch_invariance(logits_backend):
     case, kw = chain_logits_case(processing=PROCESSING["cfg_temperature"], source="logits", seed=4)
     device = device_for(logits_backend)

@@ -179,6 +179,10 @@ struct ProcessedRow {
   }
 };
 
+// Rows per task of at::parallel_for: a row costs about V element passes, and below ~2^16 element passes per task
+// the fork/join (and, on a loaded machine, waiting for a descheduled worker) costs more than it saves.
+int64_t row_grain(int64_t vocab) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(vocab, 1)); }
+
 bool valid_prob(float v) { return valid_probability(v); }  // finite and >= 0 (verify_math.h)
 
 // ------------------------------------------------------------------------------------------ chain
@@ -197,7 +201,7 @@ template <typename T>
 void verify_chain_logits_rows(const T* logits, const T* draft_logits, const ChainInputs& in, const Processing& proc,
                               const MethodParams& mp, int64_t* accept_len, int64_t* next_token) {
   const int64_t batch = in.batch, drafts = in.drafts, vocab = in.vocab, slots = drafts + 1;
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, row_grain(vocab), [&](int64_t begin, int64_t end) {
     ProcessedRow p, q;
     std::vector<int64_t> above, below;
     std::vector<double> residual, block_ends;
@@ -373,7 +377,7 @@ void verify_tree_logits_rows(const T* logits, const TreeInputs& in, const Proces
                              int64_t* accepted_nodes, int64_t* accept_len, int64_t* next_token) {
   const int64_t batch = in.batch, m = in.nodes, vocab = in.vocab;
   const int64_t width = std::max<int64_t>(m - 1, 0);
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, row_grain(vocab), [&](int64_t begin, int64_t end) {
     ProcessedRow p;
     std::vector<double> r(vocab), q_prime(vocab), block_ends;
     std::vector<int64_t> tried;

@@ -55,6 +55,23 @@ def _logits_shape(logits, cfg_scale, name="logits") -> Tuple[int, int, int]:
     return (rows // 2 if cfg_scale is not None else rows), slots, vocab
 
 
+def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
+    """The guidance the verification ops apply, from the logits' row count against the drafts' batch B: 2B rows
+    need ``cfg_scale``; B rows take no guidance, and ``cfg_scale = 1`` on them (which equals no guidance:
+    ``l_u + 1 * (l_c - l_u) = l_c``) is accepted as such, so a caller that keeps CFG off by a scale of 1 is never
+    misread as a doubled batch."""
+    rows = logits.shape[0]
+    if cfg_scale is not None and rows == 2 * batch:
+        return cfg_scale
+    if rows == batch and (cfg_scale is None or cfg_scale == 1.0):
+        return None
+    if cfg_scale is None:
+        raise ValueError(f"logits has {rows} rows for a batch of {batch}: pass cfg_scale for a doubled batch "
+                         f"(cond rows, then uncond rows), or {batch} rows without it")
+    raise ValueError(f"with cfg_scale={cfg_scale}, logits must hold a doubled batch of {2 * batch} rows (cond rows, "
+                     f"then uncond rows), got {rows}")
+
+
 def _method(method, allowed, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
     """Validate the method arguments; return the reference's keyword arguments and the packed ``params``
     list of the op schema (exact ``[]``; gsd ``[h_lo, h_hi, p_thr, d_thr]``; lantern ``[use_lambda, budget]``)."""
@@ -84,10 +101,10 @@ def _raise_on_bad_rows(next_token: torch.Tensor, ids: str, count: str):
     if next_token.device.type != "cpu" or torch.compiler.is_compiling():
         torch._assert_async((next_token >= 0).all(), "specdec_kernels: a row failed its checks (next_token < 0)")
         return
-    bad = (next_token < 0).nonzero()
-    if bad.numel():
-        row = int(bad[0, 0])
-        code = -int(next_token[row])
+    values = next_token.tolist()  # B Python ints: cheaper than a reduction plus .item()
+    if values and min(values) < 0:
+        row = next(i for i, value in enumerate(values) if value < 0)
+        code = -values[row]
         reason = _ROW_CODES.get(code, f"code {code}").format(ids=ids, count=count)
         raise ValueError(f"row {row} was not verified: {reason} (pass validate=False to get next_token = -code)")
 
@@ -166,8 +183,8 @@ def verify_chain_logits(
     Parameters
     ----------
     logits : ``(2B or B, L + 1, V)`` float32/float16/bfloat16
-        Raw target logits; with ``cfg_scale`` cond rows ``[:B]`` then uncond rows ``[B:]``. Row ``i`` judges
-        ``draft[:, i]``; row ``L`` is the bonus row.
+        Raw target logits; with ``cfg_scale`` cond rows ``[:B]`` then uncond rows ``[B:]`` (B rows with
+        ``cfg_scale`` None or 1: no guidance). Row ``i`` judges ``draft[:, i]``; row ``L`` is the bonus row.
     draft, u_accept, u_sample, num_drafts, method, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr
         As in :func:`verify_chain` (``draft`` ``(B, L)`` int64, ``u_accept`` ``(B, L)`` and ``u_sample`` ``(B,)``
         float32 in [0, 1), ``num_drafts`` ``(B,)`` int64 in [0, L]).
@@ -205,6 +222,9 @@ def verify_chain_logits(
     (tensor([1]), tensor([0]))
     """
     cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
+    v._tensor(draft, "draft", 2, (torch.int64,), logits.device)
+    cfg_scale = _guidance(logits, cfg_scale, draft.shape[0])
     batch, slots, vocab = _logits_shape(logits, cfg_scale)
     drafts = slots - 1
     device = logits.device
@@ -315,6 +335,9 @@ def verify_tree_logits(
         malformed parents; ids, neighbours and uniforms are checked for the valid nodes ``n < num_nodes[b]``).
     """
     cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
+    v._tensor(tree_tokens, "tree_tokens", 2, (torch.int64,), logits.device)
+    cfg_scale = _guidance(logits, cfg_scale, tree_tokens.shape[0])
     batch, nodes, vocab = _logits_shape(logits, cfg_scale)
     device = logits.device
     if num_nodes is None:
