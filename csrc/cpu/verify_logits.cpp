@@ -14,6 +14,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -68,8 +69,66 @@ __attribute__((target("avx2,fma"))) void exp_in_place_avx2(double* x, int64_t n)
   for (; i < n; ++i) x[i] = exp_nonpositive(x[i]);
 }
 
+typedef float Vec4f __attribute__((vector_size(16)));
+typedef int Vec4i32 __attribute__((vector_size(16)));
+
+// Processed logits of float32 rows, four at a time (the steps of logits::processed_logit in float64; the FMA this
+// target contracts u + s * (c - u) into changes z only on a float32 rounding boundary), with their max and
+// finiteness. Returns false when a processed logit is NaN or +inf.
+template <bool CFG, bool DIVIDE>
+__attribute__((target("avx2,fma"))) bool processed_row_avx2(const float* cond, const float* uncond, int64_t n,
+                                                            double scale, double temperature, float* z,
+                                                            float* z_max) {
+  const float inf = std::numeric_limits<float>::infinity();
+  Vec4f lane_max = Vec4f{} - inf;
+  Vec4i32 lane_ok = Vec4i32{} - 1;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    Vec4f cf;
+    __builtin_memcpy(&cf, cond + i, sizeof cf);
+    Vec4d c = __builtin_convertvector(cf, Vec4d);
+    if constexpr (CFG) {
+      Vec4f uf;
+      __builtin_memcpy(&uf, uncond + i, sizeof uf);
+      const Vec4d u = __builtin_convertvector(uf, Vec4d);
+      c = u + scale * (c - u);
+    }
+    if constexpr (DIVIDE) c = c / temperature;
+    const Vec4f zf = __builtin_convertvector(c, Vec4f);
+    __builtin_memcpy(z + i, &zf, sizeof zf);
+    lane_ok &= zf < inf;  // false for NaN and +inf
+    lane_max = zf > lane_max ? zf : lane_max;
+  }
+  float best = -inf;
+  bool ok = true;
+  for (int l = 0; l < 4; ++l) {
+    best = lane_max[l] > best ? lane_max[l] : best;
+    ok &= lane_ok[l] != 0;
+  }
+  for (; i < n; ++i) {
+    const float zi = logits::processed_logit(cond[i], CFG ? uncond[i] : 0.0, CFG, scale, temperature);
+    z[i] = zi;
+    ok &= zi < inf;
+    best = zi > best ? zi : best;
+  }
+  *z_max = best;
+  return ok;
+}
+
+bool processed_row_fast(const float* cond, const float* uncond, int64_t n, double scale, double temperature,
+                        float* z, float* z_max) {
+  const bool divide = temperature != 1.0;  // x / 1 == x: skip the division
+  if (uncond) {
+    return divide ? processed_row_avx2<true, true>(cond, uncond, n, scale, temperature, z, z_max)
+                  : processed_row_avx2<true, false>(cond, uncond, n, scale, temperature, z, z_max);
+  }
+  return divide ? processed_row_avx2<false, true>(cond, uncond, n, scale, temperature, z, z_max)
+                : processed_row_avx2<false, false>(cond, uncond, n, scale, temperature, z, z_max);
+}
+
 const bool kHasAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
+bool processed_row_fast(const float*, const float*, int64_t, double, double, float*, float*) { return false; }
 const bool kHasAvx2Fma = false;
 void exp_in_place_avx2(double*, int64_t) {}
 #endif
@@ -113,13 +172,18 @@ struct ProcessedRow {
     float z_max = -std::numeric_limits<float>::infinity();
     bool finite = true;
     const bool cfg = uncond != nullptr;  // draft logits of B rows are not guided even when the target is
-    for (int64_t j = 0; j < vocab; ++j) {
-      const double c = static_cast<double>(static_cast<float>(cond[j]));
-      const double u = cfg ? static_cast<double>(static_cast<float>(uncond[j])) : 0.0;
-      const float zj = logits::processed_logit(c, u, cfg, proc.scale, proc.temperature);
-      z[j] = zj;
-      finite &= zj < std::numeric_limits<float>::infinity();  // false for NaN and +inf
-      z_max = zj > z_max ? zj : z_max;
+    if (std::is_same_v<T, float> && kHasAvx2Fma) {
+      finite = processed_row_fast(reinterpret_cast<const float*>(cond), reinterpret_cast<const float*>(uncond),
+                                  vocab, proc.scale, proc.temperature, z.data(), &z_max);
+    } else {
+      for (int64_t j = 0; j < vocab; ++j) {
+        const double c = static_cast<double>(static_cast<float>(cond[j]));
+        const double u = cfg ? static_cast<double>(static_cast<float>(uncond[j])) : 0.0;
+        const float zj = logits::processed_logit(c, u, cfg, proc.scale, proc.temperature);
+        z[j] = zj;
+        finite &= zj < std::numeric_limits<float>::infinity();  // false for NaN and +inf
+        z_max = zj > z_max ? zj : z_max;
+      }
     }
     if (!finite || z_max == -std::numeric_limits<float>::infinity()) return false;
     const double shift = static_cast<double>(z_max);
@@ -133,14 +197,25 @@ struct ProcessedRow {
       for (int64_t j = 0; j < vocab; ++j) {
         if (z[j] >= threshold) kept_ids.push_back(j);
       }
-      for (int64_t j : kept_ids) e[j] = exp_nonpositive(static_cast<double>(z[j]) - shift);
+      total = 0.0;
+      for (int64_t j : kept_ids) {
+        e[j] = exp_nonpositive(static_cast<double>(z[j]) - shift);
+        total += e[j];
+      }
     } else {
       for (int64_t j = 0; j < vocab; ++j) e[j] = static_cast<double>(z[j]) - shift;
       exp_in_place(e.data(), vocab);
       kept_ids.clear();
+      // Four interleaved float64 accumulators (a sequential sum is bound by add latency); the order differs from
+      // the reference's only at float64 rounding level.
+      double lane[4] = {0.0, 0.0, 0.0, 0.0};
+      int64_t j = 0;
+      for (; j + 4 <= vocab; j += 4) {
+        for (int l = 0; l < 4; ++l) lane[l] += e[j + l];
+      }
+      for (; j < vocab; ++j) lane[0] += e[j];
+      total = (lane[0] + lane[1]) + (lane[2] + lane[3]);
     }
-    total = 0.0;
-    for (int64_t j = 0; j < vocab; ++j) total += e[j];
     if (proc.top_p < 1.0) apply_top_p(vocab, proc);
     return true;
   }
