@@ -75,7 +75,9 @@ SPECDEC_HD inline int64_t chain_row_status(int64_t n, int64_t max_drafts, const 
                                            const int32_t* neighbors, int64_t k) {
   if (n < 0 || n > max_drafts) return kBadCount;
   int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
-  for (int64_t i = 0; i < n; ++i) status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
+  for (int64_t i = 0; i < n; ++i) {
+    status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
+  }
   return status;
 }
 

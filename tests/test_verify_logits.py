@@ -219,8 +219,9 @@ PROCESSING_SOURCES = [(proc, source) for proc in PROCESSING for source in SOURCE
 @pytest.mark.parametrize("ties", [False, True])
 def test_chain_parity_processing(logits_backend, processing, source, ties):
     index = list(PROCESSING).index(processing)
-    _interpreter_subset(logits_backend, source == SOURCES[index % 4] or (source == "probs" and index % 4 == 1
-                                                                          and "cfg_scale" not in PROCESSING[processing]))
+    # One source per processing (rotating); "probs" stands in where the rotation picks logits_cfg without CFG.
+    rotated = SOURCES[index % 4] if "cfg_scale" in PROCESSING[processing] or index % 4 != 1 else "probs"
+    _interpreter_subset(logits_backend, source == rotated)
     seed = _seed(processing, source, ties)
     case, kw = chain_logits_case(processing=PROCESSING[processing], source=source, ties=ties, seed=seed,
                                  **_shape_for(logits_backend))
