@@ -4,13 +4,13 @@
 // int32 stats array; the caller copies those three ints to the host and slices.
 #pragma once
 
+#include "../verify_math.h"
 #include "verify_common.cuh"
 
 namespace specdec::gpu {
 
-// stats[0] = max leaves, stats[1] = max path length (depth + 1), stats[2] = error bits (below).
-// The caller zero-initialises stats; blocks combine with atomicMax / atomicOr.
-enum BuildTreeError : int { kTreeBadNumNodes = 1, kTreeBadRoot = 2, kTreeBadParent = 4 };
+// stats[0] = max leaves, stats[1] = max path length (depth + 1), over the well-formed trees.
+// The caller zero-initialises stats; blocks combine with atomicMax.
 
 constexpr int kBuildTreeBlock = 256;
 
@@ -18,11 +18,11 @@ constexpr int kBuildTreeBlock = 256;
 //   parents [B, M] int64, num_nodes [B] int64;
 //   mask [B, M, M] bool (written entirely), position_ids [B, M] int64 (written entirely),
 //   retrieve [B, M, M] int64: row l = path of the l-th leaf (ascending node id), root first, -1 padded;
-//   stats [3] int32 (see above).
+//   stats [2] int32 (see above).
 // Dynamic shared memory: 3 * M ints (depth, has_child, leaf index).
-// A malformed tree (num_nodes outside [1, M], parents[0] != -1, or parents[n] outside [0, n) for a valid
-// n) sets its error bits and writes nothing else: the caller raises before reading any output. Once
-// parents[n] < n holds, every ancestor walk terminates at the root. One thread per node walks its
+// A malformed tree (methods.h code 1: num_nodes outside [1, M]; code 3: parents[0] != -1, or parents[n]
+// outside [0, n) for a valid n) is not walked: position_ids[b, :] = -code, mask[b] all false, no paths.
+// Once parents[n] < n holds, every ancestor walk terminates at the root. One thread per node walks its
 // ancestors (mask row, depth; M is small); leaf order comes from a block scan of the leaf flags.
 template <int BLOCK>
 __global__ void __launch_bounds__(BLOCK)
@@ -45,23 +45,25 @@ __global__ void __launch_bounds__(BLOCK)
   const int64_t* par = parents + b * m;
   const int64_t requested = num_nodes[b];
 
-  int bad = 0;
-  if (requested < 1 || requested > m) {
-    bad = kTreeBadNumNodes;
-  } else {
-    if (tid == 0 && par[0] != -1) bad |= kTreeBadRoot;
-    for (int64_t n = 1 + tid; n < requested; n += BLOCK)
-      if (par[n] < 0 || par[n] >= n) bad |= kTreeBadParent;
+  const int64_t mm = static_cast<int64_t>(m) * m;
+  bool* mask_b = mask + b * mm;
+  int64_t* retrieve_b = retrieve + b * mm;
+  const bool count_ok = requested >= 1 && requested <= m;
+  bool bad_parent = false;
+  if (count_ok) {
+    for (int64_t n = tid; n < requested; n += BLOCK) bad_parent = bad_parent || !valid_parent(n, par[n]);
   }
-  if (__syncthreads_or(bad)) {  // uniform exit
-    if (bad) atomicOr(&stats[2], bad);
+  if (__syncthreads_or(bad_parent) || !count_ok) {  // uniform: mark the tree, walk nothing
+    const int64_t code = count_ok ? kBadParent : kBadCount;
+    for (int64_t i = tid; i < mm; i += BLOCK) {
+      mask_b[i] = false;
+      retrieve_b[i] = -1;
+    }
+    for (int n = tid; n < m; n += BLOCK) position_ids[b * m + n] = -code;
     return;
   }
   const int n_b = static_cast<int>(requested);
-  const int64_t mm = static_cast<int64_t>(m) * m;
 
-  bool* mask_b = mask + b * mm;
-  int64_t* retrieve_b = retrieve + b * mm;
   for (int n = tid; n < m; n += BLOCK) has_child[n] = 0;
   for (int64_t i = tid; i < mm; i += BLOCK) {
     mask_b[i] = false;

@@ -112,11 +112,20 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, con
   cfg.gsd.emb = ptr<float>(embeddings);
   cfg.gsd.emb_dim = embeddings.defined() ? to_int(embeddings.size(1), "embedding dim") : 0;
 
+  // GSD: one pass/fail flag per draft from the parallel pre-pass (one block per draft).
+  at::Tensor gsd_flags;
+  if (method == kGsd) {
+    to_int(batch * cfg.max_drafts, "batch * num_draft_tokens");
+    gsd_flags = at::empty({static_cast<int64_t>(VerifyChainGsdFlags(batch, cfg.max_drafts))},
+                          p.options().dtype(at::kChar));
+  }
+
   const cudaStream_t stream = stream_of(p);
   dispatch_prob(p.scalar_type(), "verify_chain", [&](auto tag) {
     using T = typename decltype(tag)::type;
     check_status(VerifyChain<T>(ptr<T>(p), ptr<T>(q), ptr<int64_t>(draft), ptr<float>(u_accept),
                                 ptr<float>(u_sample), ptr<int64_t>(num_drafts), static_cast<int>(method), cfg,
+                                gsd_flags.defined() ? gsd_flags.data_ptr<int8_t>() : nullptr,
                                 accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
                  "VerifyChainKernel (verify_chain)");
   });
@@ -165,8 +174,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
 }
 
 // The one op of this backend that synchronises with the host: the output shape (leaves P, depth + 1)
-// depends on the data, so the kernel fills fixed [B, M, M] path buffers, three int32 stats (both maxima
-// and the malformed-tree flags) are copied to the host, and the paths are sliced to [B, P, D].
+// depends on the data, so the kernel fills fixed [B, M, M] path buffers, two int32 stats (both maxima over
+// the well-formed trees) are copied to the host, and the paths are sliced to [B, P, D]. A malformed tree is
+// marked in its own outputs (position_ids = -code, methods.h), as on the CPU.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor& parents_in,
                                                                const at::Tensor& num_nodes_in) {
   check_build_tree(parents_in, num_nodes_in);
@@ -176,17 +186,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> build_tree_cuda(const at::Tensor&
   at::Tensor mask = at::empty({batch, m, m}, parents.options().dtype(at::kBool));
   at::Tensor position_ids = at::empty({batch, m}, parents.options());
   at::Tensor paths = at::empty({batch, m, m}, parents.options());
-  at::Tensor stats = at::zeros({3}, parents.options().dtype(at::kInt));
+  at::Tensor stats = at::zeros({2}, parents.options().dtype(at::kInt));
   check_status(BuildTree(ptr<int64_t>(parents), ptr<int64_t>(num_nodes), to_int(batch, "batch"), to_int(m, "nodes"),
                          mask.data_ptr<bool>(), position_ids.data_ptr<int64_t>(), paths.data_ptr<int64_t>(),
                          stats.data_ptr<int>(), stream_of(parents)),
                "BuildTreeKernel (build_tree)");
   const at::Tensor host = stats.cpu();  // synchronises with the current stream
   const int* s = host.const_data_ptr<int>();
-  TORCH_CHECK(!(s[2] & kTreeBadNumNodes), "num_nodes must lie in [1, ", m, "]");
-  TORCH_CHECK(!(s[2] & kTreeBadRoot), "parents[:, 0] must be -1 (node 0 is the root)");
-  TORCH_CHECK(!(s[2] & kTreeBadParent), "parents is malformed: every valid node n > 0 needs a parent in [0, n)");
-  at::Tensor retrieve = paths.narrow(1, 0, s[0]).narrow(2, 0, s[1]).contiguous();
+  // With no well-formed tree the paths are (B, 0, 1), as the CPU kernel gives.
+  at::Tensor retrieve = paths.narrow(1, 0, s[0]).narrow(2, 0, std::min<int64_t>(std::max(s[1], 1), m)).contiguous();
   return {mask, position_ids, retrieve};
 }
 

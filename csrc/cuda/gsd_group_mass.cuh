@@ -19,6 +19,7 @@ struct GsdParams {
 struct GroupMass {
   double p;
   double q;
+  bool values_ok;  // every ranked p entry and the q entry of every member is a usable probability
 };
 
 // (P_G, Q_G) of draft x under one row, by a whole block. Rank order = p descending, ties by lower id,
@@ -56,7 +57,12 @@ struct GroupMassBlock {
     const unsigned long long kx = key_of(x);
 
     int local_above = 0;
-    for (int j = tid; j < vocab; j += BLOCK) local_above += key_of(j) > kx ? 1 : 0;
+    bool bad = false;
+    for (int j = tid; j < vocab; j += BLOCK) {
+      local_above += key_of(j) > kx ? 1 : 0;
+      bad = bad || !valid_probability(to_float(p_row[j]));
+    }
+    const bool p_ok = !__syncthreads_or(bad);
     const int count_above = Sum::sum(local_above, s.sum);
     const int count_below = vocab - 1 - count_above;
 
@@ -79,26 +85,26 @@ struct GroupMassBlock {
         keep = true;
       } else {
         const bool member = key > kx ? (g.h_hi > 0 && key <= t_hi) : (g.h_lo > 0 && key >= t_lo);
-        keep = member && fabsf(__fsub_rn(to_float(p_row[j]), px)) < g.p_thr;
-        if (keep && g.emb != nullptr) {
-          const float* ej = g.emb + static_cast<int64_t>(j) * g.emb_dim;
-          const float* ex = g.emb + static_cast<int64_t>(x) * g.emb_dim;
-          float dist = 0.0f;
-          for (int d = 0; d < g.emb_dim; ++d) {  // sequential float32, as the reference and the CPU kernel
-            const float diff = __fsub_rn(ej[d], ex[d]);
-            dist = __fadd_rn(dist, __fmul_rn(diff, diff));
-          }
-          keep = dist < g.d_thr;
+        keep = member && gsd_close_in_probability(to_float(p_row[j]), px, g.p_thr);
+        if (keep && g.emb != nullptr) {  // sequential float32, as the reference and the CPU kernel
+          keep = gsd_close_in_embedding(g.emb + static_cast<int64_t>(j) * g.emb_dim,
+                                        g.emb + static_cast<int64_t>(x) * g.emb_dim, g.emb_dim, g.d_thr);
         }
       }
       if (keep) {
         sum_p += prob64(p_row, j);
-        if (q_row != nullptr) sum_q += prob64(q_row, j);
+        if (q_row != nullptr) {
+          const double qj = prob64(q_row, j);
+          bad = bad || !valid_probability(qj);
+          sum_q += qj;
+        }
       }
     }
+    const bool q_ok = !__syncthreads_or(bad);
     GroupMass out;
     out.p = Sum::sum(sum_p, s.sum);
     out.q = q_row != nullptr ? Sum::sum(sum_q, s.sum) : 1.0;
+    out.values_ok = p_ok && q_ok;
     return out;
   }
 };
@@ -106,7 +112,7 @@ struct GroupMassBlock {
 // ---------------------------------------------------------------------------------------------
 // gsd_group_mass op. Grid: one block of BLOCK threads per row.
 //   p, q   [rows, vocab] T (q may be nullptr: one-hot drafts, group_q = 1)
-//   x      [rows] int64 draft ids in [0, vocab)
+//   x      [rows] int64 draft ids; one outside [0, vocab) is not dereferenced: its masses are NaN
 //   group_p, group_q [rows] float32 (float64 sums rounded once)
 constexpr int kGsdBlock = 512;
 
@@ -116,9 +122,14 @@ __global__ void __launch_bounds__(BLOCK)
                        float* group_q) {
   __shared__ typename GroupMassBlock<BLOCK>::TempStorage storage;
   const int64_t row = blockIdx.x;
-  const T* p_row = p + row * vocab;
-  const T* q_row = q != nullptr ? q + row * vocab : nullptr;
-  const GroupMass m = GroupMassBlock<BLOCK>::run(p_row, q_row, vocab, static_cast<int>(x[row]), g, storage);
+  const T* p_row = p + row * static_cast<int64_t>(vocab);
+  const T* q_row = q != nullptr ? q + row * static_cast<int64_t>(vocab) : nullptr;
+  const int64_t xr = x[row];
+  if (!valid_id(xr, vocab)) {  // uniform
+    if (threadIdx.x == 0) group_p[row] = group_q[row] = __int_as_float(0x7fc00000);  // NaN
+    return;
+  }
+  const GroupMass m = GroupMassBlock<BLOCK>::run(p_row, q_row, vocab, static_cast<int>(xr), g, storage);
   if (threadIdx.x == 0) {
     group_p[row] = static_cast<float>(m.p);
     group_q[row] = static_cast<float>(m.q);

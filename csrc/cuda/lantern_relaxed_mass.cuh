@@ -16,9 +16,11 @@ struct ProbRow {
 
 // Grid: one warp per row, WARPS rows per block; a warp past the last row exits as a whole.
 //   p          [rows, vocab] T
-//   x          [rows] int64 candidates in [0, vocab)
+//   x          [rows] int64 candidates
 //   neighbors  [vocab, k] int32, nearest first, no self entries
 //   p_tilde    [rows] float32 = p(x) + c_{m*} (float64, rounded once); merged [rows] int32 = m*
+// A candidate outside [0, vocab) or a bad neighbour row (methods.h codes 2, 4) is not dereferenced:
+// p_tilde = NaN, merged = -code.
 // budget is delta (use_lambda false) or lam (use_lambda true).
 constexpr int kRelaxedWarps = 4;
 
@@ -28,10 +30,19 @@ __global__ void __launch_bounds__(WARPS * kWarp)
                              LanternConfig cfg, float* p_tilde, int32_t* merged) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * WARPS + threadIdx.x / kWarp;
   if (row >= rows) return;
-  const int xr = static_cast<int>(x[row]);
+  const int64_t candidate = x[row];
+  const int64_t status = token_status(candidate, vocab, 0.0f, neighbors, k);  // per lane, same answer
+  if (status != kRowOk) {
+    if ((threadIdx.x & (kWarp - 1)) == 0) {
+      p_tilde[row] = __int_as_float(0x7fc00000);  // NaN
+      merged[row] = static_cast<int32_t>(-status);
+    }
+    return;
+  }
+  const int xr = static_cast<int>(candidate);
   int m = 0;
-  const double pt = warp_relaxed_mass(ProbRow<T>{p + row * vocab}, xr, neighbors + static_cast<int64_t>(xr) * k, k,
-                                      cfg, &m);
+  const double pt = warp_relaxed_mass(ProbRow<T>{p + row * static_cast<int64_t>(vocab)}, xr,
+                                      neighbors + static_cast<int64_t>(xr) * k, k, cfg, &m);
   if ((threadIdx.x & (kWarp - 1)) == 0) {
     p_tilde[row] = static_cast<float>(pt);
     merged[row] = m;

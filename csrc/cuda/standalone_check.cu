@@ -16,7 +16,8 @@ namespace specdec::gpu {
 // verify_chain its three methods, verify_tree exact and lantern).
 #define SPECDEC_INSTANTIATE(T)                                                                                     \
   template cudaError_t VerifyChain<T>(const T*, const T*, const int64_t*, const float*, const float*,              \
-                                      const int64_t*, int, const ChainParams&, int64_t*, int64_t*, cudaStream_t);  \
+                                      const int64_t*, int, const ChainParams&, int8_t*, int64_t*, int64_t*,        \
+                                      cudaStream_t);                                                               \
   template cudaError_t VerifyTree<T>(const T*, const T*, const int64_t*, const int64_t*, const float*,             \
                                      const float*, const int64_t*, bool, const TreeParams&, double*, int64_t*,     \
                                      int64_t*, int64_t*, cudaStream_t);                                            \

@@ -32,6 +32,9 @@ constexpr unsigned kFullMask = 0xffffffffu;
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void set_zero(float& v) { v = 0.0f; }
+__device__ __forceinline__ void set_zero(__half& v) { v = __float2half(0.0f); }
+__device__ __forceinline__ void set_zero(__nv_bfloat16& v) { v = __float2bfloat16(0.0f); }
 
 // Probability as the reference sees it: the stored value converted to float32, then to float64.
 template <class T>
@@ -114,14 +117,41 @@ struct BlockSum {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Inverse-CDF sampling over weights w(0..V-1) >= 0 given as a functor (computed on the fly, never
-// materialised): the smallest j with cumsum_j > u * total, else the largest j with w_j > 0 (0 if
-// none). Sums are float64. The row is walked in tiles of BLOCK * ITEMS (blocked arrangement: thread t
-// owns ITEMS consecutive indices); pass A computes the total and the last non-zero index, pass B
-// rescans tile by tile and stops at the crossing tile. Both passes form the tile aggregates with the
-// same BlockScan, so the prefix before every tile is bit-identical in both. A parallel scan can be
-// non-monotone by an ulp across thread boundaries, so a crossing also requires w_j > 0: a zero-weight
-// token is never returned (it never is in the sequential reference either).
+// Vector loads: ITEMS consecutive entries of a row in one aligned load when the address allows it (row
+// starts are aligned when V is a multiple of ITEMS), element by element at the row's end or otherwise.
+template <class T, int ITEMS>
+struct alignas(sizeof(T) * ITEMS) Pack {
+  T v[ITEMS];
+};
+
+template <class T, int ITEMS>
+__device__ __forceinline__ Pack<T, ITEMS> load_pack(const T* row, int j0, int vocab) {
+  Pack<T, ITEMS> out;
+  if (j0 + ITEMS <= vocab && (reinterpret_cast<uintptr_t>(row + j0) % sizeof(Pack<T, ITEMS>)) == 0) {
+    out = *reinterpret_cast<const Pack<T, ITEMS>*>(row + j0);
+  } else {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      if (j0 + i < vocab) {
+        out.v[i] = row[j0 + i];
+      } else {
+        set_zero(out.v[i]);
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inverse-CDF sampling over weights w(0..V-1) >= 0, never materialised: the smallest j with w_j > 0 and
+// cumsum_j > u * total (verify_math.h cdf_crosses), else the largest j with w_j > 0, else -1 (the caller
+// falls back or reports the row). Sums are float64. The row is walked in tiles of BLOCK * ITEMS (blocked
+// arrangement: thread t owns ITEMS consecutive indices, so a tile is one vector load per thread); the
+// weights come from a tile loader load(j0, w[ITEMS]) that fills w for j0 .. j0 + ITEMS - 1 (0 past V).
+// Pass A computes the total and the last non-zero index, pass B rescans tile by tile and stops at the
+// crossing tile. Both passes form the tile aggregates with the same BlockScan, so the prefix before every
+// tile is bit-identical in both. A parallel scan can be non-monotone by an ulp across thread boundaries;
+// cdf_crosses never returns a zero-weight token, as the sequential reference never does.
 template <int BLOCK, int ITEMS>
 struct InverseCdf {
   static constexpr int kTile = BLOCK * ITEMS;
@@ -141,20 +171,19 @@ struct InverseCdf {
   };
 
   // Pass A: returns the total; *last_nonzero = largest j with w_j > 0, or -1.
-  template <class Weight>
-  __device__ static double total(const Weight& w, int vocab, int* last_nonzero, TempStorage& s) {
+  template <class Loader>
+  __device__ static double total(const Loader& load, int vocab, int* last_nonzero, TempStorage& s) {
     double prefix = 0.0;
     int last = -1;
     for (int base = 0; base < vocab; base += kTile) {
+      const int j0 = base + static_cast<int>(threadIdx.x) * ITEMS;
+      double w[ITEMS];
+      load(j0, w);
       double local = 0.0;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        const int j = base + static_cast<int>(threadIdx.x) * ITEMS + i;
-        if (j < vocab) {
-          const double v = w(j);
-          local += v;
-          if (v > 0.0) last = j;
-        }
+        local += w[i];
+        if (w[i] > 0.0) last = j0 + i;
       }
       double exclusive, aggregate;
       Scan(s.cub.scan).ExclusiveSum(local, exclusive, aggregate);
@@ -169,30 +198,27 @@ struct InverseCdf {
     return prefix;
   }
 
-  // Pass B: the first j with w_j > 0 and cumsum_j > threshold; fallback as documented above.
-  template <class Weight>
-  __device__ static int search(const Weight& w, int vocab, double threshold, int last_nonzero, TempStorage& s) {
+  // Pass B: the first j with w_j > 0 and cumsum_j > threshold; else last_nonzero (-1 if none).
+  template <class Loader>
+  __device__ static int search(const Loader& load, int vocab, double threshold, int last_nonzero, TempStorage& s) {
     if (threadIdx.x == 0) s.found = INT_MAX;
     __syncthreads();
     double prefix = 0.0;
     for (int base = 0; base < vocab; base += kTile) {
+      const int j0 = base + static_cast<int>(threadIdx.x) * ITEMS;
       double v[ITEMS];
+      load(j0, v);
       double local = 0.0;
 #pragma unroll
-      for (int i = 0; i < ITEMS; ++i) {
-        const int j = base + static_cast<int>(threadIdx.x) * ITEMS + i;
-        v[i] = j < vocab ? w(j) : 0.0;
-        local += v[i];
-      }
+      for (int i = 0; i < ITEMS; ++i) local += v[i];
       double exclusive, aggregate;
       Scan(s.cub.scan).ExclusiveSum(local, exclusive, aggregate);
       double running = exclusive;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i) {
-        const int j = base + static_cast<int>(threadIdx.x) * ITEMS + i;
         running += v[i];
-        if (j < vocab && v[i] > 0.0 && prefix + running > threshold) {
-          atomicMin(&s.found, j);  // per thread the first hit is its smallest; the block keeps the min
+        if (j0 + i < vocab && cdf_crosses(prefix + running, threshold, v[i])) {
+          atomicMin(&s.found, j0 + i);  // per thread the first hit is its smallest; the block keeps the min
           break;
         }
       }
@@ -202,16 +228,43 @@ struct InverseCdf {
     }
     const int found = s.found;
     __syncthreads();
-    if (found != INT_MAX) return found;
-    return last_nonzero >= 0 ? last_nonzero : 0;
+    return found != INT_MAX ? found : last_nonzero;
   }
 
-  // Both passes: sample(w, u).
-  template <class Weight>
-  __device__ static int sample(const Weight& w, int vocab, float u, TempStorage& s) {
+  // Both passes: sample(w, u), -1 if every weight is zero.
+  template <class Loader>
+  __device__ static int sample(const Loader& load, int vocab, float u, TempStorage& s) {
     int last_nonzero;
-    const double tot = total(w, vocab, &last_nonzero, s);
-    return search(w, vocab, static_cast<double>(u) * tot, last_nonzero, s);
+    const double tot = total(load, vocab, &last_nonzero, s);
+    return search(load, vocab, static_cast<double>(u) * tot, last_nonzero, s);
+  }
+};
+
+// Tile loader from a per-element weight functor w(j) -> float64 (rows held in float64 scratch).
+template <int ITEMS, class Weight>
+struct ElementLoader {
+  Weight weight;
+  int vocab;
+  __device__ void operator()(int j0, double (&w)[ITEMS]) const {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) w[i] = j0 + i < vocab ? weight(j0 + i) : 0.0;
+  }
+};
+
+// Tile loader over one probability row stored as T, with vector loads; sets *bad when an entry read is
+// not a usable probability (status code 6).
+template <int ITEMS, class T>
+struct ProbRowLoader {
+  const T* row;
+  int vocab;
+  bool* bad;
+  __device__ void operator()(int j0, double (&w)[ITEMS]) const {
+    const Pack<T, ITEMS> pack = load_pack<T, ITEMS>(row, j0, vocab);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      w[i] = static_cast<double>(to_float(pack.v[i]));
+      if (j0 + i < vocab && !valid_probability(w[i])) *bad = true;
+    }
   }
 };
 

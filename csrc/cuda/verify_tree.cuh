@@ -27,13 +27,15 @@ constexpr int kTreeItems = 4;
 
 // Grid: one block of BLOCK threads per tree b. Pointers (row-major, contiguous):
 //   p, q [B, M, V] T (q may be nullptr: one-hot proposals); tree_tokens, parents [B, M] int64;
-//   u_accept [B, M] f32 (entry c used only by node c's test); u_sample [B] f32; num_nodes [B] int64
-//   (clamped to [1, M] so a malformed direct call stays in bounds);
+//   u_accept [B, M] f32 (entry c used only by node c's test); u_sample [B] f32; num_nodes [B] int64;
 //   r_scratch [B, V] float64 (uninitialised; the kernel owns row b);
 //   accepted_nodes [B, max(M - 1, 0)] int64 (-1 padded by the kernel); accept_len, next_token [B] int64.
 // Dynamic shared memory: ceil(V / 32) words, the bitmask of tokens tried at the current node.
-// Invariants: parents[b, c] < c for valid c (validated in Python), so children of `cur` have ids > cur;
-// every branch is uniform (decisions are taken by one thread or one warp and broadcast through shared
+// Status pass first (methods.h codes 1-5, one thread per node, lowest code wins): a bad tree is reported
+// (accepted_nodes[b, :] = -1, accept_len 0, next_token -code) without being walked. After it, every valid
+// token is in [0, V) and parents[b, c] < c, so children of `cur` have ids > cur and the walk ends. Code 6:
+// a row p[b, n] loaded on the accepted path or a row q[b, n] whose children are tested holds an unusable
+// entry, or p[b, n] has no mass. Every branch is uniform (decisions are taken by one thread or one warp and broadcast through shared
 // memory), and r is only rewritten after a barrier that follows its last read.
 // State as in the reference: r = p[b, cur] (as float64) on arrival at cur; per tried child t:
 //   q' = q[b, cur] without the tokens tried before t, renormalised (zero if nothing is left);
@@ -54,6 +56,7 @@ __global__ void __launch_bounds__(BLOCK)
   __shared__ double s_p_tilde;
   __shared__ int s_merged;
   __shared__ int s_ok;
+  __shared__ int s_codes;
   unsigned* tried_bits = dynamic_smem<unsigned>();
 
   const int tid = static_cast<int>(threadIdx.x);
@@ -61,38 +64,89 @@ __global__ void __launch_bounds__(BLOCK)
   const int M = cfg.nodes;
   const int V = cfg.vocab;
   const int width = M > 1 ? M - 1 : 0;
-  const int64_t requested = num_nodes[b];
-  const int n_b = requested < 1 ? 1 : (requested > M ? M : static_cast<int>(requested));
   const int64_t* par = parents + b * M;
   const int64_t* tok = tree_tokens + b * M;
   const float* u_b = u_accept + b * M;
   const T* p_b = p + b * M * static_cast<int64_t>(V);
   const T* q_b = q != nullptr ? q + b * M * static_cast<int64_t>(V) : nullptr;
   double* r = r_scratch + b * static_cast<int64_t>(V);
+  int64_t* accepted_b = accepted_nodes + b * width;
+  auto report = [&](int64_t code) {  // uniform
+    for (int i = tid; i < width; i += BLOCK) accepted_b[i] = -1;
+    if (tid == 0) {
+      accept_len[b] = 0;
+      next_token[b] = -code;
+    }
+  };
+
+  // ---- status pass (codes 1-5)
+  const int64_t requested = num_nodes[b];
+  const bool count_ok = requested >= 1 && requested <= M;
+  const int n_b = count_ok ? static_cast<int>(requested) : 0;
+  if (tid == 0) s_codes = count_ok ? 0 : (1 << kBadCount);
+  __syncthreads();
+  {
+    int64_t code = kRowOk;
+    const int32_t* neighbors = LANTERN ? cfg.neighbors : nullptr;
+    for (int n = tid; n < n_b; n += BLOCK) {
+      code = first_failure(code, token_status(tok[n], V, u_b[n], neighbors, cfg.k));
+      if (!valid_parent(n, par[n])) code = first_failure(code, kBadParent);
+    }
+    if (tid == 0 && !valid_uniform(u_sample[b])) code = first_failure(code, kBadUniform);
+    if (code != kRowOk) atomicOr(&s_codes, 1 << code);
+  }
+  __syncthreads();
+  if (s_codes != 0) {
+    report(__ffs(s_codes) - 1);
+    return;
+  }
+
+  // r = p[b, node] as float64; false (uniform) if an entry is unusable or the row has no mass.
+  auto load_row = [&](int node) {
+    const T* row = p_b + static_cast<int64_t>(node) * V;
+    double local = 0.0;
+    bool bad = false;
+    for (int j = tid; j < V; j += BLOCK) {
+      const double v = prob64(row, j);
+      bad = bad || !valid_probability(v);
+      r[j] = v;
+      local += v;
+    }
+    const bool any_bad = __syncthreads_or(bad);
+    const double mass = Sum::sum(local, storage.sum);
+    return !any_bad && mass > 0.0;
+  };
 
   const int words = (V + 31) / 32;
   for (int i = tid; i < words; i += BLOCK) tried_bits[i] = 0u;
-  for (int j = tid; j < V; j += BLOCK) r[j] = prob64(p_b, j);
-  __syncthreads();
+  if (!load_row(0)) {
+    report(kBadProbability);
+    return;
+  }
 
   int cur = 0, count = 0;
-  bool has_kids = false;
   while (true) {
     const T* p_cur = p_b + static_cast<int64_t>(cur) * V;
     const T* q_cur = q_b != nullptr ? q_b + static_cast<int64_t>(cur) * V : nullptr;
-    has_kids = false;
     bool accepted = false;
     for (int c = cur + 1; c < n_b; ++c) {
       if (par[c] != cur) continue;
-      has_kids = true;
       const int t = static_cast<int>(tok[c]);
       if (test_bit(tried_bits, t)) continue;  // a repeated sibling token: its uniform is unused
 
       double q_total = 0.0, q_t = 1.0;
       if (q_cur != nullptr) {
         double local = 0.0;
-        for (int j = tid; j < V; j += BLOCK)
-          if (!test_bit(tried_bits, j)) local += prob64(q_cur, j);
+        bool bad = false;
+        for (int j = tid; j < V; j += BLOCK) {
+          const double v = prob64(q_cur, j);
+          bad = bad || !valid_probability(v);
+          if (!test_bit(tried_bits, j)) local += v;
+        }
+        if (__syncthreads_or(bad)) {  // uniform
+          report(kBadProbability);
+          return;
+        }
         q_total = Sum::sum(local, storage.sum);
         q_t = q_total > 0.0 ? prob64(q_cur, t) / q_total : 0.0;
       }
@@ -106,18 +160,18 @@ __global__ void __launch_bounds__(BLOCK)
           if (tid == 0) {
             s_p_tilde = p_tilde;
             s_merged = m;
-            s_ok = p_tilde > 0.0 && u * q_t <= p_tilde;
+            s_ok = lantern_accepts(u, q_t, p_tilde);
           }
         }
       } else {
-        if (tid == 0) s_ok = u * q_t < r[t];
+        if (tid == 0) s_ok = exact_accepts(u, q_t, r[t]);
       }
       __syncthreads();  // every read of r for this test is done; r may be rewritten below
       const bool ok = s_ok != 0;
       if constexpr (LANTERN) merged = s_merged;
 
       if (ok) {
-        if (tid == 0) accepted_nodes[b * width + count] = c;
+        if (tid == 0) accepted_b[count] = c;
         ++count;
         for (int c2 = cur + 1 + tid; c2 < n_b; c2 += BLOCK) {  // forget this level's tried tokens
           if (par[c2] == cur) {
@@ -126,9 +180,11 @@ __global__ void __launch_bounds__(BLOCK)
           }
         }
         cur = c;
-        const T* p_next = p_b + static_cast<int64_t>(c) * V;
-        for (int j = tid; j < V; j += BLOCK) r[j] = prob64(p_next, j);
-        __syncthreads();
+        __syncthreads();  // everyone is done with this level's r and tried tokens
+        if (!load_row(c)) {
+          report(kBadProbability);
+          return;
+        }
         accepted = true;
         break;
       }
@@ -151,8 +207,7 @@ __global__ void __launch_bounds__(BLOCK)
         const bool any_q = q_total > 0.0;
         for (int j = tid; j < V; j += BLOCK) {
           const double qj = (any_q && !test_bit(tried_bits, j)) ? prob64(q_cur, j) / q_total : 0.0;
-          const double d = r[j] - qj;
-          const double v = d > 0.0 ? d : 0.0;
+          const double v = residual_weight(r[j], qj);
           r[j] = v;
           local += v;
         }
@@ -174,13 +229,15 @@ __global__ void __launch_bounds__(BLOCK)
     if (!accepted) break;
   }
 
-  int token;
-  if (!has_kids) {  // bonus from p[b, cur]
-    token = Sampler::sample(ProbRow<T>{p_b + static_cast<int64_t>(cur) * V}, V, u_sample[b], storage.sampler);
-  } else {  // recovered from the residual after the last rejection
-    token = Sampler::sample(ScratchRow{r}, V, u_sample[b], storage.sampler);
+  // r holds p[b, cur] (bonus: no children) or the residual after the last rejection (never all zero:
+  // a vanished residual fell back to p[b, cur], whose mass was checked when cur was reached).
+  const int token = Sampler::sample(ElementLoader<kTreeItems, ScratchRow>{ScratchRow{r}, V}, V, u_sample[b],
+                                    storage.sampler);
+  if (token < 0) {
+    report(kBadProbability);
+    return;
   }
-  for (int i = count + tid; i < width; i += BLOCK) accepted_nodes[b * width + i] = -1;
+  for (int i = count + tid; i < width; i += BLOCK) accepted_b[i] = -1;
   if (tid == 0) {
     accept_len[b] = count;
     next_token[b] = token;
