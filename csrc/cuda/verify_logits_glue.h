@@ -123,12 +123,18 @@ inline std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cuda(
   cfg.gsd.emb_dim = embeddings.defined() ? as_int(embeddings.size(1), "embedding dim") : 0;
   at::Tensor accept_len = at::empty({batch}, draft.options());
   at::Tensor next_token = at::empty({batch}, draft.options());
+  at::Tensor gsd_flags;  // GSD: the verification's per-draft pass/fail workspace
+  if (mp.method == kGsd) {
+    as_int(batch * drafts, "batch * num_draft_tokens");
+    gsd_flags = at::empty({static_cast<int64_t>(VerifyChainGsdFlags(batch, drafts))}, draft.options().dtype(at::kChar));
+  }
   // Bad rows run with num_drafts = 0 (no id of theirs is read) and are overwritten by the fix-up.
   check(VerifyChain<float>(p.const_data_ptr<float>(), q.defined() ? q.const_data_ptr<float>() : nullptr,
                            draft.const_data_ptr<int64_t>(), u_accept.const_data_ptr<float>(),
                            u_sample.const_data_ptr<float>(), safe_n.const_data_ptr<int64_t>(),
-                           static_cast<int>(mp.method), cfg, accept_len.data_ptr<int64_t>(),
-                           next_token.data_ptr<int64_t>(), stream),
+                           static_cast<int>(mp.method), cfg,
+                           gsd_flags.defined() ? gsd_flags.data_ptr<int8_t>() : nullptr,
+                           accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
         "VerifyChainKernel (verify_chain_logits)");
   check(ChainFixup(code.const_data_ptr<int64_t>(), safe_n.const_data_ptr<int64_t>(), bad_p.const_data_ptr<int8_t>(),
                    bad_q.defined() ? bad_q.const_data_ptr<int8_t>() : nullptr, rows, accept_len.data_ptr<int64_t>(),
