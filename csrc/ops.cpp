@@ -21,6 +21,15 @@ TORCH_LIBRARY(specdec_kernels, m) {
   m.def(
       "cspd_verify(Tensor x, Tensor mu_q, Tensor sigma_q, Tensor mu_p, Tensor sigma_p, Tensor s_q, Tensor s_p, "
       "Tensor u_accept, Tensor u_prop, Tensor u_ar, float inner_temperature) -> (Tensor, Tensor, Tensor)");
+  // Fused logits -> verification: raw logits (a doubled batch, cond rows first, with cfg_scale) processed per row.
+  m.def(
+      "verify_chain_logits(Tensor logits, Tensor? draft_logits, Tensor? draft_probs, Tensor draft, Tensor u_accept, "
+      "Tensor u_sample, Tensor num_drafts, float? cfg_scale, float temperature, int top_k, float top_p, int method, "
+      "Tensor? neighbors, Tensor? embeddings, float[] params) -> (Tensor, Tensor)");
+  m.def(
+      "verify_tree_logits(Tensor logits, Tensor? draft_probs, Tensor tree_tokens, Tensor parents, Tensor u_accept, "
+      "Tensor u_sample, Tensor num_nodes, float? cfg_scale, float temperature, int top_k, float top_p, int method, "
+      "Tensor? neighbors, float[] params) -> (Tensor, Tensor, Tensor)");
 }
 
 // A module with no functions: it exists so that `import specdec_kernels._C` loads this library.

@@ -20,6 +20,7 @@ from .ops import (
     verify_chain,
     verify_tree,
 )
+from .ops.verify_logits import process_logits, verify_chain_logits, verify_tree_logits
 
 from . import _fake
 
@@ -36,8 +37,11 @@ __all__ = [
     "gsd_group_mass",
     "lantern_relaxed_mass",
     "neighbor_table",
+    "process_logits",
     "reference",
     "sample_from_probs",
     "verify_chain",
+    "verify_chain_logits",
     "verify_tree",
+    "verify_tree_logits",
 ]

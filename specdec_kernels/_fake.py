@@ -66,6 +66,28 @@ def cspd_verify(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_a
     return x.new_empty(x.shape), x.new_empty((n,), dtype=torch.bool), x.new_empty((n,), dtype=torch.bool)
 
 
+def verify_chain_logits(logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale,
+                        temperature, top_k, top_p, method, neighbors, embeddings, params):
+    _method_params("verify_chain", method, params)
+    batch = draft.shape[0]  # the logits hold batch or 2 * batch (CFG) rows
+    return draft.new_empty((batch,)), draft.new_empty((batch,))
+
+
+def verify_tree_logits(logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg_scale,
+                       temperature, top_k, top_p, method, neighbors, params):
+    _method_params("verify_tree", method, params)
+    batch, nodes = tree_tokens.shape
+    return (
+        tree_tokens.new_empty((batch, max(nodes - 1, 0))),
+        tree_tokens.new_empty((batch,)),
+        tree_tokens.new_empty((batch,)),
+    )
+
+
+#: Ops only the C++ extension defines (the Triton logits path launches its own kernels around verify_chain).
+EXTENSION_ONLY_FAKES = {"verify_chain_logits": verify_chain_logits, "verify_tree_logits": verify_tree_logits}
+
+
 #: Op name -> its fake kernel (one per schema, shared by both namespaces).
 FAKES = {
     "neighbor_table": neighbor_table,
@@ -80,7 +102,8 @@ FAKES = {
 
 def _register(namespace: str = NAMESPACE):
     """Register every fake for the ops of ``namespace`` (the C++ extension's, or ``TRITON_NAMESPACE``)."""
-    for name, fake in FAKES.items():
+    fakes = dict(FAKES, **EXTENSION_ONLY_FAKES) if namespace == NAMESPACE else FAKES
+    for name, fake in fakes.items():
         torch.library.register_fake(f"{namespace}::{name}")(fake)
 
 

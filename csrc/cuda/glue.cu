@@ -23,6 +23,7 @@
 #include "lantern_relaxed_mass.cuh"
 #include "neighbor_table.cuh"
 #include "verify_chain.cuh"
+#include "verify_logits_glue.h"
 #include "verify_tree.cuh"
 
 namespace specdec::gpu {
@@ -296,6 +297,8 @@ TORCH_LIBRARY_IMPL(specdec_kernels, CUDA, m) {
   m.impl("verify_chain", &verify_chain_cuda);
   m.impl("build_tree", &build_tree_cuda);
   m.impl("verify_tree", &verify_tree_cuda);
+  m.impl("verify_chain_logits", &logits_glue::verify_chain_logits_cuda);
+  m.impl("verify_tree_logits", &logits_glue::verify_tree_logits_cuda);
   m.impl("cspd_verify", &cspd_verify_cuda);
 }
 

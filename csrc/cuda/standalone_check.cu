@@ -7,6 +7,7 @@
 #include "lantern_relaxed_mass.cuh"
 #include "neighbor_table.cuh"
 #include "verify_chain.cuh"
+#include "verify_logits.cuh"
 #include "verify_tree.cuh"
 
 namespace specdec::gpu {
@@ -23,7 +24,9 @@ namespace specdec::gpu {
   template cudaError_t LanternRelaxedMass<T>(const T*, const int64_t*, const int32_t*, int64_t, int, int,          \
                                              LanternConfig, float*, int32_t*, cudaStream_t);                       \
   template cudaError_t GsdGroupMass<T>(const T*, const T*, const int64_t*, int64_t, int, GsdParams, float*,        \
-                                       float*, cudaStream_t);
+                                       float*, cudaStream_t);                                                     \
+  template cudaError_t ProcessLogits<T>(const T*, int64_t, int, const LogitsProcessing&, float*, int8_t*,         \
+                                        cudaStream_t);
 
 SPECDEC_INSTANTIATE(float)
 SPECDEC_INSTANTIATE(__half)
@@ -39,6 +42,11 @@ extern "C" void* const* specdec_standalone_check_launchers() {
       reinterpret_cast<void*>(&specdec::gpu::BuildTree),
       reinterpret_cast<void*>(&specdec::gpu::NeighborTable),
       reinterpret_cast<void*>(&specdec::gpu::CspdVerify),
+      reinterpret_cast<void*>(&specdec::gpu::InvalidRows),
+      reinterpret_cast<void*>(&specdec::gpu::ChainRowCodes),
+      reinterpret_cast<void*>(&specdec::gpu::ChainFixup),
+      reinterpret_cast<void*>(&specdec::gpu::TreeRowCodes),
+      reinterpret_cast<void*>(&specdec::gpu::TreeFixup),
   };
   return launchers;
 }

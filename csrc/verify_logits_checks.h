@@ -1,0 +1,145 @@
+// Structural checks of verify_chain_logits / verify_tree_logits, written once for the CPU kernel and the CUDA glue
+// (shapes, dtypes, devices, processing arguments, the packed method params of contract §2). Values are the
+// kernels' business: they report bad rows as next_token = -code (csrc/verify_logits_math.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+
+#include "checks.h"
+
+namespace specdec::logits {
+
+// Method parameters decoded from the packed float[] params (methods.h); the table pointers are filled by the
+// caller from the contiguous tensors.
+struct MethodParams {
+  int64_t method = kExact;
+  const int32_t* neighbors = nullptr;
+  int64_t k = 0;
+  LanternConfig lantern{false, 0.0};
+  GsdConfig gsd{0, 0, 0.0f, 0.0f};
+  const float* embeddings = nullptr;
+  int64_t emb_dim = 0;
+};
+
+inline MethodParams decode_params(int64_t method, c10::ArrayRef<double> params, bool chain, int64_t vocab) {
+  TORCH_CHECK(chain ? chain_supports(method) : tree_supports(method), "method code ", method,
+              " is not supported by verify_", chain ? "chain" : "tree", "_logits");
+  check_params(method, params);
+  MethodParams mp;
+  mp.method = method;
+  if (method == kGsd) mp.gsd = GsdConfig::decode(params.data(), vocab);
+  if (method == kLantern) mp.lantern = LanternConfig::decode(params.data());
+  return mp;
+}
+
+struct LogitsShape {
+  int64_t batch, slots, vocab;
+  bool cfg;
+  bool draft_cfg;  // chain: draft_logits hold a doubled batch (processed with CFG)
+};
+
+inline LogitsShape check_logits(const at::Tensor& logits, std::optional<double> cfg_scale, double temperature,
+                                int64_t top_k, double top_p) {
+  TORCH_CHECK(logits.dim() == 3 && logits.size(1) >= 1 && logits.size(2) >= 1,
+              "logits must be (batch or 2 * batch, slots, vocab), got ", logits.sizes());
+  check_float(logits, "logits");
+  const bool cfg = cfg_scale.has_value();
+  TORCH_CHECK(!cfg || logits.size(0) % 2 == 0, "with cfg_scale, logits must hold a doubled batch, got ",
+              logits.size(0), " rows");
+  TORCH_CHECK(!cfg || std::isfinite(*cfg_scale), "cfg_scale must be finite");
+  TORCH_CHECK(temperature >= 0.0 && std::isfinite(temperature), "temperature must be >= 0, got ", temperature);
+  TORCH_CHECK(top_k >= 0, "top_k must be >= 0, got ", top_k);
+  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, "top_p must be in (0, 1], got ", top_p);
+  return {cfg ? logits.size(0) / 2 : logits.size(0), logits.size(1), logits.size(2), cfg, false};
+}
+
+inline void check_rows(const at::Tensor& ids, const at::Tensor& u_accept, const at::Tensor& u_sample,
+                       const at::Tensor& count, int64_t batch, int64_t width, const at::Tensor& logits,
+                       const char* ids_name, const char* count_name) {
+  check_shape(ids, {batch, width}, ids_name);
+  check_dtype(ids, at::kLong, ids_name);
+  check_shape(u_accept, {batch, width}, "u_accept");
+  check_dtype(u_accept, at::kFloat, "u_accept");
+  check_shape(u_sample, {batch}, "u_sample");
+  check_dtype(u_sample, at::kFloat, "u_sample");
+  check_shape(count, {batch}, count_name);
+  check_dtype(count, at::kLong, count_name);
+  for (const at::Tensor* t : {&ids, &u_accept, &u_sample, &count}) check_same(*t, logits, "inputs");
+}
+
+inline void check_draft_probs(const std::optional<at::Tensor>& draft_probs, int64_t batch, int64_t rows,
+                              int64_t vocab, const at::Tensor& logits) {
+  if (!draft_probs) return;
+  check_float(*draft_probs, "draft_probs");
+  check_shape(*draft_probs, {batch, rows, vocab}, "draft_probs");
+  check_same(*draft_probs, logits, "draft_probs");
+}
+
+inline void check_method_tensors(const MethodParams& mp, const std::optional<at::Tensor>& neighbors,
+                                 const std::optional<at::Tensor>& embeddings, int64_t vocab,
+                                 const at::Tensor& logits) {
+  if (mp.method == kLantern) {
+    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+    check_neighbors(*neighbors, vocab, logits);
+  }
+  if (mp.method == kGsd && embeddings) {
+    check_dtype(*embeddings, at::kFloat, "embeddings");
+    check_same(*embeddings, logits, "embeddings");
+    TORCH_CHECK(embeddings->dim() == 2 && embeddings->size(0) == vocab, "embeddings must be (", vocab,
+                ", dim), got ", embeddings->sizes());
+  }
+}
+
+// Every structural check of verify_chain_logits; returns the shapes (slots = L + 1) and decodes the method's
+// params into *mp.
+inline LogitsShape check_chain_logits(const at::Tensor& logits, const std::optional<at::Tensor>& draft_logits,
+                                      const std::optional<at::Tensor>& draft_probs, const at::Tensor& draft,
+                                      const at::Tensor& u_accept, const at::Tensor& u_sample,
+                                      const at::Tensor& num_drafts, std::optional<double> cfg_scale,
+                                      double temperature, int64_t top_k, double top_p, int64_t method,
+                                      c10::ArrayRef<double> params, const std::optional<at::Tensor>& neighbors,
+                                      const std::optional<at::Tensor>& embeddings, MethodParams* mp) {
+  LogitsShape shape = check_logits(logits, cfg_scale, temperature, top_k, top_p);
+  *mp = decode_params(method, params, /*chain=*/true, shape.vocab);
+  const int64_t batch = shape.batch, drafts = shape.slots - 1, vocab = shape.vocab;
+  check_rows(draft, u_accept, u_sample, num_drafts, batch, drafts, logits, "draft", "num_drafts");
+  TORCH_CHECK(!(draft_logits && draft_probs), "pass at most one of draft_logits and draft_probs");
+  if (draft_logits) {
+    const at::Tensor& d = *draft_logits;
+    check_dtype(d, logits.scalar_type(), "draft_logits");
+    check_same(d, logits, "draft_logits");
+    shape.draft_cfg = shape.cfg && d.dim() == 3 && d.size(0) == 2 * batch;
+    TORCH_CHECK(d.dim() == 3 && (d.size(0) == batch || shape.draft_cfg) && d.size(1) == drafts && d.size(2) == vocab,
+                "draft_logits must be (", batch, shape.cfg ? " or 2 * batch" : "", ", ", drafts, ", ", vocab,
+                "), got ", d.sizes());
+  }
+  check_draft_probs(draft_probs, batch, drafts, vocab, logits);
+  check_method_tensors(*mp, neighbors, embeddings, vocab, logits);
+  return shape;
+}
+
+// Every structural check of verify_tree_logits; returns the shapes (slots = M) and decodes the params into *mp.
+inline LogitsShape check_tree_logits(const at::Tensor& logits, const std::optional<at::Tensor>& draft_probs,
+                                     const at::Tensor& tree_tokens, const at::Tensor& parents,
+                                     const at::Tensor& u_accept, const at::Tensor& u_sample,
+                                     const at::Tensor& num_nodes, std::optional<double> cfg_scale, double temperature,
+                                     int64_t top_k, double top_p, int64_t method, c10::ArrayRef<double> params,
+                                     const std::optional<at::Tensor>& neighbors, MethodParams* mp) {
+  const LogitsShape shape = check_logits(logits, cfg_scale, temperature, top_k, top_p);
+  *mp = decode_params(method, params, /*chain=*/false, shape.vocab);
+  check_rows(tree_tokens, u_accept, u_sample, num_nodes, shape.batch, shape.slots, logits, "tree_tokens",
+             "num_nodes");
+  check_shape(parents, {shape.batch, shape.slots}, "parents");
+  check_dtype(parents, at::kLong, "parents");
+  check_same(parents, logits, "parents");
+  check_draft_probs(draft_probs, shape.batch, shape.slots, shape.vocab, logits);
+  check_method_tensors(*mp, neighbors, std::nullopt, shape.vocab, logits);
+  return shape;
+}
+
+}  // namespace specdec::logits

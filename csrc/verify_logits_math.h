@@ -1,0 +1,98 @@
+// Per-element math of the fused logits -> verification ops, shared by the CPU and CUDA kernels (host and
+// device), so the CPU tests exercise what the GPU runs. Semantics: specdec_kernels/reference/verify_logits.py.
+// Everything after the float32 processed logit runs in float64 and is rounded to float32 once, so backends
+// reproduce the reference's probabilities bit for bit except on a float32 rounding boundary (docs/ALGORITHMS.md
+// §3.8): a 1-ulp float64 difference (another exp, another summation order) moves one in about 2^29 values.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "methods.h"
+#include "verify_math.h"
+
+namespace specdec::logits {
+
+//: Temperatures below this are clamped to it (the greedy limit); mirrors reference.verify_logits.MIN_TEMPERATURE.
+constexpr double kMinTemperature = 1e-5;
+
+SPECDEC_HD inline int64_t bits_of(double x) {
+  int64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+SPECDEC_HD inline double double_of(int64_t b) {
+  double x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+// Processed logit z = float32((l_u + s * (l_c - l_u)) / T) in float64 (no CFG: l_c / T). T is already clamped.
+// One float32 rounding at the end, so an FMA contraction of the float64 steps cannot change z in practice.
+SPECDEC_HD inline float processed_logit(double cond, double uncond, bool cfg, double scale, double temperature) {
+  const double combined = cfg ? uncond + scale * (cond - uncond) : cond;
+  return static_cast<float>(combined / temperature);
+}
+
+// exp(x) for x <= 0 (x = z - max, so -inf maps to 0) in float64, within 1 ulp of the correctly rounded value:
+// Cody-Waite reduction by ln 2 and a degree-13 Taylor polynomial on |r| <= ln2 / 2. Below -708 it returns 0 (the
+// true value is < 3.4e-308, far below any float32 probability a row with max entry exp(0) = 1 can have).
+// Branch-free (selects through bit masks) so that the CPU loops over it vectorise.
+SPECDEC_HD inline double exp_nonpositive(double x) {
+  constexpr double kLog2e = 1.4426950408889634, kShift = 6755399441055744.0;  // 1.5 * 2^52: round to integer
+  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  const bool in_range = x >= -708.0;
+  const double xc = in_range ? x : -708.0;
+  const double shifted = xc * kLog2e + kShift;
+  const double kd = shifted - kShift;
+  const double r = (xc - kd * kLn2Hi) - kd * kLn2Lo;
+  double poly = 1.0 / 6227020800.0;
+  poly = poly * r + 1.0 / 479001600.0;
+  poly = poly * r + 1.0 / 39916800.0;
+  poly = poly * r + 1.0 / 3628800.0;
+  poly = poly * r + 1.0 / 362880.0;
+  poly = poly * r + 1.0 / 40320.0;
+  poly = poly * r + 1.0 / 5040.0;
+  poly = poly * r + 1.0 / 720.0;
+  poly = poly * r + 1.0 / 120.0;
+  poly = poly * r + 1.0 / 24.0;
+  poly = poly * r + 1.0 / 6.0;
+  poly = poly * r + 0.5;
+  poly = poly * r + 1.0;
+  poly = poly * r + 1.0;
+  const int64_t k = bits_of(shifted) - bits_of(kShift);
+  const double scale = double_of((k + 1023) << 52);
+  return in_range ? poly * scale : 0.0;
+}
+
+// ---- Row status codes (methods.h RowStatus) checked before any verification, built from the per-element checks
+// of verify_math.h: the smallest failing code of the row wins.
+
+// Chain row: n = num_drafts[b]; drafts / u_accept point at the row's L entries; neighbors [V, k] or nullptr.
+SPECDEC_HD inline int64_t chain_row_status(int64_t n, int64_t max_drafts, const int64_t* drafts,
+                                           const float* u_accept, float u_sample, int64_t vocab,
+                                           const int32_t* neighbors, int64_t k) {
+  if (n < 0 || n > max_drafts) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
+  for (int64_t i = 0; i < n; ++i) {
+    status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
+  }
+  return status;
+}
+
+// Tree row: the valid nodes are n < num_nodes[b], the root included; tokens / parents / u_accept point at the
+// row's M entries.
+SPECDEC_HD inline int64_t tree_row_status(int64_t num_nodes, int64_t max_nodes, const int64_t* tokens,
+                                          const int64_t* parents, const float* u_accept, float u_sample,
+                                          int64_t vocab, const int32_t* neighbors, int64_t k) {
+  if (num_nodes < 1 || num_nodes > max_nodes) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
+  for (int64_t n = 0; n < num_nodes; ++n) {
+    status = first_failure(status, token_status(tokens[n], vocab, u_accept[n], neighbors, k));
+    if (!valid_parent(n, parents[n])) status = first_failure(status, kBadParent);
+  }
+  return status;
+}
+
+}  // namespace specdec::logits
