@@ -62,7 +62,8 @@ class ChainMethod(Method):
         n = self.draft_counts(ctx, drafts.shape[1])
         logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
         out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
-        self.commit(ctx, out)  # 4. commit
+        with ctx.timer.phase("bookkeeping"):
+            self.commit(ctx, out)  # 4. commit
         self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
         return torch.where(active, out.accept_len, 0)
 
@@ -82,9 +83,11 @@ class ChainMethod(Method):
         tokens = torch.cat([state.last[:, None], drafts], dim=1)
         positions = state.n_gen[:, None] + offs[None, :]
         valid = (offs[None, :] <= n[:, None]) & active[:, None]
-        mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
-        logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
-                              cfg_copies=ctx.cfg_copies)
+        with ctx.timer.phase("tree_masks"):
+            mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
+        with ctx.timer.phase("target_forward"):
+            logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
+                                  cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
         return logits
 
@@ -93,8 +96,11 @@ class ChainMethod(Method):
         next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
         (ignored) padding logits; their outcome is not committed."""
         width = drafts.shape[1]
-        return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
-                                 u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+        with ctx.timer.phase("logits"):
+            p = ctx.process(logits)
+        with ctx.timer.phase("verify"):
+            return ctx.verifier.step(None, drafts, probs=p, num_drafts=n, draft_probs=q,
+                                     u_accept=ctx.uniform(LANE_ACCEPT, width), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
 
     def commit(self, ctx, out) -> None:
         """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""

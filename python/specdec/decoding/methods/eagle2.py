@@ -34,43 +34,49 @@ class Eagle2(TreeMethod):
         return self.depth * self.top_k + 1
 
     def draft_tree(self, ctx, root_feature, q_root):
-        state = ctx.state
+        state, timer = ctx.state, ctx.timer
         k, copies = self.top_k, ctx.cfg_copies
         batch, device = state.batch_size, state.device
         n0, active = state.n_gen, state.active
-        f_score, f_tok = _top_k(torch.log(q_root), k)
-        f_gen = torch.arange(k, device=device).expand(batch, k)
-        f_feat = root_feature[:, None, :].expand(-1, k, -1)
-        f_anc = torch.zeros(batch, k, self.head_slots, dtype=torch.bool, device=device)
-        pool = {"tok": [f_tok], "score": [f_score], "parent": [torch.full_like(f_tok, -1)],
-                "depth": [torch.ones_like(f_tok)]}
-        eye = torch.eye(k, dtype=torch.bool, device=device).expand(batch, k, k)
-        valid = active[:, None].expand(batch, k)
+        with timer.phase("tree_masks"):
+            f_score, f_tok = _top_k(torch.log(q_root), k)
+            f_gen = torch.arange(k, device=device).expand(batch, k)
+            f_feat = root_feature[:, None, :].expand(-1, k, -1)
+            f_anc = torch.zeros(batch, k, self.head_slots, dtype=torch.bool, device=device)
+            pool = {"tok": [f_tok], "score": [f_score], "parent": [torch.full_like(f_tok, -1)],
+                    "depth": [torch.ones_like(f_tok)]}
+            eye = torch.eye(k, dtype=torch.bool, device=device).expand(batch, k, k)
+            valid = active[:, None].expand(batch, k)
+            offs = torch.arange(k, device=device)[None, :]
         for r in range(self.depth):
-            slots = (n0 + r * k)[:, None] + torch.arange(k, device=device)[None, :]
-            positions = (n0 + r + 1)[:, None].expand(batch, k)
-            mask = attention_mask(slots, valid, n0, self.head_slots, intra=eye, extra=f_anc)
+            with timer.phase("tree_masks"):
+                slots = (n0 + r * k)[:, None] + offs
+                positions = (n0 + r + 1)[:, None].expand(batch, k)
+                mask = attention_mask(slots, valid, n0, self.head_slots, intra=eye, extra=f_anc)
             logits, feat = self.head_forward(ctx, f_tok, f_feat, positions, slots, valid, mask)
-            child_lq, child_tok = _top_k(torch.log(ctx.process(logits)), k)  # (batch, k parents, k children)
-            c_score = (f_score[:, :, None] + child_lq).reshape(batch, k * k)
-            c_tok = child_tok.reshape(batch, k * k)
-            c_parent = f_gen[:, :, None].expand(batch, k, k).reshape(batch, k * k)
-            pool["tok"].append(c_tok)
-            pool["score"].append(c_score)
-            pool["parent"].append(c_parent)
-            pool["depth"].append(torch.full_like(c_tok, r + 2))
-            if r == self.depth - 1:
-                break
-            best = torch.sort(-c_score, dim=1, stable=True).indices[:, :k]  # next frontier, ties by generation
-            par = best // k
-            f_tok, f_score = c_tok.gather(1, best), c_score.gather(1, best)
-            f_gen = k + r * k * k + best
-            anc = f_anc | torch.zeros_like(f_anc).scatter_(2, slots[:, :, None], True)
-            f_anc = anc.gather(1, par[:, :, None].expand(-1, -1, self.head_slots))
-            f_feat = feat.gather(1, par.repeat(copies, 1)[:, :, None].expand(-1, -1, feat.shape[-1]))
-        tokens, parents, depth = select_dynamic_tree(
-            *(torch.cat(pool[key], dim=1) for key in ("tok", "score", "parent", "depth")), self.num_nodes
-        )
+            with timer.phase("logits"):
+                q = ctx.process(logits)
+            with timer.phase("tree_masks"):
+                child_lq, child_tok = _top_k(torch.log(q), k)  # (batch, k parents, k children)
+                c_score = (f_score[:, :, None] + child_lq).reshape(batch, k * k)
+                c_tok = child_tok.reshape(batch, k * k)
+                c_parent = f_gen[:, :, None].expand(batch, k, k).reshape(batch, k * k)
+                pool["tok"].append(c_tok)
+                pool["score"].append(c_score)
+                pool["parent"].append(c_parent)
+                pool["depth"].append(torch.full_like(c_tok, r + 2))
+                if r == self.depth - 1:
+                    break
+                best = torch.sort(-c_score, dim=1, stable=True).indices[:, :k]  # next frontier, ties by generation
+                par = best // k
+                f_tok, f_score = c_tok.gather(1, best), c_score.gather(1, best)
+                f_gen = k + r * k * k + best
+                anc = f_anc | torch.zeros_like(f_anc).scatter_(2, slots[:, :, None], True)
+                f_anc = anc.gather(1, par[:, :, None].expand(-1, -1, self.head_slots))
+                f_feat = feat.gather(1, par.repeat(copies, 1)[:, :, None].expand(-1, -1, feat.shape[-1]))
+        with timer.phase("tree_masks"):
+            pooled = [torch.cat(pool[key], dim=1) for key in ("tok", "score", "parent", "depth")]
+            tokens, parents, depth = select_dynamic_tree(*pooled, self.num_nodes)
         return tokens, parents, depth, None
 
 

@@ -47,14 +47,19 @@ class SD(ChainMethod):
         uniforms = ctx.uniform(LANE_DRAFT, gamma)
         drafts, qs = [], []
         prefix = self.draft_len
+        timer = ctx.timer
         for i in range(gamma):
-            mask = attention_mask(positions, valid, prefix, ctx.num_slots)
-            logits, _ = run_model(self.draft_model, self.cache, tokens, positions, positions, valid, mask,
-                                  cfg_copies=ctx.cfg_copies)
+            with timer.phase("tree_masks"):
+                mask = attention_mask(positions, valid, prefix, ctx.num_slots)
+            with timer.phase("draft"):
+                logits, _ = run_model(self.draft_model, self.cache, tokens, positions, positions, valid, mask,
+                                      cfg_copies=ctx.cfg_copies)
             ctx.recorder.metrics.draft_forwards += 1
-            q = ctx.process(logits[:, -1])
+            with timer.phase("logits"):
+                q = ctx.process(logits[:, -1])
             qs.append(q)
-            drafts.append(sample(q, uniforms[:, i], validate=ctx.validate))
+            with timer.phase("draft"):
+                drafts.append(sample(q, uniforms[:, i], validate=ctx.validate))
             if i == gamma - 1:
                 break
             prefix = torch.where(valid[:, -1], positions[:, -1] + 1, prefix)

@@ -50,6 +50,10 @@ class SJD(ChainMethod):
         return self.window, self.q
 
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran):
+        with ctx.timer.phase("draft"):  # the Jacobi update is this method's drafting
+            self._jacobi_update(ctx, p, accept_len, num_drafts, ran)
+
+    def _jacobi_update(self, ctx, p, accept_len, num_drafts, ran):
         state = ctx.state
         width = self.num_drafts
         j = torch.arange(width, device=state.device)

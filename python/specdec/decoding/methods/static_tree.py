@@ -42,29 +42,33 @@ class StaticTreeMethod(TreeMethod):
         feats[:, 0] = root_feature
         u = ctx.uniform(LANE_DRAFT, m)
         anc_nodes = self._ancestors.to(device)  # (m, m): strict ancestors below the root
+        timer = ctx.timer
         for level, (par_ids, child_ids) in enumerate(tree.levels):
             par_ids, child_ids = par_ids.to(device), child_ids.to(device)
             if level > 0:  # run the head on this level's parents to get their q
-                npar = par_ids.shape[0]
-                slots = (n0 - 1)[:, None] + par_ids[None, :]
-                positions = (n0 + level)[:, None].expand(batch, npar)
-                valid = active[:, None].expand(batch, npar)
-                anc = torch.zeros(batch, npar, self.head_slots, dtype=torch.bool, device=device)
-                anc_slots = (n0 - 1)[:, None, None] + torch.arange(m, device=device)[None, None, :]
-                anc.scatter_(2, anc_slots.expand(batch, npar, m).clamp_max(self.head_slots - 1),
-                             anc_nodes[par_ids][None].expand(batch, -1, -1))
-                eye = torch.eye(npar, dtype=torch.bool, device=device).expand(batch, npar, npar)
-                mask = attention_mask(slots, valid, n0, self.head_slots, intra=eye, extra=anc)
+                with timer.phase("tree_masks"):
+                    npar = par_ids.shape[0]
+                    slots = (n0 - 1)[:, None] + par_ids[None, :]
+                    positions = (n0 + level)[:, None].expand(batch, npar)
+                    valid = active[:, None].expand(batch, npar)
+                    anc = torch.zeros(batch, npar, self.head_slots, dtype=torch.bool, device=device)
+                    anc_slots = (n0 - 1)[:, None, None] + torch.arange(m, device=device)[None, None, :]
+                    anc.scatter_(2, anc_slots.expand(batch, npar, m).clamp_max(self.head_slots - 1),
+                                 anc_nodes[par_ids][None].expand(batch, -1, -1))
+                    eye = torch.eye(npar, dtype=torch.bool, device=device).expand(batch, npar, npar)
+                    mask = attention_mask(slots, valid, n0, self.head_slots, intra=eye, extra=anc)
                 hidden = feats[:, tree.parents[par_ids].to(device)]
                 logits, out = self.head_forward(ctx, tokens[:, par_ids], hidden, positions, slots, valid, mask)
                 feats[:, par_ids] = out
-                q[:, par_ids] = ctx.process(logits)
-            width = child_ids.shape[1]
-            lanes = u[:, child_ids.clamp_min(0)]  # (batch, npar, width): node c's draw uses lane DRAFT + c
-            drawn = sample_without_replacement(q[:, par_ids].reshape(-1, vocab), lanes.reshape(-1, width),
-                                               validate=ctx.validate).view(batch, -1, width)
-            real = child_ids >= 0
-            tokens[:, child_ids[real]] = drawn[:, real]
+                with timer.phase("logits"):
+                    q[:, par_ids] = ctx.process(logits)
+            with timer.phase("draft"):
+                width = child_ids.shape[1]
+                lanes = u[:, child_ids.clamp_min(0)]  # (batch, npar, width): node c's draw uses lane DRAFT + c
+                drawn = sample_without_replacement(q[:, par_ids].reshape(-1, vocab), lanes.reshape(-1, width),
+                                                   validate=ctx.validate).view(batch, -1, width)
+                real = child_ids >= 0
+                tokens[:, child_ids[real]] = drawn[:, real]
         parents = tree.parents.to(device)[1:].expand(batch, m - 1)
         depth = tree.depth.to(device)[1:].expand(batch, m - 1)
         return tokens[:, 1:], parents.clone(), depth.clone(), q
