@@ -102,6 +102,7 @@ def generate(
     start = time.perf_counter()
     device = classes.device
     batch = classes.shape[0]
+    method.begin(model, batch, sampling, device)
     n_tok = model_num_tokens(model) if num_tokens is None else int(num_tokens)
     state = DecodeState(classes.to(torch.int64), n_tok)
     streams = RowStreams.from_seed(batch, seed, row_keys, device)
@@ -117,7 +118,16 @@ def generate(
         first = verifier.sample(logits, ctx.uniform(LANE_SAMPLE, 1)[:, 0])
         state.commit(first[:, None], torch.ones_like(first))
         method.start(ctx, hidden)
-        while bool(state.active.any()):
+        # Each step commits at most max_feed tokens per row, so the longest row needs at least
+        # ceil(max remaining / max_feed) more steps: read the lengths on the host (one sync) only when that many
+        # steps have run, not after every step.
+        max_feed, unchecked = method.max_feed(), 0
+        while True:
+            if unchecked == 0:
+                unchecked = -(-int(state.remaining.max()) // max_feed)
+                if unchecked <= 0:
+                    break
+            unchecked -= 1
             with ctx.timer.step():
                 active = state.active
                 state.steps = state.steps + active.long()

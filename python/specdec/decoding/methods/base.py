@@ -22,6 +22,17 @@ class Method:
 
     name = "method"
     verifier = SpeculativeVerifier("exact")
+    sizer = None  # a specdec.decoding.sizing.AutoSizer when the method runs with size="auto"
+
+    def begin(self, model, batch_size: int, sampling, device) -> None:
+        """Called first by :func:`~specdec.decoding.generate`, before caches are sized: an auto-sized method
+        picks this call's size here (held for the whole call)."""
+        if self.sizer is not None:
+            self.apply_size(self.sizer.choose(self, model, batch_size, sampling, device))
+
+    def size_label(self) -> str:
+        """The size this method runs at, in words (``"window 16"``); empty for methods without one."""
+        return ""
 
     def max_feed(self) -> int:
         """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
@@ -64,6 +75,8 @@ class ChainMethod(Method):
         out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
         with ctx.timer.phase("bookkeeping"):
             self.commit(ctx, out)  # 4. commit
+            if self.sizer is not None:
+                self.sizer.stats.observe(n, out.accept_len, active, drafts.shape[1])
         self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
         return torch.where(active, out.accept_len, 0)
 

@@ -5,6 +5,7 @@ import torch
 
 from ..defaults import EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS
 from ..feed import attention_mask
+from ..sizing import DynamicTreeStats
 from ..trees import select_dynamic_tree
 from .tree import TreeMethod
 
@@ -76,8 +77,57 @@ class Eagle2(TreeMethod):
                 f_feat = feat.gather(1, par.repeat(copies, 1)[:, :, None].expand(-1, -1, feat.shape[-1]))
         with timer.phase("tree_masks"):
             pooled = [torch.cat(pool[key], dim=1) for key in ("tok", "score", "parent", "depth")]
-            tokens, parents, depth = select_dynamic_tree(*pooled, self.num_nodes)
+            tokens, parents, depth, selected = select_dynamic_tree(*pooled, self.num_nodes, return_selected=True)
+        if self.sizer is not None:
+            self._pool = (pooled[1], pooled[3], selected)
         return tokens, parents, depth, None
+
+    # -- size="auto" (specdec.decoding.sizing): tree size and expansion rounds -------------------------------
+    def size_label(self) -> str:
+        return f"{self.num_nodes} nodes, depth {self.depth}"
+
+    def explore_size(self):
+        return (self.num_nodes, self.depth)
+
+    def new_size_stats(self, explore):
+        return DynamicTreeStats(max_depth=explore[1], max_nodes=explore[0])
+
+    def size_candidates(self, stats):
+        k = self.top_k
+        return [(m, d) for d in range(1, stats.max_depth + 1) for m in range(2, stats.max_nodes + 1)
+                if m - 1 <= k + d * k * k and stats.observed(m, d)]
+
+    def expected_accepted(self, stats, size) -> float:
+        return stats.expected_accepted(*size)
+
+    def step_seconds(self, calibration, rows, size, stats) -> float:
+        nodes, depth = size
+        catch_up = 1.0 + stats.expected_accepted(nodes, depth)  # the head re-feeds the last step's tokens
+        return (calibration.cost("target", rows, nodes) + calibration.cost("head", rows, catch_up)
+                + depth * calibration.cost("head", rows, self.top_k))
+
+    def apply_size(self, size) -> None:
+        self.num_nodes, self.depth = int(size[0]), int(size[1])
+
+    def observe_size(self, out, active) -> None:
+        """Rank of every accepted node in the candidate pool of each smaller number of rounds (ties to the lower
+        generation index, as :func:`select_dynamic_tree` breaks them)."""
+        scores, depth, selected = self._pool
+        length = self.depth + 1  # longest accepted path
+        nodes = out.accepted_nodes[:, :length]
+        if nodes.shape[1] < length:
+            nodes = torch.cat([nodes, nodes.new_full((nodes.shape[0], length - nodes.shape[1]), -1)], dim=1)
+        gen = selected.gather(1, (nodes - 1).clamp_min(0))
+        score = scores.gather(1, gen)
+        pool_gen = torch.arange(scores.shape[1], device=scores.device)
+        better = (scores[:, None, :] > score[:, :, None]) | (
+            (scores[:, None, :] == score[:, :, None]) & (pool_gen[None, None, :] < gen[:, :, None]))
+        by_depth = torch.nn.functional.one_hot(depth - 1, self.depth + 1).to(torch.float32)  # (batch, P, D + 1)
+        ranks = torch.bmm(better.to(torch.float32), by_depth).cumsum(-1)  # [b, l, d']: better with depth <= d' + 1
+        level = torch.arange(length, device=scores.device)
+        beyond = (nodes[:, :, None] < 0) | (level[None, :, None] > level[None, None, :])  # off path / too deep
+        ranks = torch.where(beyond, float(self.sizer.stats.max_nodes), ranks)
+        self.sizer.stats.observe(ranks.long(), active, self.num_nodes, self.depth)
 
 
 def _top_k(scores: torch.Tensor, k: int):

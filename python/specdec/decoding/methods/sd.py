@@ -6,7 +6,10 @@ import torch
 from ..feed import attention_mask, run_model
 from ..rng import LANE_DRAFT
 from ..sampling import sample
+from ..sizing import ChainStats
 from .base import ChainMethod
+
+MAX_AUTO_GAMMA = 8  # the longest draft size="auto" considers
 
 
 class SD(ChainMethod):
@@ -23,6 +26,33 @@ class SD(ChainMethod):
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         self.draft_model = draft_model
+        self.num_drafts = int(gamma)
+
+    # -- size="auto" (specdec.decoding.sizing): the draft length gamma -------------------------------------
+    def size_label(self) -> str:
+        return f"gamma {self.num_drafts}"
+
+    def cost_roles(self, model):
+        return {"target": model, "draft": self.draft_model}
+
+    def explore_size(self):
+        return self.num_drafts
+
+    def new_size_stats(self, explore):
+        return ChainStats()
+
+    def size_candidates(self, stats):
+        return list(range(1, MAX_AUTO_GAMMA + 1))
+
+    def expected_accepted(self, stats, gamma) -> float:
+        return stats.expected_accepted(gamma)
+
+    def step_seconds(self, calibration, rows, gamma, stats) -> float:
+        # the draft first re-feeds (at most two) committed tokens, then one token per further draft
+        return (calibration.cost("target", rows, gamma + 1) + calibration.cost("draft", rows, 2)
+                + (gamma - 1) * calibration.cost("draft", rows, 1))
+
+    def apply_size(self, gamma) -> None:
         self.num_drafts = int(gamma)
 
     def start(self, ctx, prefill_hidden):

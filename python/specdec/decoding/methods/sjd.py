@@ -8,9 +8,11 @@ import torch.nn.functional as F
 
 from ..rng import LANE_DRAFT, LANE_INIT
 from ..sampling import sample
+from ..sizing import ChainStats
 from .base import ChainMethod
 
 INITS = ("random", "repeat_left")
+MAX_AUTO_WINDOW = 32  # the longest window size="auto" considers
 
 
 class SJD(ChainMethod):
@@ -33,6 +35,31 @@ class SJD(ChainMethod):
         self.num_drafts = int(window) - 1
         self.init = init
         self.grid_width = grid_width
+
+    # -- size="auto" (specdec.decoding.sizing): the window length ------------------------------------------
+    def size_label(self) -> str:
+        return f"window {self.num_drafts + 1}"
+
+    def cost_roles(self, model):
+        return {"target": model}
+
+    def explore_size(self):
+        return self.num_drafts + 1
+
+    def new_size_stats(self, explore):
+        return ChainStats()
+
+    def size_candidates(self, stats):
+        return list(range(2, MAX_AUTO_WINDOW + 1))
+
+    def expected_accepted(self, stats, window) -> float:
+        return stats.expected_accepted(window - 1)
+
+    def step_seconds(self, calibration, rows, window, stats) -> float:
+        return calibration.cost("target", rows, window)
+
+    def apply_size(self, window) -> None:
+        self.num_drafts = int(window) - 1
 
     def start(self, ctx, prefill_hidden):
         state = ctx.state

@@ -9,6 +9,7 @@ from ..defaults import STATIC_MAX_DEPTH, STATIC_MAX_RANK_SUM
 from ..feed import attention_mask
 from ..rng import LANE_DRAFT
 from ..sampling import sample_without_replacement
+from ..sizing import StaticTreeStats
 from ..trees import StaticTree, rank_sum_choices
 from .tree import TreeMethod
 
@@ -23,9 +24,63 @@ class StaticTreeMethod(TreeMethod):
         super().__init__(head)
         if choices is None:
             choices = rank_sum_choices(STATIC_MAX_DEPTH, STATIC_MAX_RANK_SUM)
-        self.tree = StaticTree(choices)
+        self.choices = sorted({tuple(c) for c in choices}, key=lambda c: (len(c), c))
+        self._trees = {}  # size -> (tree, ancestor matrix, explored-tree ids of its nodes): built once per size
+        self.apply_size((max(len(c) for c in self.choices), max(sum(c) for c in self.choices)))
+
+    # -- size="auto" (specdec.decoding.sizing): depth and rank sum of the choices kept ----------------------
+    def size_label(self) -> str:
+        depth, rank_sum = self.size
+        return f"{self.num_nodes} nodes, depth {depth}, rank sum {rank_sum}"
+
+    def apply_size(self, size) -> None:
+        """Keep the choices of length <= depth and rank sum <= rank_sum (ancestor-closed and sibling-contiguous,
+        so a valid static tree and a subtree of the full one)."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._trees:
+            kept = [c for c in self.choices if len(c) <= size[0] and sum(c) <= size[1]]
+            full = {(): 0, **{c: i + 1 for i, c in enumerate(self.choices)}}
+            tree = StaticTree(kept)
+            ids = torch.tensor([0] + [full[c] for c in sorted(kept, key=lambda c: (len(c), c))])
+            self._trees[size] = (tree, _ancestor_matrix(tree.parents), ids)
+        self.size = size
+        self.tree, self._ancestors, self._explore_ids = self._trees[size]
         self.num_nodes = self.tree.num_nodes
-        self._ancestors = _ancestor_matrix(self.tree.parents)
+
+    def explore_size(self):
+        return (max(len(c) for c in self.choices), max(sum(c) for c in self.choices))
+
+    def new_size_stats(self, explore):
+        return StaticTreeStats(len(self.choices) + 1)
+
+    def size_candidates(self, stats):
+        out = []
+        for depth in range(1, max(len(c) for c in self.choices) + 1):
+            for rank_sum in range(0, max(sum(c) for c in self.choices) + 1):
+                ids = self._member((depth, rank_sum))
+                if ids.numel() and stats.observed(ids):
+                    out.append((depth, rank_sum))
+        return out
+
+    def _member(self, size) -> torch.Tensor:
+        return torch.tensor([i + 1 for i, c in enumerate(self.choices) if len(c) <= size[0] and sum(c) <= size[1]],
+                            dtype=torch.int64)
+
+    def expected_accepted(self, stats, size) -> float:
+        return stats.expected_accepted(self._member(size))
+
+    def step_seconds(self, calibration, rows, size, stats) -> float:
+        kept = [c for c in self.choices if len(c) <= size[0] and sum(c) <= size[1]]
+        parents_per_level = [len({c[:-1] for c in kept if len(c) == level + 1}) for level in range(1, size[0])]
+        catch_up = 1.0 + self.expected_accepted(stats, size)
+        return (calibration.cost("target", rows, len(kept) + 1) + calibration.cost("head", rows, catch_up)
+                + sum(calibration.cost("head", rows, n) for n in parents_per_level))
+
+    def observe_size(self, out, active) -> None:
+        ids = self._explore_ids.to(out.accepted_nodes.device)
+        nodes = out.accepted_nodes
+        path = torch.where(nodes >= 0, ids[nodes.clamp_min(0)], -1)
+        self.sizer.stats.observe(path, active, ids[1:])
 
     def head_scratch(self) -> int:
         return self.num_nodes

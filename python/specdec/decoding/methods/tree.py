@@ -67,6 +67,12 @@ class TreeMethod(Method):
         or None (deterministic candidates): ``(tokens, parents, depth, q)``."""
         raise NotImplementedError
 
+    def observe_size(self, out, active) -> None:
+        """size="auto": record what smaller trees would have accepted on this step (subclass)."""
+
+    def cost_roles(self, model):
+        return {"target": model, "head": self.head}
+
     # -- shared machinery ----------------------------------------------------------------------------------
     def max_feed(self) -> int:
         return self.num_nodes
@@ -116,6 +122,8 @@ class TreeMethod(Method):
         accept_len = torch.where(active, out.accept_len, 0)
         with ctx.timer.phase("bookkeeping"):
             self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
+            if self.sizer is not None:
+                self.observe_size(out, active)
         return accept_len
 
     def propose(self, ctx) -> DraftTree:
