@@ -20,9 +20,10 @@ LANE_INIT = 3 << 12  # fresh Jacobi init i
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    """(h * c) mod 2**32 for int64 tensors holding uint32, split in 16-bit halves so nothing overflows int64."""
-    lo, hi = h & 0xFFFF, h >> 16
-    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
+    """(h * c) mod 2**32 for int64 tensors holding uint32 and ``c < 2**32``: the int64 product wraps modulo 2**64
+    (two's complement, as torch's integer kernels compute it), which keeps its low 32 bits exact
+    (tests/test_sizing.py checks this against Python integers)."""
+    return (h * c) & _MASK32
 
 
 def _lane_terms(lane_base: int, count: int, device) -> torch.Tensor:

@@ -4,6 +4,7 @@ Acceptance is never computed here: every verification goes through the method's
 :class:`specdec.SpeculativeVerifier` (``ctx.verifier``, configured with the call's sampling settings).
 """
 
+from dataclasses import replace
 from typing import Optional, Tuple
 
 import torch
@@ -23,6 +24,9 @@ class Method:
     name = "method"
     verifier = SpeculativeVerifier("exact")
     sizer = None  # a specdec.decoding.sizing.AutoSizer when the method runs with size="auto"
+    #: Commit only as many drafts per row as the batch's worst active row accepted (what batch > 1 speculative
+    #: decoders without ragged rows do); still exact, since a prefix of accepted drafts is committed.
+    truncate_to_worst = False
 
     def begin(self, model, batch_size: int, sampling, device) -> None:
         """Called first by :func:`~specdec.decoding.generate`, before caches are sized: an auto-sized method
@@ -74,6 +78,8 @@ class ChainMethod(Method):
         logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
         out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
         with ctx.timer.phase("bookkeeping"):
+            if self.truncate_to_worst:
+                out = truncate_to_worst(out, active)
             self.commit(ctx, out)  # 4. commit
             if self.sizer is not None:
                 self.sizer.stats.observe(n, out.accept_len, active, drafts.shape[1])
@@ -119,3 +125,23 @@ class ChainMethod(Method):
         """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
         state = ctx.state
         state.commit(out.tokens, torch.where(state.active, out.num_kept, 0))
+
+
+def truncate_to_worst(out, active: torch.Tensor):
+    """A chain or tree outcome cut to the worst active row's accept length ``w``: every row keeps its first ``w``
+    accepted drafts and, as its next token, its accepted draft ``w`` (or its own next token where it accepted
+    exactly ``w``). Tokens stay exact: only accepted tokens are committed."""
+    worst = torch.where(active, out.accept_len, out.accept_len.max()).min()
+    accept_len = torch.minimum(out.accept_len, worst)
+    offs = torch.arange(out.tokens.shape[1], device=out.tokens.device)
+    keep = offs[None, :] <= accept_len[:, None]
+    tokens = torch.where(keep, out.tokens, -1)
+    changes = {"accept_len": accept_len, "tokens": tokens, "num_kept": accept_len + 1,
+               "next_token": tokens.gather(1, accept_len[:, None])[:, 0]}
+    if out.new_length is not None:
+        changes["new_length"] = out.new_length - out.accept_len + accept_len
+    if hasattr(out, "path"):
+        changes["path"] = torch.where(keep, out.path, 0)
+        nodes = out.accepted_nodes
+        changes["accepted_nodes"] = torch.where(offs[None, : nodes.shape[1]] < accept_len[:, None], nodes, -1)
+    return replace(out, **changes)

@@ -9,7 +9,7 @@ import specdec_kernels as sk
 
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
-from .base import Method
+from .base import Method, truncate_to_worst
 
 
 def tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active):
@@ -119,6 +119,8 @@ class TreeMethod(Method):
         tree = self.propose(ctx)  # 1. propose
         logits, hidden = self.target_forward(ctx, tree, n0, active)  # 2. one target forward
         out = self.verify(ctx, logits, tree)  # 3. verify
+        if self.truncate_to_worst:
+            out = truncate_to_worst(out, active)
         accept_len = torch.where(active, out.accept_len, 0)
         with ctx.timer.phase("bookkeeping"):
             self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
