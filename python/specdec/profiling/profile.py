@@ -10,7 +10,7 @@ per phase: shares are accurate to that, absolute times are a little above an unp
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -30,8 +30,7 @@ class ProfileConfig:
     device: str = "cpu"
     weights: Optional[Path] = None
     out: Path = Path("docs")
-    extra_header: str = ""
-    note: str = field(default="")
+    note: str = ""  # a sentence for the header (e.g. how loaded the machine was)
 
 
 def profile_method(tb, name: str, method, classes: torch.Tensor, keys: torch.Tensor, batch_size: int,
