@@ -172,8 +172,8 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
         def feed():
             mask = attention_mask(positions, valid, prefix, num_slots)
             logits, _ = run_model(model, cache, ids, positions, positions, valid, mask, cfg_copies=1, hidden=hidden)
-            if sampling is not None:
-                process_logits(logits[: rows - rows // 2] if sampling.uses_cfg else logits,
+            if sampling is not None:  # the processing every fed position's logits go through
+                process_logits(logits, cfg_scale=sampling.cfg_scale if sampling.uses_cfg and rows % 2 == 0 else None,
                                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
 
         feed()

@@ -69,12 +69,13 @@ def run_speed(setup, names: Sequence[str], config: SpeedConfig, threads: int, pr
     import json
 
     rows = speed_rows(setup, names, config, progress)
-    header = (f"# Speed: fixed and auto sizes, batch {config.batch_size}\n\n{config.images} images per row of the "
+    images = min(config.images, len(setup.classes))
+    header = (f"# Speed: fixed and auto sizes, batch {config.batch_size}\n\n{images} images per row of the "
               f"table, {config.batch_size} per call, after one untimed warm-up call. Machine: "
               f"{machine_line(threads, setup.device)}.")
     text = write_table(rows, COLUMNS, setup.out / "throughput.csv", setup.out / "throughput.md", header)
     (setup.out / "throughput.json").write_text(json.dumps({"config": {"batch_size": config.batch_size,
-                                                                 "images": config.images}, "rows": rows}, indent=2))
+                                                                 "images": images}, "rows": rows}, indent=2))
     plot_speed(rows, setup.out / "throughput.png")
     if progress:
         print(text)

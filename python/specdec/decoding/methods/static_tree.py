@@ -26,6 +26,7 @@ class StaticTreeMethod(TreeMethod):
             choices = rank_sum_choices(STATIC_MAX_DEPTH, STATIC_MAX_RANK_SUM)
         self.choices = sorted({tuple(c) for c in choices}, key=lambda c: (len(c), c))
         self._trees = {}  # size -> (tree, ancestor matrix, explored-tree ids of its nodes): built once per size
+        self._plans = {}  # (size, device) -> per-level index tensors of draft_tree
         self.apply_size((max(len(c) for c in self.choices), max(sum(c) for c in self.choices)))
 
     # -- size="auto" (specdec.decoding.sizing): depth and rank sum of the choices kept ----------------------
@@ -96,10 +97,9 @@ class StaticTreeMethod(TreeMethod):
         feats = root_feature.new_zeros(root_feature.shape[0], m, root_feature.shape[-1])
         feats[:, 0] = root_feature
         u = ctx.uniform(LANE_DRAFT, m)
-        anc_nodes = self._ancestors.to(device)  # (m, m): strict ancestors below the root
         timer = ctx.timer
-        for level, (par_ids, child_ids) in enumerate(tree.levels):
-            par_ids, child_ids = par_ids.to(device), child_ids.to(device)
+        for level, plan in enumerate(self._level_plan(device)):
+            par_ids = plan["par_ids"]
             if level > 0:  # run the head on this level's parents to get their q
                 with timer.phase("tree_masks"):
                     npar = par_ids.shape[0]
@@ -107,26 +107,44 @@ class StaticTreeMethod(TreeMethod):
                     positions = (n0 + level)[:, None].expand(batch, npar)
                     valid = active[:, None].expand(batch, npar)
                     anc = torch.zeros(batch, npar, self.head_slots, dtype=torch.bool, device=device)
-                    anc_slots = (n0 - 1)[:, None, None] + torch.arange(m, device=device)[None, None, :]
+                    anc_slots = (n0 - 1)[:, None, None] + plan["node_range"][None, None, :]
                     anc.scatter_(2, anc_slots.expand(batch, npar, m).clamp_max(self.head_slots - 1),
-                                 anc_nodes[par_ids][None].expand(batch, -1, -1))
-                    eye = torch.eye(npar, dtype=torch.bool, device=device).expand(batch, npar, npar)
-                    mask = attention_mask(slots, valid, n0, self.head_slots, intra=eye, extra=anc)
-                hidden = feats[:, tree.parents[par_ids].to(device)]
+                                 plan["ancestors"][None].expand(batch, -1, -1))
+                    mask = attention_mask(slots, valid, n0, self.head_slots, intra=plan["eye"].expand(batch, -1, -1),
+                                          extra=anc)
+                hidden = feats[:, plan["parents_of_par"]]
                 logits, out = self.head_forward(ctx, tokens[:, par_ids], hidden, positions, slots, valid, mask)
                 feats[:, par_ids] = out
                 with timer.phase("logits"):
                     q[:, par_ids] = ctx.process(logits)
             with timer.phase("draft"):
-                width = child_ids.shape[1]
-                lanes = u[:, child_ids.clamp_min(0)]  # (batch, npar, width): node c's draw uses lane DRAFT + c
+                width = plan["lanes"].shape[1]
+                lanes = u[:, plan["lanes"]]  # (batch, npar, width): node c's draw uses lane DRAFT + c
                 drawn = sample_without_replacement(q[:, par_ids].reshape(-1, vocab), lanes.reshape(-1, width),
-                                                   validate=ctx.validate).view(batch, -1, width)
-                real = child_ids >= 0
-                tokens[:, child_ids[real]] = drawn[:, real]
+                                                   validate=ctx.validate).view(batch, -1)
+                tokens[:, plan["children"]] = drawn[:, plan["drawn_index"]]
         parents = tree.parents.to(device)[1:].expand(batch, m - 1)
         depth = tree.depth.to(device)[1:].expand(batch, m - 1)
         return tokens[:, 1:], parents.clone(), depth.clone(), q
+
+
+    def _level_plan(self, device) -> list:
+        """Per level, the index tensors of :meth:`draft_tree` on ``device``, built once per tree and device (no
+        host-to-device copies or boolean indexing inside a step)."""
+        key = (self.size, str(device))
+        plans = self._plans.get(key)
+        if plans is None:
+            tree, m = self.tree, self.tree.num_nodes
+            plans = []
+            for par_ids, child_ids in tree.levels:
+                real = child_ids.reshape(-1) >= 0
+                plans.append({k: v.to(device) for k, v in {
+                    "par_ids": par_ids, "parents_of_par": tree.parents[par_ids],
+                    "ancestors": self._ancestors[par_ids], "eye": torch.eye(len(par_ids), dtype=torch.bool)[None],
+                    "node_range": torch.arange(m), "lanes": child_ids.clamp_min(0),
+                    "children": child_ids.reshape(-1)[real], "drawn_index": real.nonzero()[:, 0]}.items()})
+            self._plans[key] = plans
+        return plans
 
 
 def _ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
