@@ -32,12 +32,12 @@ FIXED = {
 
 
 def _calibration(fixed: float, per_token: float, rows=(2, 12)) -> Calibration:
-    """Synthetic linear costs: ``fixed + per_token * T`` seconds for the target, a tenth of that for the draft
-    model and the head."""
+    """Synthetic linear costs: ``fixed + per_token * T`` seconds for the target, a fiftieth of that for the draft
+    model and the head (the toy's random head accepts little, so drafting must be cheap to pay)."""
     def curve(scale):
         return CostCurve((1, 128), (scale * (fixed + per_token), scale * (fixed + 128 * per_token)))
 
-    scales = {"target": 1.0, "draft": 0.1, "head": 0.1}
+    scales = {"target": 1.0, "draft": 0.02, "head": 0.02}
     return Calibration({(role, r): curve(scale) for role, scale in scales.items() for r in rows})
 
 
@@ -188,3 +188,15 @@ def test_mul32_matches_python_integers():
     h = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1, 123456789, 3141592653])
     for c in (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F):
         assert _mul32(h, c).tolist() == [(int(x) * c) % 2**32 for x in h]
+
+
+@pytest.mark.parametrize("name,size", [("sjd", 1), ("gsd", 1), ("sd", 0), ("eagle2", (1, 0)), ("lantern", (1, 0)),
+                                       ("static", (0, 0)), ("lantern++", (0, 0))])
+def test_the_no_draft_size_is_plain_ar(name, size):
+    """The size auto picks where drafting cannot pay (no drafts / a lone root) is AR, token for token."""
+    method = FIXED[name]()
+    method.apply_size(size)
+    res = generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=6)
+    ar = generate(TARGET, CLASSES, methods.AR(), sampling=SAMPLING, seed=6)
+    assert torch.equal(res.tokens, ar.tokens)
+    assert res.metrics.draft_forwards <= 1 and res.metrics.target_forwards == ar.metrics.target_forwards

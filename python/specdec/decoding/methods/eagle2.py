@@ -94,14 +94,16 @@ class Eagle2(TreeMethod):
 
     def size_candidates(self, stats):
         k = self.top_k
-        return [(m, d) for d in range(1, stats.max_depth + 1) for m in range(2, stats.max_nodes + 1)
-                if m - 1 <= k + d * k * k and stats.observed(m, d)]
+        return [(1, 0)] + [(m, d) for d in range(1, stats.max_depth + 1) for m in range(2, stats.max_nodes + 1)
+                           if m - 1 <= k + d * k * k and stats.observed(m, d)]  # (1, 0): a lone root (plain AR)
 
     def expected_accepted(self, stats, size) -> float:
-        return stats.expected_accepted(*size)
+        return 0.0 if size[0] == 1 else stats.expected_accepted(*size)
 
     def step_seconds(self, calibration, rows, size, stats) -> float:
         nodes, depth = size
+        if nodes == 1:
+            return calibration.cost("target", rows, 1)
         catch_up = 1.0 + stats.expected_accepted(nodes, depth)  # the head re-feeds the last step's tokens
         return (calibration.cost("target", rows, nodes) + calibration.cost("head", rows, catch_up)
                 + depth * calibration.cost("head", rows, self.top_k))

@@ -42,12 +42,14 @@ class SD(ChainMethod):
         return ChainStats()
 
     def size_candidates(self, stats):
-        return list(range(1, MAX_AUTO_GAMMA + 1))
+        return list(range(0, MAX_AUTO_GAMMA + 1))  # gamma 0: no drafts (plain AR) where drafting cannot pay
 
     def expected_accepted(self, stats, gamma) -> float:
         return stats.expected_accepted(gamma)
 
     def step_seconds(self, calibration, rows, gamma, stats) -> float:
+        if gamma == 0:
+            return calibration.cost("target", rows, 1)
         # the draft first re-feeds (at most two) committed tokens, then one token per further draft
         return (calibration.cost("target", rows, gamma + 1) + calibration.cost("draft", rows, 2)
                 + (gamma - 1) * calibration.cost("draft", rows, 1))
@@ -66,6 +68,9 @@ class SD(ChainMethod):
         state = ctx.state
         active = state.active
         gamma = self.num_drafts
+        if gamma == 0:  # size="auto" chose no drafts: plain AR steps, the draft model idles
+            self._fed_end = self.draft_len
+            return torch.zeros(state.batch_size, 0, dtype=torch.int64, device=state.device), None
         n = torch.where(active, (state.remaining - 1).clamp(0, gamma), 0)
         # Catch-up: committed tokens at positions draft_len .. n_gen (the last one is `last`), right-aligned.
         lag = (state.n_gen - self.draft_len + 1).clamp_min(1)

@@ -50,7 +50,7 @@ class SJD(ChainMethod):
         return ChainStats()
 
     def size_candidates(self, stats):
-        return list(range(2, MAX_AUTO_WINDOW + 1))
+        return list(range(1, MAX_AUTO_WINDOW + 1))  # window 1: no drafts (plain AR) where speculation cannot pay
 
     def expected_accepted(self, stats, window) -> float:
         return stats.expected_accepted(window - 1)
@@ -77,6 +77,8 @@ class SJD(ChainMethod):
         return self.window, self.q
 
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran):
+        if self.num_drafts == 0:  # window 1 (size="auto" where drafting cannot pay): nothing to refresh
+            return
         with ctx.timer.phase("draft"):  # the Jacobi update is this method's drafting
             self._jacobi_update(ctx, p, accept_len, num_drafts, ran)
 

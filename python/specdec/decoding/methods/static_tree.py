@@ -55,7 +55,7 @@ class StaticTreeMethod(TreeMethod):
         return StaticTreeStats(len(self.choices) + 1)
 
     def size_candidates(self, stats):
-        out = []
+        out = [(0, 0)]  # a lone root (plain AR) where drafting cannot pay
         for depth in range(1, max(len(c) for c in self.choices) + 1):
             for rank_sum in range(0, max(sum(c) for c in self.choices) + 1):
                 ids = self._member((depth, rank_sum))
@@ -72,6 +72,8 @@ class StaticTreeMethod(TreeMethod):
 
     def step_seconds(self, calibration, rows, size, stats) -> float:
         kept = [c for c in self.choices if len(c) <= size[0] and sum(c) <= size[1]]
+        if not kept:
+            return calibration.cost("target", rows, 1)
         parents_per_level = [len({c[:-1] for c in kept if len(c) == level + 1}) for level in range(1, size[0])]
         catch_up = 1.0 + self.expected_accepted(stats, size)
         return (calibration.cost("target", rows, len(kept) + 1) + calibration.cost("head", rows, catch_up)

@@ -124,7 +124,7 @@ class TreeMethod(Method):
         accept_len = torch.where(active, out.accept_len, 0)
         with ctx.timer.phase("bookkeeping"):
             self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
-            if self.sizer is not None:
+            if self.sizer is not None and self.num_nodes > 1:
                 self.observe_size(out, active)
         return accept_len
 
@@ -132,6 +132,9 @@ class TreeMethod(Method):
         """Catch the head up on the committed tokens, draft this step's tree and prepend the root (the last
         committed token) as node 0; nodes past the image end are dropped."""
         state = ctx.state
+        if self.num_nodes == 1:  # size="auto" chose a lone root (plain AR steps): the head idles
+            ones = torch.ones_like(state.n_gen)
+            return DraftTree(state.last[:, None], torch.full_like(ones, -1)[:, None], ones, None)
         root_feature, q_root = self._catch_up(ctx)
         node_tokens, parents, depth, q = self.draft_tree(ctx, root_feature, q_root)
         zero = torch.zeros(state.batch_size, 1, dtype=torch.int64, device=state.device)
