@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 #: Tokens per row at which feeds are timed (interpolated between).
-CALIBRATION_TOKENS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96)
+CALIBRATION_TOKENS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
 # -- cost ------------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..rng import LANE_DRAFT, LANE_INIT
 from ..sampling import sample
@@ -92,7 +91,7 @@ class SJD(ChainMethod):
         u = ctx.uniform(LANE_DRAFT, width)
         drawn = sample(rows.reshape(-1, p.shape[-1]), u.reshape(-1), validate=ctx.validate).view_as(src)
         window = torch.where(refreshed, drawn, 0)
-        q = torch.where(refreshed[:, :, None], rows, torch.zeros_like(rows))
+        q = rows.mul_(refreshed[:, :, None])  # in place on the gathered copy: rows a+1 .. n, zeros after
         keep = state.active & ran
         n_refreshed = torch.where(keep, (num_drafts - accept_len).clamp_min(0), width)
         self._refill(ctx, n_refreshed, window, q)
@@ -111,8 +110,8 @@ class SJD(ChainMethod):
             window.copy_(torch.where(fresh, init, window))
         else:
             window.copy_(torch.where(fresh, self._repeat_left(state, window, fresh), window))
-        one_hot = F.one_hot(window, self.vocab).to(q.dtype)
-        q.copy_(torch.where(fresh[:, :, None], one_hot, q))
+        # one-hot rows for the fresh entries, in place (adding 0 to the others leaves them bit for bit)
+        q.masked_fill_(fresh[:, :, None], 0.0).scatter_add_(2, window[:, :, None], fresh[:, :, None].to(q.dtype))
 
     def _repeat_left(self, state, window: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         """Each fresh entry copies its left neighbour in the image row (the token above at a row start), which may
