@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 DEPS := "triton==3.6.0" "numpy<2.4" setuptools wheel ninja pytest pytest-benchmark hypothesis \
-        tqdm safetensors matplotlib pillow scipy
+        tqdm safetensors matplotlib pillow scipy "transformers==5.23.0"
 export MAX_JOBS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor

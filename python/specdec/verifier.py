@@ -69,8 +69,11 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
     """Raw logits -> float32 probabilities (CFG, temperature, top-k, top-p, softmax); see
     ``specdec_kernels.process_logits``. Uses the library's op when it has one, else the fallback above."""
     op = getattr(sk, "process_logits", None)
-    if op is not None:
-        return op(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=int(top_k or 0), top_p=top_p)
+    if op is not None:  # the library's op takes (rows, S, V): fold any other layout into that
+        rows, vocab = logits.shape[0], logits.shape[-1]
+        probs = op(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
+                   top_k=int(top_k or 0), top_p=top_p)
+        return probs.reshape((probs.shape[0],) + tuple(logits.shape[1:]))
     return _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                                      top_p=top_p)
 
@@ -86,7 +89,8 @@ class ChainStep:
         the ones whose K/V stay valid (the rest are rolled back; ``next_token`` has no K/V yet).
     new_length : ``(B,)`` int64, ``lengths + num_kept`` when ``lengths`` (cache length before the step) was
         given, else None. Crop / roll back row b's cache to ``new_length[b]``.
-    probs : ``(B, L + 1, V)`` float32 processed target distributions (Jacobi drafting reuses them).
+    probs : ``(B, L + 1, V)`` float32 processed target distributions (Jacobi drafting reuses them); None when
+        the step ran the fused logits -> verification op (``return_probs=False``).
     """
 
     accept_len: torch.Tensor
@@ -107,7 +111,7 @@ class TreeStep:
     path : ``(B, M)`` int64 node ids whose K/V to keep, root first (``path[b, :num_kept[b]]``): copy them to
         consecutive cache slots after the prefix (docs/TESTBED.md §1.7).
     num_kept : ``(B,)`` ``accept_len + 1``; new_length : ``lengths + num_kept`` when ``lengths`` was given.
-    probs : ``(B, M, V)`` processed target distributions.
+    probs : ``(B, M, V)`` processed target distributions, or None (fused op, ``return_probs=False``).
     """
 
     accepted_nodes: torch.Tensor
@@ -255,7 +259,7 @@ class SpeculativeVerifier:
              draft_probs: Optional[torch.Tensor] = None, draft_logits: Optional[torch.Tensor] = None,
              u_accept: Optional[torch.Tensor] = None, u_sample: Optional[torch.Tensor] = None,
              generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
-             probs: Optional[torch.Tensor] = None) -> ChainStep:
+             probs: Optional[torch.Tensor] = None, return_probs: bool = True) -> ChainStep:
         """Verify one chain step.
 
         logits : ``(2B or B, L + 1, V)`` raw target logits over ``[last, d_0 .. d_{L-1}]`` (row i judges draft
@@ -267,9 +271,23 @@ class SpeculativeVerifier:
         lengths : ``(B,)`` cache length of each row before the step (to get ``new_length``).
         probs : already processed ``(B, L + 1, V)`` target probabilities instead of ``logits`` (pass None
             as logits).
+        return_probs : keep the processed rows in the result. With False, and when the library has the fused
+            ``specdec_kernels.verify_chain_logits``, the logits go straight to it (the same tokens, no
+            ``(B, L + 1, V)`` probability tensor); otherwise the rows are processed, then verified.
         """
-        p = self.process(logits) if probs is None else probs
         batch, width = drafts.shape
+        fused = getattr(sk, "verify_chain_logits", None)
+        if probs is None and not return_probs and fused is not None:
+            self._check_rows(logits, batch, width + 1, "drafts", tuple(drafts.shape))
+            u_accept, u_sample = self._uniforms(batch, width, logits.device, u_accept, u_sample, generator)
+            s = self.sampling
+            accept_len, next_token = fused(
+                logits, drafts, u_accept, u_sample, num_drafts=num_drafts, draft_probs=draft_probs,
+                draft_logits=draft_logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0),
+                top_p=s.top_p, backend=self.backend, validate=self.validate, **self._kwargs,
+            )
+            return self._chain_result(drafts, accept_len, next_token, lengths, None)
+        p = self.process(logits) if probs is None else probs
         if p.dim() != 3 or p.shape[0] != batch or p.shape[1] != width + 1:
             raise ValueError(f"logits: expected ({'2 * ' if self.uses_cfg else ''}{batch}, {width + 1}, V) "
                              f"for drafts of shape {tuple(drafts.shape)}, got processed shape {tuple(p.shape)}")
@@ -279,6 +297,17 @@ class SpeculativeVerifier:
             p, q, drafts, u_accept, u_sample, num_drafts=num_drafts, backend=self.backend,
             validate=self.validate, **self._kwargs,
         )
+        return self._chain_result(drafts, accept_len, next_token, lengths, p)
+
+    def _check_rows(self, logits, batch, rows, what, shape):
+        expected = (2 * batch if self.uses_cfg else batch, rows)
+        if logits is None or logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
+            got = None if logits is None else tuple(logits.shape)
+            raise ValueError(f"logits: expected ({expected[0]}, {rows}, V) for {what} of shape {shape}, got {got}")
+
+    @staticmethod
+    def _chain_result(drafts, accept_len, next_token, lengths, p) -> ChainStep:
+        width = drafts.shape[1]
         tokens = torch.cat([drafts, next_token[:, None]], dim=1)
         tokens.scatter_(1, accept_len[:, None], next_token[:, None])
         offs = torch.arange(width + 1, device=drafts.device)
@@ -301,7 +330,7 @@ class SpeculativeVerifier:
                   num_nodes: Optional[torch.Tensor] = None, draft_probs: Optional[torch.Tensor] = None,
                   u_accept: Optional[torch.Tensor] = None, u_sample: Optional[torch.Tensor] = None,
                   generator: Optional[torch.Generator] = None, lengths: Optional[torch.Tensor] = None,
-                  probs: Optional[torch.Tensor] = None) -> TreeStep:
+                  probs: Optional[torch.Tensor] = None, return_probs: bool = True) -> TreeStep:
         """Verify one tree step.
 
         logits : ``(2B or B, M, V)`` raw target logits at the M nodes (node 0 = root = last committed token).
@@ -309,21 +338,34 @@ class SpeculativeVerifier:
         num_nodes : ``(B,)`` valid nodes per row (default M). draft_probs : ``(B, M, V)`` q at each node (the
             distribution its children were drawn from) or None (deterministic candidates).
         Uniforms ``u_accept (B, M)``, ``u_sample (B,)`` or ``generator``; ``lengths`` as in :meth:`step`.
-        Only "exact" and "lantern" verify trees.
+        Only "exact" and "lantern" verify trees. ``return_probs=False`` uses the fused
+        ``specdec_kernels.verify_tree_logits`` when the library has it (as in :meth:`step`).
         """
         if self.rule == "gsd":
             raise ValueError("method 'gsd' verifies chains only; use step()")
-        p = self.process(logits) if probs is None else probs
         batch, m = tree_tokens.shape
-        if p.dim() != 3 or p.shape[0] != batch or p.shape[1] != m:
-            raise ValueError(f"logits: expected ({'2 * ' if self.uses_cfg else ''}{batch}, {m}, V) for a tree of "
-                             f"{m} nodes, got processed shape {tuple(p.shape)}")
-        u_accept, u_sample = self._uniforms(batch, m, p.device, u_accept, u_sample, generator)
         kwargs = {key: value for key, value in self._kwargs.items() if key in ("method", "neighbors", "delta", "lam")}
-        accepted, accept_len, next_token = sk.verify_tree(
-            p, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, backend=self.backend,
-            validate=self.validate, **kwargs,
-        )
+        fused = getattr(sk, "verify_tree_logits", None)
+        if probs is None and not return_probs and fused is not None:
+            self._check_rows(logits, batch, m, "a tree with nodes", tuple(tree_tokens.shape))
+            u_accept, u_sample = self._uniforms(batch, m, logits.device, u_accept, u_sample, generator)
+            s = self.sampling
+            p = None
+            accepted, accept_len, next_token = fused(
+                logits, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, draft_probs=draft_probs,
+                cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0), top_p=s.top_p,
+                backend=self.backend, validate=self.validate, **kwargs,
+            )
+        else:
+            p = self.process(logits) if probs is None else probs
+            if p.dim() != 3 or p.shape[0] != batch or p.shape[1] != m:
+                raise ValueError(f"logits: expected ({'2 * ' if self.uses_cfg else ''}{batch}, {m}, V) for a tree "
+                                 f"of {m} nodes, got processed shape {tuple(p.shape)}")
+            u_accept, u_sample = self._uniforms(batch, m, p.device, u_accept, u_sample, generator)
+            accepted, accept_len, next_token = sk.verify_tree(
+                p, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, backend=self.backend,
+                validate=self.validate, **kwargs,
+            )
         zero = torch.zeros(batch, 1, dtype=torch.int64, device=tree_tokens.device)
         path = torch.cat([zero, accepted.clamp_min(0)], dim=1)
         on_path = torch.arange(m, device=tree_tokens.device)[None, :] <= accept_len[:, None]

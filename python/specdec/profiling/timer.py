@@ -21,8 +21,8 @@ PHASE_TITLES = {
     "target_forward": "target forward",
     "draft": "draft model / head passes and draft sampling",
     "tree_masks": "tree building and attention masks",
-    "logits": "logits processing (CFG, temperature, top-k, softmax)",
-    "verify": "verification (kernels, uniforms)",
+    "logits": "draft-side logits processing (CFG, temperature, top-k, softmax of draft model / head logits)",
+    "verify": "verification (kernels, uniforms; with the target logits processing, which the verifier may fuse)",
     "bookkeeping": "cache and state bookkeeping",
     "python": "Python overhead (everything else in the step)",
 }

@@ -57,6 +57,7 @@ class ChainMethod(Method):
     """
 
     num_drafts = 0  # L, the chain width
+    needs_probs = False  # whether after_verify reads the processed target rows (else the fused op may run)
 
     def max_feed(self) -> int:
         return self.num_drafts + 1
@@ -68,7 +69,8 @@ class ChainMethod(Method):
 
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran) -> None:
         """Hook after the commit (``ctx.state`` is already updated). ``p``: ``(batch, L+1, V)`` processed target
-        rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
+        rows of this step (None unless the class sets ``needs_probs``); ``ran``: ``(batch,)`` rows that took part
+        in it."""
 
     def step(self, ctx) -> torch.Tensor:
         """One verify step in four phases: propose, one target forward, verify, commit."""
@@ -115,11 +117,10 @@ class ChainMethod(Method):
         next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
         (ignored) padding logits; their outcome is not committed."""
         width = drafts.shape[1]
-        with ctx.timer.phase("logits"):
-            p = ctx.process(logits)
-        with ctx.timer.phase("verify"):
-            return ctx.verifier.step(None, drafts, probs=p, num_drafts=n, draft_probs=q,
-                                     u_accept=ctx.uniform(LANE_ACCEPT, width), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+        with ctx.timer.phase("verify"):  # logits processing included (fused into the op when the library has it)
+            return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q,
+                                     u_accept=ctx.uniform(LANE_ACCEPT, width), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0],
+                                     return_probs=self.needs_probs)
 
     def commit(self, ctx, out) -> None:
         """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""

@@ -25,6 +25,7 @@ class SJD(ChainMethod):
     """
 
     name = "sjd"
+    needs_probs = True  # the Jacobi update samples the next window from this step's p rows
 
     def __init__(self, window: int = 16, init: str = "random", grid_width: int | None = None):
         if window < 2:

@@ -156,12 +156,10 @@ class TreeMethod(Method):
         and emitted tokens per row. Idle rows verify a lone root on their (ignored) padding logits; their outcome
         is not committed."""
         m = tree.tokens.shape[1]
-        with ctx.timer.phase("logits"):
-            p = ctx.process(logits)
-        with ctx.timer.phase("verify"):
-            return ctx.verifier.step_tree(None, tree.tokens, tree.parents, probs=p, num_nodes=tree.num_nodes,
+        with ctx.timer.phase("verify"):  # logits processing included (fused into the op when the library has it)
+            return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes,
                                           draft_probs=tree.q, u_accept=ctx.uniform(LANE_ACCEPT, m),
-                                          u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0])
+                                          u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0], return_probs=False)
 
     def commit(self, ctx, n0, active, hidden, out, accept_len) -> None:
         """Append the accepted path's tokens and the next token, compact the path's KV to consecutive slots, and
