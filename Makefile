@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - the main job (creates .venv, installs, builds, runs the demo)
 #   make test   - the test suite (same set-up, then pytest)
-# torch is pinned and installed first, alone: setup.py imports it (BUILD.md section 2).
+# torch is pinned and installed first, alone: setup.py imports it (docs/BUILD.md §2).
 
 PYTHON ?= python3
 VENV := .venv
@@ -30,7 +30,7 @@ install: $(VENV)/.installed
 build: install
 	$(PY) setup.py build_ext --inplace
 
-# Fashion-MNIST for the testbed comes from Debian (TESTBED.md); install it when missing.
+# Fashion-MNIST for the testbed comes from Debian (docs/TESTBED.md); install it when missing.
 data:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \

@@ -5,7 +5,7 @@ A citation is a Markdown file name in capitals (``docs/ALGORITHMS.md``, ``README
 section numbers: ``docs/ALGORITHMS.md §3.2``, ``§3.2-3.4``, ``section 3``, ``sections 2 and 6.2``,
 ``docs/TESTBED.md 1.4``. It resolves when
 
-* the file exists: a name with a folder (``docs/BUILD.md``) relative to the repository root or to the citing
+* the file exists (for a Markdown link, its target is checked, not its text): a name with a folder (``docs/BUILD.md``) relative to the repository root or to the citing
   file's folder; a bare name (``README.md``) in the citing file's folder or at the root; and
 * every cited section number is the number of a heading in that file (``## 3. ...``, ``### 3.2 ...``).
 
@@ -18,7 +18,7 @@ which appear in comments and docstrings):
 
     git grep -lIzE '(ALGORITHMS|BUILD|TESTBED)\.md' -- . ':!docs/ALGORITHMS.md' ':!docs/BUILD.md' \
         ':!docs/TESTBED.md' ':!.ci/check_doc_refs.py' | xargs -0 -r perl -pi -e '
-      s{(?<![\w/.-])((?:ALGORITHMS|BUILD|TESTBED)\.md)}{docs/$1}g;
+      s{(?<![\w/.\[-])(?<!\]\()((?:ALGORITHMS|BUILD|TESTBED)\.md)}{docs/$1}g;
       s{(docs/(?:ALGORITHMS|BUILD|TESTBED)\.md),? sections? (\d[\d.]*\d|\d) and (\d[\d.]*\d|\d)}{$1 §$2 and §$3}g;
       s{(docs/(?:ALGORITHMS|BUILD|TESTBED)\.md),? sections? (\d)}{$1 §$2}g;
       s{(docs/(?:ALGORITHMS|BUILD|TESTBED)\.md) (\d)}{$1 §$2}g;
@@ -42,7 +42,7 @@ NUMBER = r"\d+(?:\.\d+)*"
 #: One section reference: an optional "§" / "section(s)" and a number, or a range of numbers.
 SECTION = rf"(?:§\s?|sections?\s+)?{NUMBER}(?:\s?[-–]\s?{NUMBER})?"
 CITATION = re.compile(
-    rf"(?<![\w./-])(?P<path>(?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)"
+    rf"(?<![\w./\[-])(?P<path>(?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)"  # not a Markdown link's text: its target counts
     rf"(?P<sections>,?\s(?:§\s?|sections?\s+){NUMBER}(?:\s?[-–]\s?{NUMBER})?"  # "§3.2", ", section 1"
     rf"(?:(?:,\s?|\s(?:and|to)\s)(?:§\s?)?{NUMBER}(?:\s?[-–]\s?{NUMBER})?)*"  # ", 3.4", " and 6.2"
     rf"|\s{NUMBER}(?:\s?[-–]\s?{NUMBER})?(?:,\s?(?:§\s?)?{NUMBER}(?:\s?[-–]\s?{NUMBER})?)*)?"  # bare " 3.2, 3.5"

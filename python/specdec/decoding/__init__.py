@@ -1,4 +1,4 @@
-"""Speculative decoding loop for class-conditional AR image models (testbed protocol, TESTBED.md 1.4-1.7).
+"""Speculative decoding loop for class-conditional AR image models (testbed protocol, docs/TESTBED.md §1.4-1.7).
 
 Quick start::
 

@@ -8,7 +8,7 @@ Families (each point: step compression, class accuracy, FD-cls over the same row
 * ``gsd``: dynamic groups of G ranks around the draft (G/2 on each side), released filters, repeat-left init;
 * ``gsd-static``: the same grouped test over *static* codebook clusters of about G codes (k-means on the
   normalised codebook): GSD's Table 2 ablation. The groups are made exactly the clusters through the partition
-  construction of ALGORITHMS.md section 6 (identical embedding rows within a cluster, far apart across clusters,
+  construction of docs/ALGORITHMS.md §5.3 (identical embedding rows within a cluster, far apart across clusters,
   a rank window covering the vocabulary, p_thr > 1).
 
 Writes ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` to ``out`` (default ``results/``).

@@ -1,4 +1,4 @@
-"""Grouped Speculative Decoding (arXiv 2508.07747; ALGORITHMS.md 2.3, 3.3): SJD's drafts and loop with the
+"""Grouped Speculative Decoding (arXiv 2508.07747; docs/ALGORITHMS.md §2.3, 3.3): SJD's drafts and loop with the
 group-level test ``verify_chain(method="gsd")``. Lossy."""
 
 from typing import Optional, Tuple
@@ -15,7 +15,7 @@ class GSD(SJD):
     Parameters
     ----------
     codebook : ``(vocab_size, dim)`` VQ codebook; its rows are L2-normalised here and passed as the embedding
-        table of the distance filter (the project default, ALGORITHMS.md 3.3).
+        table of the distance filter (the project default, docs/ALGORITHMS.md §3.3).
     rank_window : ``(h_lo, h_hi)``; default scaled to the vocabulary
         (:func:`specdec.decoding.defaults.gsd_rank_window`).
     p_thr, d_thr : probability-gap and squared-distance filters (0.15 and 0.5 as released).

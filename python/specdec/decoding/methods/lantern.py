@@ -1,5 +1,5 @@
 """LANTERN (arXiv 2410.03355) on EAGLE-2 trees, and LANTERN++ (arXiv 2502.06352) on a static tree: relaxed
-acceptance through ``verify_tree(method="lantern")`` with a latent neighbour table (ALGORITHMS.md 2.4, 3.4)."""
+acceptance through ``verify_tree(method="lantern")`` with a latent neighbour table (docs/ALGORITHMS.md §2.4, 3.4)."""
 
 from typing import Optional, Sequence, Tuple
 

@@ -1,5 +1,5 @@
 """Tree methods' shared step: draft head catch-up, tree drafting (subclass), target tree forward,
-``verify_tree``, KV compaction (ALGORITHMS.md 2.5, 3.5; TESTBED.md 1.7)."""
+``verify_tree``, KV compaction (docs/ALGORITHMS.md §2.5, 3.5; docs/TESTBED.md §1.7)."""
 
 from typing import NamedTuple, Optional, Tuple
 
