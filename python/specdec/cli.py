@@ -158,7 +158,7 @@ def _add_profile(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
-    p.add_argument("--out", type=Path, default=Path("docs"), help="where PROFILE.md and profile.png go (docs)")
+    p.add_argument("--out", type=Path, default=Path("docs"), help="output directory of the profile table and its plot (default docs)")
     p.add_argument("--note", default="", help="a sentence added to the header (e.g. how loaded the machine was)")
 
     def run(args) -> int:

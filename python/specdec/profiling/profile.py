@@ -3,7 +3,7 @@
 For every demo method (at the papers' fixed sizes, and with ``size="auto"``) this runs the shipped testbed with a
 :class:`~specdec.profiling.timer.PhaseTimer` on the context and reports, per step, the milliseconds spent in each
 phase of :data:`~specdec.profiling.timer.PHASES` and the share of the step that is not the target forward. Writes
-``PROFILE.md`` (tables) and ``profile.png`` (stacked bars) to ``out`` (``docs/`` by default).
+the tables (docs/PROFILE.md by default) and ``profile.png`` (stacked bars) to ``out`` (``docs/`` by default).
 
 The timer reads the clock at every phase boundary (and synchronises CUDA there), which costs a few microseconds
 per phase: shares are accurate to that, absolute times are a little above an unprofiled run.
@@ -19,6 +19,9 @@ import torch
 from .timer import PHASE_TITLES, PHASES, PhaseTimer
 
 
+DEFAULT_OUTPUT = Path("docs/PROFILE.md")  # the tables; the plot goes next to it as profile.png
+
+
 @dataclass
 class ProfileConfig:
     batch_sizes: Sequence[int] = (1, 16)
@@ -29,7 +32,7 @@ class ProfileConfig:
     threads: int = 1
     device: str = "cpu"
     weights: Optional[Path] = None
-    out: Path = Path("docs")
+    out: Path = DEFAULT_OUTPUT.parent
     note: str = ""  # a sentence for the header (e.g. how loaded the machine was)
 
 
@@ -114,7 +117,7 @@ def write_profile(rows: Sequence[Dict], out: Path, machine: str, note: str = "")
             if sel:
                 parts += ["", f"## Batch {batch}, {sizing} sizes", "", profile_table(sel)]
     parts += ["", "![profile](profile.png)", ""]
-    (out / "PROFILE.md").write_text("\n".join(parts))
+    (out / DEFAULT_OUTPUT.name).write_text("\n".join(parts))
     plot_profile(rows, out / "profile.png")
 
 
