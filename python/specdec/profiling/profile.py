@@ -45,11 +45,13 @@ def profile_method(tb, name: str, method, classes: torch.Tensor, keys: torch.Ten
     generate(tb.target, classes[:batch_size], method, sampling=sampling, row_keys=keys[:batch_size])
     timer = PhaseTimer(device)
     start = time.perf_counter()
-    steps = 0
+    row_steps = []
     for i in range(0, len(classes), batch_size):
         res = generate(tb.target, classes[i : i + batch_size], method, sampling=sampling,
                        row_keys=keys[i : i + batch_size], timer=timer)
-        steps += int(res.metrics.row_steps.max())
+        row_steps.append(res.metrics.row_steps)
+    row_steps = torch.cat(row_steps).double()
+    num_tokens = int(tb.target.num_tokens)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
@@ -57,6 +59,8 @@ def profile_method(tb, name: str, method, classes: torch.Tensor, keys: torch.Ten
     step_ms = sum(per_step.values())
     return {"method": name, "batch_size": batch_size, "images": len(classes), "steps": timer.steps,
             "step_ms": step_ms, "phase_ms": per_step, "wall_s": wall,
+            "tokens_per_step": float(((num_tokens - 1) / row_steps.clamp_min(1)).mean()),
+            "ms_per_token": 1e3 * wall / (len(classes) * num_tokens),
             "not_target_share": 1.0 - per_step["target_forward"] / step_ms if step_ms else 0.0,
             "size": getattr(method, "size_label", lambda: "")()}
 
@@ -93,10 +97,12 @@ def run_profile(config: ProfileConfig = ProfileConfig(), progress: bool = True) 
 
 
 def profile_table(rows: Sequence[Dict]) -> str:
-    cols = ["method", "size", "ms / step"] + [p.replace("_", " ") for p in PHASES] + ["not target fwd"]
+    cols = (["method", "size", "tokens / step", "ms / image token", "ms / step"] + [p.replace("_", " ") for p in PHASES]
+            + ["not target fwd"])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = [r["method"], r.get("size") or r.get("sizing", ""), f"{r['step_ms']:.2f}"]
+        cells = [r["method"], r.get("size") or r.get("sizing", ""), f"{r['tokens_per_step']:.2f}",
+                 f"{r['ms_per_token']:.2f}", f"{r['step_ms']:.2f}"]
         cells += [f"{r['phase_ms'][p]:.2f}" for p in PHASES]
         cells.append(f"{100 * r['not_target_share']:.0f} %")
         lines.append("| " + " | ".join(cells) + " |")
@@ -109,6 +115,9 @@ def write_profile(rows: Sequence[Dict], out: Path, machine: str, note: str = "")
              "Produced by `specdec profile` (python/specdec/profiling/profile.py): every demo method on the shipped "
              "testbed (CFG 3, T 1, top-k 128), per step, with the phase timer on the decoding context. "
              f"Machine: {machine}." + (f" {note}" if note else ""), "",
+             "*ms / image token* is wall-clock per image token of the profiled calls (batch rows together, prefill "
+             "included): AR's over a method's is its speed-up. *not target fwd* is the share of a step outside the "
+             "target forward.", "",
              "Phases (milliseconds per step; a phase's time excludes phases nested in it):", ""]
     parts += [f"* **{p.replace('_', ' ')}**: {PHASE_TITLES[p]}" for p in PHASES]
     for batch in sorted({r["batch_size"] for r in rows}):
