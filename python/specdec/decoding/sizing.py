@@ -6,7 +6,8 @@ Two measured inputs, one model:
 * **Cost** (:class:`Calibration`): seconds of one feed (attention mask + forward + logits processing) of the target,
   the draft model and the draft head against the tokens fed per row, at the rows a call runs (``copies * batch``).
   Measured once per machine, model and row count by :func:`calibrate` (about a second at batch 1 on a CPU) and
-  cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides ``.cache``). Between measured points the
+  cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides ``.cache``; ``SPECDEC_RECALIBRATE=1``
+  measures again, e.g. after a calibration taken while the machine was busy). Between measured points the
   cost is interpolated linearly, beyond the last one extrapolated along the last segment.
 * **Acceptance** (:class:`ChainStats`, :class:`DynamicTreeStats`, :class:`StaticTreeStats`): running statistics of
   what every *smaller* configuration would have accepted on the steps actually taken. A chain of ``L'`` drafts
@@ -106,7 +107,9 @@ class Calibration:
             path = _cache_path(model, device, cache_dir)
             stored = json.loads(path.read_text()) if path.exists() else {}
             key = str(rows)
-            if key not in stored:
+            fresh = os.environ.get("SPECDEC_RECALIBRATE") and (path, key) not in _MEASURED_IN_THIS_PROCESS
+            if key not in stored or fresh:
+                _MEASURED_IN_THIS_PROCESS.add((path, key))
                 stored[key] = calibrate_feed(model, rows, device, head=(role == "head"), sampling=sampling).to_json()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -114,6 +117,10 @@ class Calibration:
                 tmp.replace(path)
             calib.curves[(role, rows)] = CostCurve.from_json(stored[key])
         return calib
+
+
+#: (cache file, rows) measured by this process: ``SPECDEC_RECALIBRATE=1`` re-measures each once per process.
+_MEASURED_IN_THIS_PROCESS = set()
 
 
 def machine_key(device) -> str:
