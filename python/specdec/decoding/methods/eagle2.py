@@ -84,7 +84,7 @@ class Eagle2(TreeMethod):
 
     # -- size="auto" (specdec.decoding.sizing): tree size and expansion rounds -------------------------------
     def size_label(self) -> str:
-        return f"{self.num_nodes} nodes, depth {self.depth}"
+        return f"{self.num_nodes} nodes, depth {self.depth}" if self.num_nodes > 1 else "no drafts (AR steps)"
 
     def explore_size(self):
         return (self.num_nodes, self.depth)

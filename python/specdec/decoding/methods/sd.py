@@ -30,7 +30,7 @@ class SD(ChainMethod):
 
     # -- size="auto" (specdec.decoding.sizing): the draft length gamma -------------------------------------
     def size_label(self) -> str:
-        return f"gamma {self.num_drafts}"
+        return f"gamma {self.num_drafts}" if self.num_drafts else "no drafts (AR steps)"
 
     def cost_roles(self, model):
         return {"target": model, "draft": self.draft_model}

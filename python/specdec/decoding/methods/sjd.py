@@ -38,7 +38,7 @@ class SJD(ChainMethod):
 
     # -- size="auto" (specdec.decoding.sizing): the window length ------------------------------------------
     def size_label(self) -> str:
-        return f"window {self.num_drafts + 1}"
+        return f"window {self.num_drafts + 1}" if self.num_drafts else "no drafts (AR steps)"
 
     def cost_roles(self, model):
         return {"target": model}

@@ -32,6 +32,8 @@ class StaticTreeMethod(TreeMethod):
     # -- size="auto" (specdec.decoding.sizing): depth and rank sum of the choices kept ----------------------
     def size_label(self) -> str:
         depth, rank_sum = self.size
+        if self.num_nodes == 1:
+            return "no drafts (AR steps)"
         return f"{self.num_nodes} nodes, depth {depth}, rank sum {rank_sum}"
 
     def apply_size(self, size) -> None:
