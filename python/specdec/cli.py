@@ -1,4 +1,4 @@
-"""The ``specdec`` command: a registry of subcommands (``demo``, ``sweep``, ``train``, ``metrics``).
+"""The ``specdec`` command: a registry of subcommands (``demo``, ``sweep``, ``train``, ``metrics``, ``profile``).
 
 Each subcommand is a function ``add(subparsers)`` that creates its parser and sets ``func`` (called with the parsed
 namespace, returns an exit code). Add one by decorating its ``add`` function with :func:`subcommand`.
@@ -116,6 +116,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated names of registered methods (default: the demo's methods, "
                         "specdec.decoding.methods; ar is always run)")
+    p.add_argument("--size", choices=["auto", "fixed"], default="auto",
+                   help="auto: cost-aware sizes for this device (default); fixed: the papers' sizes")
 
     def run(args) -> int:
         from .decoding.methods import method_names
@@ -125,7 +127,7 @@ def _add_demo(sub) -> None:
         unknown = sorted(set(methods) - set(method_names()))
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {list(method_names())}")
-        extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar")}
+        extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar"), "size": args.size}
         run_demo(_config(DemoConfig, args, **extra))
         return 0
 
@@ -141,6 +143,31 @@ def _add_sweep(sub) -> None:
         from .experiments.sweep import SweepConfig, run_sweep
 
         run_sweep(_config(SweepConfig, args))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@subcommand("profile")
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="where a decoding step's time goes, per method and phase (docs/PROFILE.md)")
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--images", type=int, default=3, help="batch-1 images per method (default 3)")
+    p.add_argument("--sizes", default="fixed,auto", help="fixed, auto or both (default)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: the demo's)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
+    p.add_argument("--out", type=Path, default=Path("docs"), help="output directory of the profile table and its plot (default docs)")
+    p.add_argument("--note", default="", help="a sentence added to the header (e.g. how loaded the machine was)")
+
+    def run(args) -> int:
+        from .profiling.profile import ProfileConfig, run_profile
+
+        run_profile(ProfileConfig(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                                  images_at_batch_1=args.images, sizes=tuple(args.sizes.split(",")),
+                                  methods=args.methods.split(",") if args.methods else None, threads=args.threads,
+                                  device=args.device, weights=args.weights, out=args.out, note=args.note))
         return 0
 
     p.set_defaults(func=run)

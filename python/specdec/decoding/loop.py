@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ..profiling.timer import NULL_TIMER
 from ..verifier import SpeculativeVerifier
 from .logits import SamplingConfig
 from .metrics import GenerationMetrics, MetricsRecorder
@@ -27,6 +28,7 @@ class Context:
     recorder: MetricsRecorder
     validate: bool = False
     verifier: Optional[SpeculativeVerifier] = None  # default: exact, with this context's sampling settings
+    timer: object = NULL_TIMER  # phase timer (specdec.profiling); the default is a no-op
 
     def __post_init__(self):
         if self.verifier is None:
@@ -81,6 +83,7 @@ def generate(
     num_tokens: Optional[int] = None,
     validate: bool = False,
     keep_context: bool = False,
+    timer=None,
 ) -> GenerationResult:
     """Generate ``num_tokens`` image tokens per class id with ``method`` (see :mod:`specdec.decoding.methods`).
 
@@ -94,10 +97,12 @@ def generate(
     seed, row_keys : randomness. Row b's uniforms depend only on ``row_keys[b]`` (derived from ``seed`` by one
         ``torch.Generator`` when not given), so generating a row alone with its key reproduces it exactly.
     validate : run the ops' value checks (one host sync each).
+    timer : a :class:`specdec.profiling.PhaseTimer` to charge each step's phases to (profiling only).
     """
     start = time.perf_counter()
     device = classes.device
     batch = classes.shape[0]
+    method.begin(model, batch, sampling, device)
     n_tok = model_num_tokens(model) if num_tokens is None else int(num_tokens)
     state = DecodeState(classes.to(torch.int64), n_tok)
     streams = RowStreams.from_seed(batch, seed, row_keys, device)
@@ -106,17 +111,27 @@ def generate(
     copies = 2 if sampling.uses_cfg else 1
     verifier = _configured(method.verifier, sampling, validate)
     ctx = Context(model, model.new_cache(copies * batch, num_slots), num_slots, sampling, streams, state, recorder,
-                  validate, verifier)
+                  validate, verifier, NULL_TIMER if timer is None else timer)
     with torch.no_grad():
         logits, hidden = model.prefill(ctx.class_rows(model.num_classes), ctx.cache)
         recorder.metrics.target_forwards += 1
         first = verifier.sample(logits, ctx.uniform(LANE_SAMPLE, 1)[:, 0])
         state.commit(first[:, None], torch.ones_like(first))
         method.start(ctx, hidden)
-        while bool(state.active.any()):
-            active = state.active
-            state.steps = state.steps + active.long()
-            accept_len = method.step(ctx)
-            recorder.record_step(active, accept_len)
+        # Each step commits at most max_feed tokens per row, so the longest row needs at least
+        # ceil(max remaining / max_feed) more steps: read the lengths on the host (one sync) only when that many
+        # steps have run, not after every step.
+        max_feed, unchecked = method.max_feed(), 0
+        while True:
+            if unchecked == 0:
+                unchecked = -(-int(state.remaining.max()) // max_feed)
+                if unchecked <= 0:
+                    break
+            unchecked -= 1
+            with ctx.timer.step():
+                active = state.active
+                state.steps = state.steps + active.long()
+                accept_len = method.step(ctx)
+                recorder.record_step(active, accept_len)
     metrics = recorder.finish(time.perf_counter() - start)
     return GenerationResult(state.tokens, metrics, ctx if keep_context else None)

@@ -20,9 +20,16 @@ LANE_INIT = 3 << 12  # fresh Jacobi init i
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    """(h * c) mod 2**32 for int64 tensors holding uint32, split in 16-bit halves so nothing overflows int64."""
-    lo, hi = h & 0xFFFF, h >> 16
-    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
+    """(h * c) mod 2**32 for int64 tensors holding uint32 and ``c < 2**32``: the int64 product wraps modulo 2**64
+    (two's complement, as torch's integer kernels compute it), which keeps its low 32 bits exact
+    (tests/test_sizing.py checks this against Python integers)."""
+    return (h * c) & _MASK32
+
+
+def _lane_terms(lane_base: int, count: int, device) -> torch.Tensor:
+    """The step-independent part of lanes ``lane_base .. lane_base + count - 1``: ``(lane + 1) * 0x27D4EB2F``."""
+    lanes = torch.arange(lane_base, lane_base + count, device=device, dtype=torch.int64)
+    return _mul32(lanes + 1, 0x27D4EB2F)
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,9 @@ class RowStreams:
 
     def __init__(self, keys: torch.Tensor):
         self.keys = keys.to(torch.int64) & _MASK32
+        self._key_hash = _fmix32(self.keys + 0x9E3779B9)
+        self._lanes = {}  # (lane_base, count) -> lane terms: built once per shape
+        self._base_step, self._base = None, None  # the last step tensor seen and its per-row hash
 
     @classmethod
     def from_seed(cls, batch_size: int, seed: int = 0, keys: Optional[torch.Tensor] = None, device="cpu"):
@@ -53,7 +63,10 @@ class RowStreams:
 
     def uniform(self, step: torch.Tensor, lane_base: int, count: int) -> torch.Tensor:
         """``(batch_size, count)`` uniforms for lanes ``lane_base .. lane_base + count - 1`` at each row's step."""
-        lanes = torch.arange(lane_base, lane_base + count, device=self.keys.device, dtype=torch.int64)
-        base = _fmix32(_fmix32(self.keys + 0x9E3779B9) ^ (step.to(torch.int64) & _MASK32))
-        h = _fmix32(_fmix32(base[:, None] ^ _mul32(lanes[None, :] + 1, 0x27D4EB2F)) + self.keys[:, None])
+        lanes = self._lanes.get((lane_base, count))
+        if lanes is None:
+            lanes = self._lanes[(lane_base, count)] = _lane_terms(lane_base, count, self.keys.device)
+        if step is not self._base_step:  # one row hash per step, shared by every lane group of the step
+            self._base_step, self._base = step, _fmix32(self._key_hash ^ (step.to(torch.int64) & _MASK32))
+        h = _fmix32(_fmix32(self._base[:, None] ^ lanes[None, :]) + self.keys[:, None])
         return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))

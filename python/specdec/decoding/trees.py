@@ -7,7 +7,8 @@ from typing import List, Sequence, Tuple
 import torch
 
 
-def select_dynamic_tree(pool_tokens, pool_scores, pool_parent_gen, pool_depth, total_nodes: int):
+def select_dynamic_tree(pool_tokens, pool_scores, pool_parent_gen, pool_depth, total_nodes: int,
+                        return_selected: bool = False):
     """Keep the ``total_nodes - 1`` best pooled candidates and return them as a tree.
 
     Parameters
@@ -19,7 +20,8 @@ def select_dynamic_tree(pool_tokens, pool_scores, pool_parent_gen, pool_depth, t
     Returns
     -------
     tokens, parents, depth : ``(batch, total_nodes - 1)`` for nodes 1 .. total_nodes - 1 (node 0 is the root),
-        ordered by generation index, hence topologically and by non-decreasing depth.
+        ordered by generation index, hence topologically and by non-decreasing depth. With ``return_selected``,
+        also the selected generation indices ``(batch, total_nodes - 1)`` (node i is candidate ``selected[:, i - 1]``).
 
     Ties in score go to the lower generation index (stable sort), so a selected node's parent, whose score is
     never lower and whose index is lower, is always selected too.
@@ -29,7 +31,8 @@ def select_dynamic_tree(pool_tokens, pool_scores, pool_parent_gen, pool_depth, t
     parent_gen = pool_parent_gen.gather(1, selected)
     parent_node = torch.searchsorted(selected, parent_gen.clamp_min(0)) + 1
     parents = torch.where(parent_gen < 0, 0, parent_node)
-    return pool_tokens.gather(1, selected), parents, pool_depth.gather(1, selected)
+    out = (pool_tokens.gather(1, selected), parents, pool_depth.gather(1, selected))
+    return out + (selected,) if return_selected else out
 
 
 def rank_sum_choices(max_depth: int, max_rank_sum: int) -> List[Tuple[int, ...]]:

@@ -106,8 +106,9 @@ class MethodRun:
 def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Tensor, *,
                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1, progress: bool = True) -> MethodRun:
     """Generate every row of ``classes`` with ``method``, ``batch_size`` rows per call, timing the calls (after
-    one untimed warm-up call on the first row, so one-off costs such as neighbour tables stay out)."""
-    generate(tb.target, classes[:1], method, sampling=sampling, row_keys=row_keys[:1])
+    one untimed warm-up call on the first ``batch_size`` rows, so one-off costs such as neighbour tables, a cost
+    calibration at this batch size or an auto-sized method's exploration call stay out)."""
+    generate(tb.target, classes[:batch_size], method, sampling=sampling, row_keys=row_keys[:batch_size])
     tokens, steps, accepts, seconds = [], [], [], 0.0
     n = len(classes)
     for i in tqdm(range(0, n, batch_size), desc=name, leave=False, disable=not progress):

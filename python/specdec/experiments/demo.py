@@ -44,11 +44,13 @@ class DemoConfig(RunConfig):
     batch_size: int = 1  # the targets are stated at batch 1; wall-clock is per image either way
     methods: Sequence[str] = DEMO_METHODS
     options: Dict[str, dict] = field(default_factory=dict)  # per-method constructor options
+    size: str = "auto"  # "auto": cost-aware sizes (specdec.decoding.sizing); "fixed": the papers' sizes
+    speed_images: int = 20  # rows of the speed table (fixed vs auto sizes; ragged vs truncated at batch > 1)
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":
         """A smoke run: 2 images per class."""
-        return cls(**{"images_per_class": 2, **kw})
+        return cls(**{"images_per_class": 2, "speed_images": 4, **kw})
 
 
 def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[Dict]:
@@ -59,7 +61,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     names = ["ar"] + [m for m in config.methods if m != "ar"]
     rows, ar = [], None
     for name in tqdm(names, desc="methods", disable=not progress):
-        method = build_method(setup.tb, name, **config.options.get(name, {}))
+        method = build_method(setup.tb, name, **{"size": config.size, **config.options.get(name, {})})
         run, images, quality = judged_run(setup, name, method, batch_size=config.batch_size, progress=progress)
         ar = ar or run
         rows.append({**cost_row(run, ar), **quality})
@@ -77,6 +79,11 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
               f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, setup.device)}.")
     write_outputs(setup, "demo", rows, COLUMNS, header, {"config": _jsonable(config), "rows": rows}, plot_demo,
                   progress)
+    if config.speed_images:  # throughput.md: fixed vs auto sizes (and ragged vs truncated rows at batch > 1)
+        from .throughput import SpeedConfig, run_speed
+
+        run_speed(setup, names, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
+                  config.threads, progress)
     return rows
 
 

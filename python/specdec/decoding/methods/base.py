@@ -4,6 +4,7 @@ Acceptance is never computed here: every verification goes through the method's
 :class:`specdec.SpeculativeVerifier` (``ctx.verifier``, configured with the call's sampling settings).
 """
 
+from dataclasses import replace
 from typing import Optional, Tuple
 
 import torch
@@ -22,6 +23,20 @@ class Method:
 
     name = "method"
     verifier = SpeculativeVerifier("exact")
+    sizer = None  # a specdec.decoding.sizing.AutoSizer when the method runs with size="auto"
+    #: Commit only as many drafts per row as the batch's worst active row accepted (what batch > 1 speculative
+    #: decoders without ragged rows do); still exact, since a prefix of accepted drafts is committed.
+    truncate_to_worst = False
+
+    def begin(self, model, batch_size: int, sampling, device) -> None:
+        """Called first by :func:`~specdec.decoding.generate`, before caches are sized: an auto-sized method
+        picks this call's size here (held for the whole call)."""
+        if self.sizer is not None:
+            self.apply_size(self.sizer.choose(self, model, batch_size, sampling, device))
+
+    def size_label(self) -> str:
+        """The size this method runs at, in words (``"window 16"``); empty for methods without one."""
+        return ""
 
     def max_feed(self) -> int:
         """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
@@ -64,7 +79,12 @@ class ChainMethod(Method):
         n = self.draft_counts(ctx, drafts.shape[1])
         logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
         out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
-        self.commit(ctx, out)  # 4. commit
+        with ctx.timer.phase("bookkeeping"):
+            if self.truncate_to_worst:
+                out = truncate_to_worst(out, active)
+            self.commit(ctx, out)  # 4. commit
+            if self.sizer is not None:
+                self.sizer.stats.observe(n, out.accept_len, active, drafts.shape[1])
         self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
         return torch.where(active, out.accept_len, 0)
 
@@ -84,9 +104,11 @@ class ChainMethod(Method):
         tokens = torch.cat([state.last[:, None], drafts], dim=1)
         positions = state.n_gen[:, None] + offs[None, :]
         valid = (offs[None, :] <= n[:, None]) & active[:, None]
-        mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
-        logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
-                              cfg_copies=ctx.cfg_copies)
+        with ctx.timer.phase("tree_masks"):
+            mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
+        with ctx.timer.phase("target_forward"):
+            logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
+                                  cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
         return logits
 
@@ -95,10 +117,32 @@ class ChainMethod(Method):
         next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
         (ignored) padding logits; their outcome is not committed."""
         width = drafts.shape[1]
-        return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
-                                 u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0], return_probs=self.needs_probs)
+        with ctx.timer.phase("verify"):  # logits processing included (fused into the op when the library has it)
+            return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q,
+                                     u_accept=ctx.uniform(LANE_ACCEPT, width), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0],
+                                     return_probs=self.needs_probs)
 
     def commit(self, ctx, out) -> None:
         """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
         state = ctx.state
         state.commit(out.tokens, torch.where(state.active, out.num_kept, 0))
+
+
+def truncate_to_worst(out, active: torch.Tensor):
+    """A chain or tree outcome cut to the worst active row's accept length ``w``: every row keeps its first ``w``
+    accepted drafts and, as its next token, its accepted draft ``w`` (or its own next token where it accepted
+    exactly ``w``). Tokens stay exact: only accepted tokens are committed."""
+    worst = torch.where(active, out.accept_len, out.accept_len.max()).min()
+    accept_len = torch.minimum(out.accept_len, worst)
+    offs = torch.arange(out.tokens.shape[1], device=out.tokens.device)
+    keep = offs[None, :] <= accept_len[:, None]
+    tokens = torch.where(keep, out.tokens, -1)
+    changes = {"accept_len": accept_len, "tokens": tokens, "num_kept": accept_len + 1,
+               "next_token": tokens.gather(1, accept_len[:, None])[:, 0]}
+    if out.new_length is not None:
+        changes["new_length"] = out.new_length - out.accept_len + accept_len
+    if hasattr(out, "path"):
+        changes["path"] = torch.where(keep, out.path, 0)
+        nodes = out.accepted_nodes
+        changes["accepted_nodes"] = torch.where(offs[None, : nodes.shape[1]] < accept_len[:, None], nodes, -1)
+    return replace(out, **changes)

@@ -83,13 +83,31 @@ def register(cls: type, *, exact: bool, drafts: str, verification: str, needs: S
     return spec
 
 
-def make_method(name: str, *, draft_model=None, head=None, codebook=None, **options):
+#: Values of make_method's ``size``: the constructor's (the papers') fixed sizes, or cost-aware sizing.
+SIZES = ("fixed", "auto")
+
+
+def make_method(name: str, *, draft_model=None, head=None, codebook=None, size: str = "fixed", calibration=None,
+                **options):
     """Build a registered method by name; ``draft_model`` (sd), ``head`` (tree methods) and ``codebook`` (gsd,
-    lantern, lantern++) go to the methods that need them, ``options`` to the constructor."""
+    lantern, lantern++) go to the methods that need them, ``options`` to the constructor.
+
+    size : ``"fixed"`` (the constructor's sizes, the papers' settings by default) or ``"auto"``: every call picks
+        the window / draft length / tree size that maximises expected tokens per second on this device
+        (:mod:`specdec.decoding.sizing`; ``calibration`` is an optional :class:`~specdec.decoding.sizing.Calibration`,
+        measured and cached when omitted). AR has nothing to size and ignores it.
+    """
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(REGISTRY)}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     resources = {"draft_model": draft_model, "head": head, "codebook": codebook}
-    return REGISTRY[name].build(resources, options)
+    method = REGISTRY[name].build(resources, options)
+    if size == "auto":
+        from ..sizing import enable_auto_size
+
+        enable_auto_size(method, calibration=calibration)
+    return method
 
 
 def method_names() -> Tuple[str, ...]:

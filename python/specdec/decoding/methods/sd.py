@@ -6,7 +6,10 @@ import torch
 from ..feed import attention_mask, run_model
 from ..rng import LANE_DRAFT
 from ..sampling import sample
+from ..sizing import ChainStats
 from .base import ChainMethod
+
+MAX_AUTO_GAMMA = 8  # the longest draft size="auto" considers
 
 
 class SD(ChainMethod):
@@ -25,6 +28,35 @@ class SD(ChainMethod):
         self.draft_model = draft_model
         self.num_drafts = int(gamma)
 
+    # -- size="auto" (specdec.decoding.sizing): the draft length gamma -------------------------------------
+    def size_label(self) -> str:
+        return f"gamma {self.num_drafts}" if self.num_drafts else "no drafts (AR steps)"
+
+    def cost_roles(self, model):
+        return {"target": model, "draft": self.draft_model}
+
+    def explore_size(self):
+        return self.num_drafts
+
+    def new_size_stats(self, explore):
+        return ChainStats()
+
+    def size_candidates(self, stats):
+        return list(range(0, MAX_AUTO_GAMMA + 1))  # gamma 0: no drafts (plain AR) where drafting cannot pay
+
+    def expected_accepted(self, stats, gamma) -> float:
+        return stats.expected_accepted(gamma)
+
+    def step_seconds(self, calibration, rows, gamma, stats) -> float:
+        if gamma == 0:
+            return calibration.cost("target", rows, 1)
+        # the draft first re-feeds (at most two) committed tokens, then one token per further draft
+        return (calibration.cost("target", rows, gamma + 1) + calibration.cost("draft", rows, 2)
+                + (gamma - 1) * calibration.cost("draft", rows, 1))
+
+    def apply_size(self, gamma) -> None:
+        self.num_drafts = int(gamma)
+
     def start(self, ctx, prefill_hidden):
         state = ctx.state
         self.cache = self.draft_model.new_cache(ctx.cfg_copies * state.batch_size, ctx.num_slots)
@@ -36,6 +68,9 @@ class SD(ChainMethod):
         state = ctx.state
         active = state.active
         gamma = self.num_drafts
+        if gamma == 0:  # size="auto" chose no drafts: plain AR steps, the draft model idles
+            self._fed_end = self.draft_len
+            return torch.zeros(state.batch_size, 0, dtype=torch.int64, device=state.device), None
         n = torch.where(active, (state.remaining - 1).clamp(0, gamma), 0)
         # Catch-up: committed tokens at positions draft_len .. n_gen (the last one is `last`), right-aligned.
         lag = (state.n_gen - self.draft_len + 1).clamp_min(1)
@@ -47,14 +82,19 @@ class SD(ChainMethod):
         uniforms = ctx.uniform(LANE_DRAFT, gamma)
         drafts, qs = [], []
         prefix = self.draft_len
+        timer = ctx.timer
         for i in range(gamma):
-            mask = attention_mask(positions, valid, prefix, ctx.num_slots)
-            logits, _ = run_model(self.draft_model, self.cache, tokens, positions, positions, valid, mask,
-                                  cfg_copies=ctx.cfg_copies)
+            with timer.phase("tree_masks"):
+                mask = attention_mask(positions, valid, prefix, ctx.num_slots)
+            with timer.phase("draft"):
+                logits, _ = run_model(self.draft_model, self.cache, tokens, positions, positions, valid, mask,
+                                      cfg_copies=ctx.cfg_copies)
             ctx.recorder.metrics.draft_forwards += 1
-            q = ctx.process(logits[:, -1])
+            with timer.phase("logits"):
+                q = ctx.process(logits[:, -1])
             qs.append(q)
-            drafts.append(sample(q, uniforms[:, i], validate=ctx.validate))
+            with timer.phase("draft"):
+                drafts.append(sample(q, uniforms[:, i], validate=ctx.validate))
             if i == gamma - 1:
                 break
             prefix = torch.where(valid[:, -1], positions[:, -1] + 1, prefix)

@@ -4,13 +4,14 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..rng import LANE_DRAFT, LANE_INIT
 from ..sampling import sample
+from ..sizing import ChainStats
 from .base import ChainMethod
 
 INITS = ("random", "repeat_left")
+MAX_AUTO_WINDOW = 32  # the longest window size="auto" considers
 
 
 class SJD(ChainMethod):
@@ -35,6 +36,31 @@ class SJD(ChainMethod):
         self.init = init
         self.grid_width = grid_width
 
+    # -- size="auto" (specdec.decoding.sizing): the window length ------------------------------------------
+    def size_label(self) -> str:
+        return f"window {self.num_drafts + 1}" if self.num_drafts else "no drafts (AR steps)"
+
+    def cost_roles(self, model):
+        return {"target": model}
+
+    def explore_size(self):
+        return self.num_drafts + 1
+
+    def new_size_stats(self, explore):
+        return ChainStats()
+
+    def size_candidates(self, stats):
+        return list(range(1, MAX_AUTO_WINDOW + 1))  # window 1: no drafts (plain AR) where speculation cannot pay
+
+    def expected_accepted(self, stats, window) -> float:
+        return stats.expected_accepted(window - 1)
+
+    def step_seconds(self, calibration, rows, window, stats) -> float:
+        return calibration.cost("target", rows, window)
+
+    def apply_size(self, window) -> None:
+        self.num_drafts = int(window) - 1
+
     def start(self, ctx, prefill_hidden):
         state = ctx.state
         vocab = int(ctx.model.vocab_size)
@@ -51,6 +77,12 @@ class SJD(ChainMethod):
         return self.window, self.q
 
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran):
+        if self.num_drafts == 0:  # window 1 (size="auto" where drafting cannot pay): nothing to refresh
+            return
+        with ctx.timer.phase("draft"):  # the Jacobi update is this method's drafting
+            self._jacobi_update(ctx, p, accept_len, num_drafts, ran)
+
+    def _jacobi_update(self, ctx, p, accept_len, num_drafts, ran):
         state = ctx.state
         width = self.num_drafts
         j = torch.arange(width, device=state.device)
@@ -60,7 +92,7 @@ class SJD(ChainMethod):
         u = ctx.uniform(LANE_DRAFT, width)
         drawn = sample(rows.reshape(-1, p.shape[-1]), u.reshape(-1), validate=ctx.validate).view_as(src)
         window = torch.where(refreshed, drawn, 0)
-        q = torch.where(refreshed[:, :, None], rows, torch.zeros_like(rows))
+        q = rows.mul_(refreshed[:, :, None])  # in place on the gathered copy: rows a+1 .. n, zeros after
         keep = state.active & ran
         n_refreshed = torch.where(keep, (num_drafts - accept_len).clamp_min(0), width)
         self._refill(ctx, n_refreshed, window, q)
@@ -79,8 +111,8 @@ class SJD(ChainMethod):
             window.copy_(torch.where(fresh, init, window))
         else:
             window.copy_(torch.where(fresh, self._repeat_left(state, window, fresh), window))
-        one_hot = F.one_hot(window, self.vocab).to(q.dtype)
-        q.copy_(torch.where(fresh[:, :, None], one_hot, q))
+        # one-hot rows for the fresh entries, in place (adding 0 to the others leaves them bit for bit)
+        q.masked_fill_(fresh[:, :, None], 0.0).scatter_add_(2, window[:, :, None], fresh[:, :, None].to(q.dtype))
 
     def _repeat_left(self, state, window: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         """Each fresh entry copies its left neighbour in the image row (the token above at a row start), which may

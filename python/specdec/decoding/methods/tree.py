@@ -9,7 +9,7 @@ import specdec_kernels as sk
 
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
-from .base import Method
+from .base import Method, truncate_to_worst
 
 
 def tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active):
@@ -17,14 +17,16 @@ def tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active):
     ``n0``): node n gets slot ``n0 + n`` and position ``n0 + depth(n)``; it sees the committed prefix
     (slots < n0), its ancestors and itself (:func:`specdec_kernels.build_tree`'s mask widened over the prefix)."""
     m = tree_tokens.shape[1]
-    tree_mask, tree_pos, _ = sk.build_tree(parents, num_nodes, validate=ctx.validate)
-    offs = torch.arange(m, device=tree_tokens.device)
-    slots = n0[:, None] + offs[None, :]
-    valid = (offs[None, :] < num_nodes[:, None]) & active[:, None]
-    mask = attention_mask(slots, valid, n0, ctx.num_slots, intra=tree_mask)
+    with ctx.timer.phase("tree_masks"):
+        tree_mask, tree_pos, _ = sk.build_tree(parents, num_nodes, validate=ctx.validate)
+        offs = torch.arange(m, device=tree_tokens.device)
+        slots = n0[:, None] + offs[None, :]
+        valid = (offs[None, :] < num_nodes[:, None]) & active[:, None]
+        mask = attention_mask(slots, valid, n0, ctx.num_slots, intra=tree_mask)
     ctx.recorder.metrics.target_forwards += 1
-    return run_model(ctx.model, ctx.cache, tree_tokens, n0[:, None] + tree_pos, slots, valid, mask,
-                     cfg_copies=ctx.cfg_copies)
+    with ctx.timer.phase("target_forward"):
+        return run_model(ctx.model, ctx.cache, tree_tokens, n0[:, None] + tree_pos, slots, valid, mask,
+                         cfg_copies=ctx.cfg_copies)
 
 
 class DraftTree(NamedTuple):
@@ -65,6 +67,12 @@ class TreeMethod(Method):
         or None (deterministic candidates): ``(tokens, parents, depth, q)``."""
         raise NotImplementedError
 
+    def observe_size(self, out, active) -> None:
+        """size="auto": record what smaller trees would have accepted on this step (subclass)."""
+
+    def cost_roles(self, model):
+        return {"target": model, "head": self.head}
+
     # -- shared machinery ----------------------------------------------------------------------------------
     def max_feed(self) -> int:
         return self.num_nodes
@@ -82,8 +90,9 @@ class TreeMethod(Method):
     def head_forward(self, ctx, tokens, hidden, positions, slots, valid, mask):
         ctx.recorder.metrics.draft_forwards += 1
         positions = positions.clamp_max(ctx.state.num_tokens)
-        return run_model(self.head, self.head_cache, tokens, positions, slots, valid, mask,
-                         cfg_copies=ctx.cfg_copies, hidden=hidden)
+        with ctx.timer.phase("draft"):
+            return run_model(self.head, self.head_cache, tokens, positions, slots, valid, mask,
+                             cfg_copies=ctx.cfg_copies, hidden=hidden)
 
     def _catch_up(self, ctx):
         state = ctx.state
@@ -92,12 +101,14 @@ class TreeMethod(Method):
         positions = self.pend_start[:, None] + offs[None, :]
         valid = (offs[None, :] < self.pend_count[:, None]) & state.active[:, None]
         slots = positions - 1
-        mask = attention_mask(slots, valid, self.pend_start - 1, self.head_slots)
+        with ctx.timer.phase("tree_masks"):
+            mask = attention_mask(slots, valid, self.pend_start - 1, self.head_slots)
         logits, feature = self.head_forward(ctx, self.pend_tokens, self.pend_hidden, positions, slots, valid, mask)
         last = (self.pend_count - 1).clamp_min(0)
         last_rows = last.repeat(ctx.cfg_copies)
         root_feature = feature[torch.arange(feature.shape[0]), last_rows]
-        q_root = ctx.process(logits[torch.arange(logits.shape[0]), last_rows])
+        with ctx.timer.phase("logits"):
+            q_root = ctx.process(logits[torch.arange(logits.shape[0]), last_rows])
         return root_feature, q_root
 
     def step(self, ctx) -> torch.Tensor:
@@ -108,14 +119,22 @@ class TreeMethod(Method):
         tree = self.propose(ctx)  # 1. propose
         logits, hidden = self.target_forward(ctx, tree, n0, active)  # 2. one target forward
         out = self.verify(ctx, logits, tree)  # 3. verify
+        if self.truncate_to_worst:
+            out = truncate_to_worst(out, active)
         accept_len = torch.where(active, out.accept_len, 0)
-        self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
+        with ctx.timer.phase("bookkeeping"):
+            self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
+            if self.sizer is not None and self.num_nodes > 1:
+                self.observe_size(out, active)
         return accept_len
 
     def propose(self, ctx) -> DraftTree:
         """Catch the head up on the committed tokens, draft this step's tree and prepend the root (the last
         committed token) as node 0; nodes past the image end are dropped."""
         state = ctx.state
+        if self.num_nodes == 1:  # size="auto" chose a lone root (plain AR steps): the head idles
+            ones = torch.ones_like(state.n_gen)
+            return DraftTree(state.last[:, None], torch.full_like(ones, -1)[:, None], ones, None)
         root_feature, q_root = self._catch_up(ctx)
         node_tokens, parents, depth, q = self.draft_tree(ctx, root_feature, q_root)
         zero = torch.zeros(state.batch_size, 1, dtype=torch.int64, device=state.device)
@@ -137,9 +156,10 @@ class TreeMethod(Method):
         and emitted tokens per row. Idle rows verify a lone root on their (ignored) padding logits; their outcome
         is not committed."""
         m = tree.tokens.shape[1]
-        return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes, draft_probs=tree.q,
-                                      u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-                                      return_probs=False)
+        with ctx.timer.phase("verify"):  # logits processing included (fused into the op when the library has it)
+            return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes,
+                                          draft_probs=tree.q, u_accept=ctx.uniform(LANE_ACCEPT, m),
+                                          u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0], return_probs=False)
 
     def commit(self, ctx, n0, active, hidden, out, accept_len) -> None:
         """Append the accepted path's tokens and the next token, compact the path's KV to consecutive slots, and
