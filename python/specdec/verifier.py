@@ -69,6 +69,8 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
     """Raw logits -> float32 probabilities (CFG, temperature, top-k, top-p, softmax); see
     ``specdec_kernels.process_logits``. Uses the library's op when it has one, else the fallback above."""
     op = getattr(sk, "process_logits", None)
+    if cfg_scale is not None and float(cfg_scale) == 1.0:  # scale 1 is no guidance: the rows are not doubled
+        cfg_scale = None
     if op is not None:  # the library's op takes (rows, S, V): fold any other layout into that
         rows, vocab = logits.shape[0], logits.shape[-1]
         probs = op(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
