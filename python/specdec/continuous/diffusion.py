@@ -5,10 +5,13 @@ s = 0.008): ``abar(t) = cos^2((t / T + s) / (1 + s) * pi / 2) / cos^2(s / (1 + s
 ``beta_t = min(1 - abar(t) / abar(t - 1), 0.999)``. The head is trained and sampled on the same T steps (no
 respacing).
 
-**Variance.** Fixed, ``sigma_t^2 = beta_t`` (DDPM's "fixed large" choice), not learned. Two reasons: the
-posterior variance ``beta~_1`` is exactly 0 at the last step, which would make the final Gaussian
-``N(mu_0, sigma_0^2)`` that CSpD's acceptance test compares degenerate; and with a schedule shared by draft and
-target both models have the same ``sigma_t`` at every step, so the trajectory normaliser of
+**Variance.** Fixed, not learned (the released CSpD code's MAR learns it). Default ``"small"``: the DDPM posterior
+variance ``sigma_t^2 = beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)``, except at the last step, where
+``beta~_1 = 0`` would make the final Gaussian ``N(mu_0, sigma_0^2)`` that CSpD's acceptance test compares
+degenerate; there it takes ``beta~_2`` (the clipping DDPM applies to its log-variance). ``"large"``:
+``sigma_t^2 = beta_t``. On the shipped target (after 1000 training steps) "small" gave sharper samples: class
+accuracy 0.77 against 0.74 at CFG 3, 1000 samples. ``final_std`` overrides the last step's std; a larger one
+makes CSpD's Gaussian test more lenient but adds that noise to every token (0.3 dropped class accuracy to 0.41). Either way both models share ``sigma_t`` at every step, so the trajectory normaliser of
 ``docs/ALGORITHMS.md §3.6`` is exactly ``c = 1`` and the token-level accept / residual rule is standard speculative
 sampling on the final-step Gaussians (lossless). The normaliser is still recorded and passed to the op.
 
@@ -40,9 +43,14 @@ class HeadConfig:
     width: int = 128
     depth: int = 3
     num_steps: int = 25
+    variance: str = "small"  # "small" (posterior, clipped at t = 1) or "large" (beta_t)
+    final_std: Optional[float] = None  # std of the last reverse step (None: the variance rule's sigma_1)
 
     def to_dict(self) -> Dict:
         return asdict(self)
+
+
+VARIANCES = ("small", "large")
 
 
 def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -53,20 +61,34 @@ def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999)
 
 class Schedule:
     """Per-step constants (float32, index ``t - 1`` for step t): beta, alpha, abar, the epsilon coefficient of the
-    mean ``beta / sqrt(1 - abar)``, and sigma = sqrt(beta)."""
+    mean ``beta / sqrt(1 - abar)``, and the reverse-step std sigma (``variance``: module docstring)."""
 
-    def __init__(self, num_steps: int):
+    def __init__(self, num_steps: int, variance: str = "small", final_std: Optional[float] = None):
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2, got {num_steps}")
         betas = cosine_betas(num_steps)
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+        if variance == "small":
+            var = betas * (1 - abar_prev) / (1 - abar)
+            var[0] = var[1]
+        else:
+            var = betas
+        if final_std is not None:
+            if not final_std > 0:
+                raise ValueError(f"final_std must be > 0, got {final_std}")
+            var[0] = float(final_std) ** 2
         self.num_steps = num_steps
         self.betas = betas.float()
         self.sqrt_abar = abar.sqrt().float()
         self.sqrt_one_minus_abar = (1 - abar).sqrt().float()
         self.inv_sqrt_alpha = (1 / alphas.sqrt()).float()
         self.eps_coef = (betas / (1 - abar).sqrt()).float()
-        self.sigmas = betas.sqrt().float()
-        self.log_sigmas = betas.sqrt().log().float()
+        self.sigmas = var.sqrt().float()
+        self.log_sigmas = (0.5 * var.log()).float()
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -100,7 +122,7 @@ class DiffusionHead(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.schedule = Schedule(config.num_steps)
+        self.schedule = Schedule(config.num_steps, config.variance, config.final_std)
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.cond_proj = nn.Linear(config.cond_dim, w)
         self.input_proj = nn.Linear(config.token_dim, w)

@@ -12,7 +12,7 @@ undoes it. Layout and cache protocol: slot / position 0 holds the class token, t
 """
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,6 +32,8 @@ class ContinuousConfig:
     head_width: int = 128
     head_depth: int = 3
     num_steps: int = 25
+    variance: str = "small"  # reverse-step variance of the head (diffusion.py)
+    final_std: Optional[float] = None  # std of the head's last reverse step (diffusion.py)
     class_dropout: float = 0.1
 
     @property
@@ -44,7 +46,8 @@ class ContinuousConfig:
 
     def head_config(self) -> HeadConfig:
         return HeadConfig(token_dim=self.token_dim, cond_dim=self.dim, width=self.head_width,
-                          depth=self.head_depth, num_steps=self.num_steps)
+                          depth=self.head_depth, num_steps=self.num_steps, variance=self.variance,
+                          final_std=self.final_std)
 
     def to_dict(self) -> Dict:
         return asdict(self)

@@ -110,13 +110,16 @@ def generate_ar(model: ContinuousAR, classes: torch.Tensor, keys: torch.Tensor, 
 @torch.no_grad()
 def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tensor, keys: torch.Tensor, *,
                   cfg_scale: float = 3.0, gamma: int = DEFAULT_GAMMA, prefill_ratio: float = DEFAULT_PREFILL,
-                  align: bool = True, causal: bool = True, max_tries: int = DEFAULT_MAX_TRIES) -> Result:
+                  align: bool = True, causal: bool = True, max_tries: int = DEFAULT_MAX_TRIES,
+                  inner_temperature: Optional[float] = None) -> Result:
     """Continuous speculative decoding of ``(B, 64, D)`` tokens (module docstring for the steps).
 
     ``align``: draft and target share every position's diffusion noise (off: independent noise);
     ``prefill_ratio``: share of leading tokens sampled by the target alone (0 switches pre-fill off); ``gamma``:
     drafts per verification; ``causal``: first-rejection truncation (paper) or independent per-token commits
-    (released code); ``max_tries``: residual proposals per rejected token (``cspd_verify``'s K).
+    (released code); ``max_tries``: residual proposals per rejected token (``cspd_verify``'s K);
+    ``inner_temperature``: passed to ``cspd_verify`` when given (None: the op's default 1, the paper's exact form;
+    the released code uses 42, which flattens the density ratio and accepts almost everything: not exact).
 
     ``stats``: ``target_forwards`` ``(B,)`` (pre-fill forwards + verifications per row), ``verifications``,
     ``drafts_tested`` / ``drafts_accepted`` (every pending draft the op judged), ``accept_prefix`` (sum over
@@ -128,8 +131,10 @@ def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tens
         raise ValueError(f"prefill_ratio must be in [0, 1], got {prefill_ratio}")
     if max_tries < 1 or max_tries * target.token_dim > 4096:
         raise ValueError(f"max_tries must be in [1, {4096 // target.token_dim}], got {max_tries}")
-    if (target.config.num_steps, target.token_dim) != (draft.config.num_steps, draft.token_dim):
-        raise ValueError("draft and target must share the diffusion schedule length and the token dimension")
+    shared = lambda m: (m.config.num_steps, m.config.variance, m.config.final_std, m.token_dim)  # noqa: E731
+    if shared(target) != shared(draft):
+        raise ValueError(f"draft and target must share the diffusion schedule (steps, variance, final std) and "
+                         f"the token dimension: {shared(draft)} != {shared(target)}")
     device = classes.device
     B, N, D = len(classes), target.num_tokens, target.token_dim
     tokens = torch.zeros(B, N + gamma + 1, D, device=device)  # drafts of the last rows may run past N
@@ -192,9 +197,10 @@ def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tens
         u_prop = position_uniforms(keys, pos, LANE_PROPOSAL, max_tries * D)[pending].view(-1, max_tries, D)
         u_ar = position_uniforms(keys, pos, LANE_RESIDUAL, max_tries)[pending]
         drafts = tokens[rows[:, None], pos]
+        options = {} if inner_temperature is None else {"inner_temperature": inner_temperature}
         out, accepted, fallback = sk.cspd_verify(
             drafts[pending], mu_q[pending], sigma_q[pending], mu_p[:, :gamma][pending], sigma_p[:, :gamma][pending],
-            s_q[pending], s_p[:, :gamma][pending], u_accept, u_prop, u_ar)
+            s_q[pending], s_p[:, :gamma][pending], u_accept, u_prop, u_ar, **options)
         acc = torch.zeros(B, gamma, dtype=torch.bool, device=device)
         acc[pending] = accepted
         resampled = drafts.clone()

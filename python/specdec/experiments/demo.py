@@ -75,6 +75,10 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
               f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, setup.device)}.")
     write_outputs(setup, "demo", rows, COLUMNS, header, {"config": _jsonable(config), "rows": rows}, plot_demo,
                   progress)
+    # CSpD on the continuous-token testbed: own table (demo_cspd.md) and grids, same seed, at most 10 per class.
+    from ..continuous.demo import run_cspd_demo
+
+    run_cspd_demo(setup.out, min(config.images_per_class, 10), config.seed, progress=progress)
     return rows
 
 
