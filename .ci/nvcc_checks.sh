@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile-only checks of the CUDA sources on machines without a GPU (BUILD.md section 4).
+# Compile-only checks of the CUDA sources on machines without a GPU (docs/BUILD.md §4).
 #   Check A: the torch-free kernels (csrc/cuda/standalone_check.cu instantiates every template) for each
 #            target architecture, one at a time, with ptxas resource usage (registers, spills) printed.
 #            sm_80 is compiled as C++17 (torch 2.11's BuildExtension, the GPU machine's, passes -std=c++17 to

@@ -16,6 +16,7 @@ from .ops import (
     gsd_group_mass,
     lantern_relaxed_mass,
     neighbor_table,
+    sample_from_probs,
     verify_chain,
     verify_tree,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "lantern_relaxed_mass",
     "neighbor_table",
     "reference",
+    "sample_from_probs",
     "verify_chain",
     "verify_tree",
 ]

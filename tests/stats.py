@@ -1,4 +1,4 @@
-"""Statistical helpers for distribution-preservation tests (ALGORITHMS.md 5.2).
+"""Statistical helpers for distribution-preservation tests (docs/ALGORITHMS.md §5.2).
 
 Every chi-square test here uses a per-test significance of ALPHA (1e-6): with the Bonferroni rule the
 whole suite (< 100 such tests) keeps a family-wise false-alarm rate below 1e-4, while at N = 2e5 samples

@@ -1,4 +1,5 @@
-"""cspd_verify: the analytic log-density ratio, parity with the reference, and distribution properties."""
+"""cspd_verify on every backend: parity with the reference (random, many-token and edge inputs), the analytic
+log-density ratio, distribution properties, opcheck."""
 
 import math
 
@@ -8,32 +9,63 @@ from scipy import stats
 
 import specdec_kernels as sk
 
-from conftest import device_for
+from _backends import TRITON_INTERPRETED, assert_same, gpu_only, run_both
+from _opcheck import opcheck_public_call
+from _triton_compile import check_triton_compiles_for_sm90
 
 
-def _case(n=256, dim=4, seed=0, tries=8, c_one=True):
+def _case(n=256, dim=4, seed=0, tries=8, c_one=True, spread=0.5, s_scale=0.1):
     gen = torch.Generator().manual_seed(seed)
     mu_p = torch.randn(n, dim, generator=gen) * 0.5
-    mu_q = mu_p + torch.randn(n, dim, generator=gen) * 0.5
+    mu_q = mu_p + torch.randn(n, dim, generator=gen) * spread
     sigma_p = torch.rand(n, dim, generator=gen) + 0.5
     sigma_q = torch.rand(n, dim, generator=gen) + 0.5
     x = mu_q + sigma_q * torch.randn(n, dim, generator=gen)
-    s_q = torch.zeros(n, dim) if c_one else torch.randn(n, dim, generator=gen) * 0.1
+    s_q = torch.zeros(n, dim) if c_one else torch.randn(n, dim, generator=gen) * s_scale
     s_p = torch.zeros(n, dim)
     return dict(x=x, mu_q=mu_q, sigma_q=sigma_q, mu_p=mu_p, sigma_p=sigma_p, s_q=s_q, s_p=s_p,
                 u_accept=torch.rand(n, generator=gen), u_prop=torch.rand(n, tries, dim, generator=gen),
                 u_ar=torch.rand(n, tries, generator=gen))
 
 
+def _check(backend, case, tau=1.0):
+    """Accepted and fallback flags equal to the reference's; tokens within float32 rounding (CUDA's erfinv / log
+    differ from torch's CPU ones by a few float64 ulps)."""
+    got, want = run_both(sk.cspd_verify, backend, **case, inner_temperature=tau)
+    assert_same(got[1:], want[1:])
+    assert got[0].dtype == want[0].dtype
+    tol = 1e-6 if backend == "triton" else 1e-5
+    torch.testing.assert_close(got[0].cpu(), want[0], atol=tol, rtol=tol)
+    return want
+
+
 @pytest.mark.parametrize("c_one", [True, False])
 @pytest.mark.parametrize("tau", [1.0, 42.0])
-def test_parity(backend, c_one, tau):
-    device = device_for(backend)
-    case = _case(c_one=c_one)
-    got = sk.cspd_verify(**{k: v.to(device) for k, v in case.items()}, inner_temperature=tau, backend=backend)
-    want = sk.cspd_verify(**case, inner_temperature=tau, backend="reference")
-    assert torch.equal(got[1].cpu(), want[1]) and torch.equal(got[2].cpu(), want[2])
-    torch.testing.assert_close(got[0].cpu(), want[0], atol=1e-5, rtol=1e-5)
+def test_parity(kernel_backend, c_one, tau):
+    accepted = _check(kernel_backend, _case(c_one=c_one, seed=int(tau)), tau)[1]
+    assert accepted.any() and (~accepted).any()
+
+
+@pytest.mark.select(gpu_only)
+@pytest.mark.parametrize("c_one", [True, False])
+@pytest.mark.parametrize("tau", [1.0, 42.0])
+@pytest.mark.parametrize("tries", [1, 100])
+def test_parity_many_tokens(kernel_backend, c_one, tau, tries):
+    """2048 tokens of 16 dimensions, one or 100 residual tries."""
+    case = _case(n=2048, dim=16, seed=tries, tries=tries, c_one=c_one, spread=0.3, s_scale=0.05)
+    _check(kernel_backend, case, tau)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log")  # the Triton interpreter's numpy log(0)
+def test_edge_uniforms_and_shapes(kernel_backend):
+    case = _case(n=16, dim=1, tries=1, seed=3, c_one=False, spread=2.0)
+    case["u_prop"][:8] = 0.0  # clamped to 2^-24: far tail of Phi^-1
+    case["u_prop"][8:] = 1.0 - 2.0**-24  # the largest float32 below 1
+    case["u_accept"][:4] = 0.0  # log 0 = -inf: accepted
+    _, accepted, fallback = _check(kernel_backend, case)
+    assert accepted[:4].all() and fallback.any()
+    _check(kernel_backend, _case(n=5, dim=17, tries=3, seed=4, c_one=False))  # a dimension past a power of two
+    _check(kernel_backend, _case(n=0, dim=3, tries=2))
 
 
 def test_acceptance_matches_analytic_ratio():
@@ -88,3 +120,13 @@ def test_fallback_returns_last_proposal():
     u = case["u_prop"][:, -1].double().clamp(2**-24, 1 - 2**-24)
     expected = case["mu_p"].double() + case["sigma_p"].double() * math.sqrt(2) * torch.erfinv(2 * u - 1)
     torch.testing.assert_close(tokens.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_opcheck(kernel_backend):
+    opcheck_public_call(sk.cspd_verify, kernel_backend, **_case(n=6, dim=3, tries=4, c_one=False))
+
+
+@pytest.mark.backends("triton")
+@pytest.mark.skipif(not TRITON_INTERPRETED, reason="a GPU run compiles every kernel for real")
+def test_triton_compiles_for_sm90(kernel_backend):
+    check_triton_compiles_for_sm90("cspd_verify")

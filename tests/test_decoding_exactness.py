@@ -1,5 +1,5 @@
 """(b) Exact methods reproduce plain AR sampling: the generated sequences' distribution equals the toy
-target's exact joint (teacher-forced enumeration), judged by chi-square on token pairs (ALGORITHMS.md 5.2).
+target's exact joint (teacher-forced enumeration), judged by chi-square on token pairs (docs/ALGORITHMS.md §5.2).
 
 One batched call of N_SAMPLES rows per method, one class, CFG + temperature + top-k on. Each test's
 significance is stats.ALPHA = 1e-6."""

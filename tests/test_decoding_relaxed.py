@@ -60,7 +60,7 @@ def test_lantern_pp_acceptance_grows_with_lambda():
 
 def test_gsd_accepts_at_least_sjd_on_fresh_drafts_and_more_overall():
     """Step 1 verifies fresh (one-hot) inits with identical p and uniforms, where GSD's accept set contains
-    exact SD's (ALGORITHMS.md 5.3): per-row accept_len can only grow. Later steps diverge, so compare means."""
+    exact SD's (docs/ALGORITHMS.md §5.3): per-row accept_len can only grow. Later steps diverge, so compare means."""
     classes = torch.arange(3).repeat(200)
     keys = derive_row_keys(classes.shape[0], seed=8)
     exact = _run(methods.SJD(window=6), classes, keys).metrics

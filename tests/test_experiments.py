@@ -30,7 +30,7 @@ def test_static_cluster_groups_are_exactly_the_clusters():
     # One-hot draft (q = 1 on x): P_G must be the target mass of x's cluster, Q_G = 1.
     p = torch.softmax(3 * torch.randn(16, vocab), -1)
     x = torch.randint(0, vocab, (16,))
-    kwargs = {k: v for k, v in method.verify_kwargs().items() if k != "method"}
+    kwargs = {k: v for k, v in method.verifier.kernel_kwargs.items() if k != "method"}
     p_g, q_g = sk.gsd_group_mass(p, None, x, **kwargs)
     expected = (p.double() * same[x].double()).sum(-1)
     torch.testing.assert_close(p_g.double(), expected, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
 // CPU CSpD verification: independent per-token Gaussian acceptance and acceptance-rejection
-// resampling from the target's final-step Gaussian, all in float64 (ALGORITHMS.md 3.6).
+// resampling from the target's final-step Gaussian, all in float64 (docs/ALGORITHMS.md §3.6).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

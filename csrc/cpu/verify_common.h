@@ -1,5 +1,5 @@
 // Row-level building blocks shared by the CPU verification kernels (torch-free, host only).
-// Semantics: ALGORITHMS.md section 3 and specdec_kernels/reference; every sum that decides a token is
+// Semantics: docs/ALGORITHMS.md §3 and specdec_kernels/reference; every sum that decides a token is
 // accumulated sequentially in float64, in the order the reference uses.
 #pragma once
 
@@ -15,7 +15,7 @@ namespace specdec::cpu {
 // Sums run in float64. A strictly sequential sum is bound by add latency, so each 64-wide block is summed
 // with four interleaved accumulators and the running sum is kept at block ends; the one block that
 // crosses the threshold is then re-scanned sequentially. The order differs from the reference's cumsum
-// only at float64 rounding level (ALGORITHMS.md 3.8: tokens can differ only within that of a boundary).
+// only at float64 rounding level (docs/ALGORITHMS.md §3.8: tokens can differ only within that of a boundary).
 template <class Weight>
 int64_t inverse_cdf(int64_t vocab, const Weight& weight, float u, std::vector<double>& block_ends) {
   constexpr int64_t kBlock = 64;

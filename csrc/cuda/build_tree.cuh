@@ -1,4 +1,4 @@
-// Tree buffers from parent arrays (ALGORITHMS.md 3.5; reference: specdec_kernels/reference/build_tree.py),
+// Tree buffers from parent arrays (docs/ALGORITHMS.md §3.5; reference: specdec_kernels/reference/build_tree.py),
 // torch-free kernel and launcher. The number of leaves P and the depth H are data-dependent: the kernel
 // fills fixed [B, M, M] path buffers and reports the batch maxima (and malformed trees) through a small
 // int32 stats array; the caller copies those three ints to the host and slices.

@@ -1,4 +1,4 @@
-// Continuous speculative decoding verification (ALGORITHMS.md 3.6; reference:
+// Continuous speculative decoding verification (docs/ALGORITHMS.md §3.6; reference:
 // specdec_kernels/reference/cspd_verify.py), torch-free kernel and launcher. Everything in float64;
 // Phi^-1(u) = sqrt(2) * erfinv(2u - 1) with CUDA's double erfinv (a few ulp from torch.erfinv, so
 // resampled tokens agree to float32 rounding; decisions flip only at exact ties).

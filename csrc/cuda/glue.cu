@@ -1,7 +1,7 @@
 // CUDA backend of specdec_kernels: structural checks from csrc/checks.h, the device guard and the current
 // stream, then the torch-free launchers of csrc/cuda/*.cuh, whose status is checked with an error naming
 // the kernel. Registered under the CUDA dispatch key; the schemas live in csrc/ops.cpp.
-// Includes are deliberately minimal (BUILD.md section 4): never ATen/cuda/CUDAContext.h, which needs
+// Includes are deliberately minimal (docs/BUILD.md §4): never ATen/cuda/CUDAContext.h, which needs
 // cuBLAS / cuSPARSE headers that the CI toolkit lacks.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

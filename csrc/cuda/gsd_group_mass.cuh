@@ -1,4 +1,4 @@
-// GSD's dynamic group mass (ALGORITHMS.md 3.3; reference: specdec_kernels/reference/gsd_group_mass.py),
+// GSD's dynamic group mass (docs/ALGORITHMS.md §3.3; reference: specdec_kernels/reference/gsd_group_mass.py),
 // torch-free: the block-level routine shared with verify_chain, the gsd_group_mass kernel and its
 // launcher.
 #pragma once

@@ -1,4 +1,4 @@
-// LANTERN / LANTERN++ relaxed mass (ALGORITHMS.md 3.4; reference:
+// LANTERN / LANTERN++ relaxed mass (docs/ALGORITHMS.md §3.4; reference:
 // specdec_kernels/reference/lantern_relaxed_mass.py), torch-free kernel and launcher. The warp-level
 // routine itself (warp_relaxed_mass) lives in verify_common.cuh: verify_chain and verify_tree share it.
 #pragma once

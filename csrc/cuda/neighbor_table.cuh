@@ -1,4 +1,4 @@
-// LANTERN neighbour table (ALGORITHMS.md 3.4; reference: specdec_kernels/reference/neighbor_table.py),
+// LANTERN neighbour table (docs/ALGORITHMS.md §3.4; reference: specdec_kernels/reference/neighbor_table.py),
 // torch-free kernels and launcher. Built once per model, never per step: simplicity over peak speed.
 #pragma once
 

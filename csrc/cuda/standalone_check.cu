@@ -1,4 +1,4 @@
-// Check A (BUILD.md section 4): a torch-free translation unit that instantiates every kernel template
+// Check A (docs/BUILD.md §4): a torch-free translation unit that instantiates every kernel template
 // with every type and constant the glue uses, so compiling it for each architecture compiles all device
 // code. Never part of the extension (setup.py skips this file); .ci/nvcc_checks.sh compiles it.
 #include "build_tree.cuh"

@@ -1,4 +1,4 @@
-// Fused chain verification (ALGORITHMS.md 3.2-3.4; reference: specdec_kernels/reference/verify_chain.py),
+// Fused chain verification (docs/ALGORITHMS.md §3.2-3.4; reference: specdec_kernels/reference/verify_chain.py),
 // torch-free: one launch per call, no [B, L, V] temporaries.
 #pragma once
 

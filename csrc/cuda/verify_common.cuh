@@ -1,5 +1,5 @@
 // Torch-free block- and warp-level building blocks shared by the CUDA verification kernels (the
-// device counterpart of csrc/cpu/verify_common.h). Semantics: ALGORITHMS.md section 3 and
+// device counterpart of csrc/cpu/verify_common.h). Semantics: docs/ALGORITHMS.md §3 and
 // specdec_kernels/reference. Every decision is taken in float64 the way the reference takes it;
 // float32 work that must not be contracted into FMAs (distances) uses explicit _rn intrinsics.
 //
@@ -212,7 +212,7 @@ struct InverseCdf {
 };
 
 // ---------------------------------------------------------------------------------------------
-// LANTERN relaxed mass of candidate x under row r (ALGORITHMS.md 3.4), computed by one full warp
+// LANTERN relaxed mass of candidate x under row r (docs/ALGORITHMS.md §3.4), computed by one full warp
 // (every lane gets the same result): c_m = c_{m-1} + r(n_m) accumulated sequentially in float64 in
 // table order, m* = the longest prefix with c_m <= budget (budget = delta, or (lam - 1) * r(x)).
 // Lanes gather 32 neighbour probabilities at a time (the next chunk is loaded before the current one

@@ -1,4 +1,4 @@
-// Fused tree verification: recursive rejection over siblings, level by level (ALGORITHMS.md 3.5;
+// Fused tree verification: recursive rejection over siblings, level by level (docs/ALGORITHMS.md §3.5;
 // reference: specdec_kernels/reference/verify_tree.py), torch-free kernel and launcher.
 #pragma once
 

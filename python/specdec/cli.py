@@ -118,15 +118,17 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="every decoding method on the shipped testbed: image grids, table, plot")
     _add_run_options(p)
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset of ar,sd,sjd,gsd,eagle2,lantern,lantern++ (ar is always run)")
+                   help="comma-separated names of registered methods (default: the demo's methods, "
+                        "specdec.decoding.methods; ar is always run)")
 
     def run(args) -> int:
+        from .decoding.methods import method_names
         from .experiments.demo import DEMO_METHODS, DemoConfig, run_demo
 
         methods = DEMO_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(","))
-        unknown = sorted(set(methods) - set(DEMO_METHODS))
+        unknown = sorted(set(methods) - set(method_names()))
         if unknown:
-            raise SystemExit(f"unknown method(s) {unknown}; choose from {list(DEMO_METHODS)}")
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {list(method_names())}")
         extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar")}
         run_demo(_config(DemoConfig, args, **extra))
         return 0

@@ -27,7 +27,7 @@ def cspd_verify(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Accept or resample continuous draft tokens of a diffusion-head AR model (CSpD, arXiv 2411.11925).
 
-    Semantics (ALGORITHMS.md 3.6; independent per token, no first-rejection truncation): with the final
+    Semantics (docs/ALGORITHMS.md §3.6; independent per token, no first-rejection truncation): with the final
     denoising step's diagonal Gaussians q0 = N(mu_q, sigma_q^2) (draft) and p0 = N(mu_p, sigma_p^2) (target),
     the trajectory normaliser ``log c = sum_d (s_q - s_p)`` and ``tau = inner_temperature``,
     ``log rho = sum_d [-((x - mu_p) / (tau sigma_p))^2 / 2 + ((x - mu_q) / (tau sigma_q))^2 / 2

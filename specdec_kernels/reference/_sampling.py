@@ -1,4 +1,4 @@
-"""Inverse-CDF sampling shared by every reference op (ALGORITHMS.md, section 1)."""
+"""Inverse-CDF sampling shared by every reference op (docs/ALGORITHMS.md §1)."""
 
 import torch
 
@@ -11,7 +11,7 @@ def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     leaves none, the largest ``j`` with ``w[j] > 0``. No normalisation is needed, and a zero-weight token
     is never returned. Rows whose weights are all zero return 0 (callers never pass such rows).
 
-    Cross-backend numerics (ALGORITHMS.md 3.8, open question 12): every backend sums in float64 but may
+    Cross-backend numerics (docs/ALGORITHMS.md §3.8): every backend sums in float64 but may
     use another summation order (blocked or parallel scans), so a token can differ from this reference
     only when ``u * sum(w)`` lies within float64 rounding of a cumulative-sum boundary.
     """

@@ -1,4 +1,4 @@
-"""Reference: tree attention mask, depths and root-to-leaf paths from parent arrays (ALGORITHMS.md 3.5)."""
+"""Reference: tree attention mask, depths and root-to-leaf paths from parent arrays (docs/ALGORITHMS.md §3.5)."""
 
 from typing import List, Optional, Tuple
 

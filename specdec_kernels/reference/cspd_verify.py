@@ -1,4 +1,4 @@
-"""Reference: continuous-token acceptance and residual sampling of CSpD (arXiv 2411.11925; ALGORITHMS.md 3.6)."""
+"""Reference: continuous-token acceptance and residual sampling of CSpD (arXiv 2411.11925; docs/ALGORITHMS.md §3.6)."""
 
 import math
 from typing import Tuple

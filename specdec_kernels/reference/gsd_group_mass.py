@@ -1,4 +1,4 @@
-"""Reference: the dynamic group of Grouped Speculative Decoding (arXiv 2508.07747; ALGORITHMS.md 3.3)."""
+"""Reference: the dynamic group of Grouped Speculative Decoding (arXiv 2508.07747; docs/ALGORITHMS.md §3.3)."""
 
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""Reference: LANTERN / LANTERN++ relaxed mass of a candidate (ALGORITHMS.md 3.4)."""
+"""Reference: LANTERN / LANTERN++ relaxed mass of a candidate (docs/ALGORITHMS.md §3.4)."""
 
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""Reference: the LANTERN latent-neighbour table (ALGORITHMS.md 3.4)."""
+"""Reference: the LANTERN latent-neighbour table (docs/ALGORITHMS.md §3.4)."""
 
 import torch
 

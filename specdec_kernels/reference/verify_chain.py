@@ -1,4 +1,4 @@
-"""Reference: chain verification for exact, GSD and LANTERN acceptance (ALGORITHMS.md 3.2-3.4)."""
+"""Reference: chain verification for exact, GSD and LANTERN acceptance (docs/ALGORITHMS.md §3.2-3.4)."""
 
 from typing import Optional, Tuple
 

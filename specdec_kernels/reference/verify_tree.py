@@ -1,4 +1,4 @@
-"""Reference: recursive rejection over a draft tree, exact or LANTERN-relaxed (ALGORITHMS.md 3.5)."""
+"""Reference: recursive rejection over a draft tree, exact or LANTERN-relaxed (docs/ALGORITHMS.md §3.5)."""
 
 from typing import Optional, Tuple
 

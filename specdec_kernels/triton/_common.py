@@ -1,6 +1,6 @@
 """Pieces shared by the Triton kernels: launch settings and the ``@triton.jit`` row helpers.
 
-Numerics mirror ``specdec_kernels.reference`` (ALGORITHMS.md 3.8): probabilities are read as float32 and every
+Numerics mirror ``specdec_kernels.reference`` (docs/ALGORITHMS.md §3.8): probabilities are read as float32 and every
 sum that decides a token (inverse-CDF, LANTERN prefix, GSD group masses) runs in float64. Prefix sums are
 ``tl.cumsum`` over a chunk with the running carry folded into the chunk's first element, so the interpreter
 (a sequential cumsum) reproduces the reference's sequential float64 cumsum exactly; a GPU scan may differ by float64

@@ -1,4 +1,4 @@
-"""Speculative decoding loop for class-conditional AR image models (testbed protocol, TESTBED.md 1.4-1.7).
+"""Speculative decoding loop for class-conditional AR image models (testbed protocol, docs/TESTBED.md §1.4-1.7).
 
 Quick start::
 
@@ -7,7 +7,8 @@ Quick start::
     res.tokens            # (batch, num_tokens) image codes
     res.metrics.summary() # target forwards, tokens per step, mean accepted length, wall time
 
-Every verification goes through :mod:`specdec_kernels`; the loop only drafts, feeds and commits.
+Every verification goes through the method's :class:`specdec.SpeculativeVerifier` (raw logits to tokens, on the
+:mod:`specdec_kernels` ops); the loop only drafts, feeds and commits.
 """
 
 from . import methods

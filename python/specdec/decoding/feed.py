@@ -1,4 +1,4 @@
-"""Ragged feeds into a model that follows the testbed protocol (KV by cache slot, TESTBED.md 1.5-1.7).
+"""Ragged feeds into a model that follows the testbed protocol (KV by cache slot, docs/TESTBED.md §1.5-1.7).
 
 Protocol (``python/specdec/testbed/model.py``): ``forward_tokens(tokens [R,T], positions [R,T], slots [R,T],
 attn_mask [R,T,S] bool, cache) -> (logits [R,T,V], hidden [R,T,d])``; a query sees cache slot s iff

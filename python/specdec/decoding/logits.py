@@ -1,13 +1,17 @@
-"""Logits processing shared by target and drafters: CFG -> temperature -> top-k -> softmax (TESTBED.md 1.4).
+"""Logits processing shared by target and drafters: CFG -> temperature -> top-k -> top-p -> softmax
+(docs/TESTBED.md §1.4). The processing itself is :func:`specdec.verifier.process_logits`, the one the verifier
+applies to target logits.
 
 Every method verifies against these processed distributions, and a drafter's q goes through the same chain
-(ALGORITHMS.md section 1), so truncation is part of p and q.
+(docs/ALGORITHMS.md §1), so truncation is part of p and q.
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .. import verifier
 
 
 @dataclass(frozen=True)
@@ -18,11 +22,13 @@ class SamplingConfig:
         rows at all (cond logits only), anything else doubles the batch (cond rows first).
     temperature: divides the guided logits (clamped to 1e-5, so 0 is near-greedy).
     top_k: keep the k largest logits (and ties with the k-th); 0 or None keeps all.
+    top_p: nucleus filtering after top-k (1.0 keeps all).
     """
 
     cfg_scale: Optional[float] = 4.0
     temperature: float = 1.0
     top_k: Optional[int] = 0
+    top_p: float = 1.0
 
     @property
     def uses_cfg(self) -> bool:
@@ -30,23 +36,7 @@ class SamplingConfig:
 
 
 def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Turn raw logits into float32 probabilities.
-
-    Parameters
-    ----------
-    logits : ``(rows, ..., vocab_size)``; with CFG ``rows = 2 * batch_size``, cond rows first.
-
-    Returns
-    -------
-    ``(batch_size, ..., vocab_size)`` float32 probabilities (softmax in at least float32).
-    """
-    work = logits if logits.dtype == torch.float64 else logits.float()
-    if cfg.uses_cfg:
-        cond, uncond = work.chunk(2, dim=0)
-        work = uncond + float(cfg.cfg_scale) * (cond - uncond)
-    work = work / max(float(cfg.temperature), 1e-5)
-    k = cfg.top_k or 0
-    if 0 < k < work.shape[-1]:
-        kth = torch.topk(work, k, dim=-1).values[..., -1:]
-        work = work.masked_fill(work < kth, float("-inf"))
-    return torch.softmax(work, dim=-1).to(torch.float32)
+    """Turn raw logits ``(rows, ..., V)`` (with CFG ``rows = 2 * batch``, cond rows first) into float32
+    probabilities ``(batch, ..., V)``."""
+    return verifier.process_logits(logits, cfg_scale=cfg.cfg_scale if cfg.uses_cfg else None,
+                                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)

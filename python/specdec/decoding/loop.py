@@ -7,10 +7,10 @@ from typing import Optional
 
 import torch
 
-from .logits import SamplingConfig, process_logits
+from ..verifier import SpeculativeVerifier
+from .logits import SamplingConfig
 from .metrics import GenerationMetrics, MetricsRecorder
 from .rng import LANE_SAMPLE, RowStreams
-from .sampling import sample
 from .state import DecodeState
 
 
@@ -26,13 +26,19 @@ class Context:
     state: DecodeState
     recorder: MetricsRecorder
     validate: bool = False
+    verifier: Optional[SpeculativeVerifier] = None  # default: exact, with this context's sampling settings
+
+    def __post_init__(self):
+        if self.verifier is None:
+            self.verifier = _configured(SpeculativeVerifier("exact"), self.sampling, self.validate)
 
     @property
     def cfg_copies(self) -> int:
         return 2 if self.sampling.uses_cfg else 1
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
-        return process_logits(logits, self.sampling)
+        """The verifier's logits processing (drafters use it too, so q is processed like p)."""
+        return self.verifier.process(logits)
 
     def uniform(self, lane_base: int, count: int) -> torch.Tensor:
         """This step's uniforms for every row (idle rows get some too; they are never used)."""
@@ -51,6 +57,13 @@ class GenerationResult:
     tokens: torch.Tensor  # (batch_size, num_tokens) int64 image codes
     metrics: GenerationMetrics
     context: Optional[Context] = None  # kept only with keep_context=True (tests inspect caches)
+
+
+def _configured(verifier: SpeculativeVerifier, sampling: SamplingConfig, validate: bool) -> SpeculativeVerifier:
+    """The method's verifier with this call's logits processing and checking level."""
+    return verifier.with_sampling(cfg_scale=sampling.cfg_scale if sampling.uses_cfg else None,
+                                  temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                  validate=validate)
 
 
 def model_num_tokens(model) -> int:
@@ -91,12 +104,13 @@ def generate(
     num_slots = n_tok + method.max_feed() + 1  # + trash slot
     recorder = MetricsRecorder(batch, n_tok)
     copies = 2 if sampling.uses_cfg else 1
+    verifier = _configured(method.verifier, sampling, validate)
     ctx = Context(model, model.new_cache(copies * batch, num_slots), num_slots, sampling, streams, state, recorder,
-                  validate)
+                  validate, verifier)
     with torch.no_grad():
         logits, hidden = model.prefill(ctx.class_rows(model.num_classes), ctx.cache)
         recorder.metrics.target_forwards += 1
-        first = sample(ctx.process(logits), ctx.uniform(LANE_SAMPLE, 1)[:, 0], validate=validate)
+        first = verifier.sample(logits, ctx.uniform(LANE_SAMPLE, 1)[:, 0])
         state.commit(first[:, None], torch.ones_like(first))
         method.start(ctx, hidden)
         while bool(state.active.any()):

@@ -3,7 +3,7 @@
 Every uniform the loop consumes is a pure function of (row key, row step, lane): a row's randomness does not
 depend on which other rows share the batch, how many steps they take, or when they finish. This is what makes
 batched generation equal per-row generation token for token (given the same keys), and it matches the ops'
-contract that uniforms are inputs (ALGORITHMS.md 3.1). One ``torch.Generator`` per call only derives the keys.
+contract that uniforms are inputs (docs/ALGORITHMS.md §3.1). One ``torch.Generator`` per call only derives the keys.
 """
 
 from typing import Optional

@@ -1,4 +1,4 @@
-"""Draft-side sampling with the kernels' inverse-CDF rule (ALGORITHMS.md section 1).
+"""Draft-side sampling with the kernels' inverse-CDF rule (docs/ALGORITHMS.md §1).
 
 Drawing a draft is not verification, but using the same rule everywhere keeps one definition of "sample":
 ``sample`` calls :func:`specdec_kernels.verify_chain` with zero drafts, which is exactly an inverse-CDF draw.

@@ -6,7 +6,7 @@ import torch
 class DecodeState:
     """Committed image tokens of ``batch_size`` rows, each at its own length.
 
-    Layout (TESTBED.md 1.5): the class token sits at position / slot 0 and image token i at position 1 + i.
+    Layout (docs/TESTBED.md §1.5): the class token sits at position / slot 0 and image token i at position 1 + i.
     After a row has committed ``n_gen`` tokens, target K/V is valid at slots ``0 .. n_gen - 1`` (class + tokens
     0..n_gen-2); the *last* token ``tokens[n_gen - 1]`` has no K/V yet and is fed, at position ``n_gen``, by the
     next step (the chain's slot 0 / the tree's root).

@@ -1,5 +1,5 @@
 """Draft-tree construction helpers: EAGLE-2's dynamic top-K selection and static choice lists
-(ALGORITHMS.md 2.5, 3.5). Pure tensor code, batched over rows, no host syncs."""
+(docs/ALGORITHMS.md §2.5, 3.5). Pure tensor code, batched over rows, no host syncs."""
 
 from itertools import product
 from typing import List, Sequence, Tuple

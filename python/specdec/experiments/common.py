@@ -26,7 +26,7 @@ DEFAULT_SAMPLING = SamplingConfig(cfg_scale=DEFAULT_CFG, temperature=DEFAULT_TEM
 
 
 #: Per-method options for the LlamaGen-style testbed: SJD's LlamaGen code initialises fresh Jacobi tokens by
-#: repeating the left neighbour (``repeat_horizon``, ALGORITHMS.md 2.2); GSD reuses SJD's drafts. The classes keep
+#: repeating the left neighbour (``repeat_horizon``, docs/ALGORITHMS.md §2.2); GSD reuses SJD's drafts. The classes keep
 #: the Lumina-mGPT default (random init); the sweep reports both.
 TESTBED_OPTIONS = {"sjd": {"init": "repeat_left"}, "gsd": {"init": "repeat_left"}}
 

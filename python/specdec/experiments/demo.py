@@ -19,11 +19,13 @@ from typing import Dict, List, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..decoding.methods import demo_methods
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, QUALITY_COLUMNS, RunConfig, build_method, cost_row, evaluation_rows,
                      judged_run, machine_line, prepare, write_outputs)
 
-DEMO_METHODS = ("ar", "sd", "sjd", "gsd", "eagle2", "lantern", "lantern++")
+#: The registered methods the demo runs by default (``register(..., demo=True)``), in registration order.
+DEMO_METHODS = demo_methods()
 
 COLUMNS = (
     ("method", "method", "{}"),

@@ -8,7 +8,7 @@ Families (each point: step compression, class accuracy, FD-cls over the same row
 * ``gsd``: dynamic groups of G ranks around the draft (G/2 on each side), released filters, repeat-left init;
 * ``gsd-static``: the same grouped test over *static* codebook clusters of about G codes (k-means on the
   normalised codebook): GSD's Table 2 ablation. The groups are made exactly the clusters through the partition
-  construction of ALGORITHMS.md section 6 (identical embedding rows within a cluster, far apart across clusters,
+  construction of docs/ALGORITHMS.md §5.3 (identical embedding rows within a cluster, far apart across clusters,
   a rank window covering the vocabulary, p_thr > 1).
 
 Writes ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` to ``out`` (default ``results/``).
@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..decoding.methods import GSD
+from ..decoding.methods import GSD, sweep_knobs
 from .common import QUALITY_COLUMNS, RunConfig, build_method, cost_row, judged_run, machine_line, prepare, write_outputs
 
 DELTAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -78,13 +78,11 @@ def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, d
 
 def sweep_points(config: SweepConfig):
     """(family, knob, value, method factory) for every point of the sweep."""
-    pts = [("lantern", "delta", d, lambda tb, d=d: build_method(tb, "lantern", delta=d)) for d in config.deltas]
-    pts += [("lantern++", "lambda", lam, lambda tb, lam=lam: build_method(tb, "lantern++", lam=lam))
-            for lam in config.lambdas]
-    pts += [(f"{name} init", "init", init, lambda tb, name=name, init=init: build_method(tb, name, init=init))
-            for name in ("sjd", "gsd") for init in ("random", "repeat_left")]
-    pts += [("gsd", "G", g, lambda tb, g=g: build_method(tb, "gsd", rank_window=(g // 2, g // 2)))
-            for g in config.group_sizes]
+    pts = []
+    for name, knob in sweep_knobs():  # the knobs registered with each method (specdec.decoding.methods)
+        values = getattr(config, knob.values) if isinstance(knob.values, str) else knob.values
+        pts += [(knob.family or name, knob.label, v,
+                 lambda tb, name=name, opts=knob.options(v): build_method(tb, name, **opts)) for v in values]
     pts += [("gsd-static", "G", g, lambda tb, g=g: static_cluster_gsd(tb.vq.codebook_normalized(), g, config.seed))
             for g in config.group_sizes]
     return pts

@@ -1,4 +1,4 @@
-"""Offline quality metrics for the Fashion-MNIST testbed (TESTBED.md section 5).
+"""Offline quality metrics for the Fashion-MNIST testbed (docs/TESTBED.md §5).
 
 * :mod:`.classifier`: the small shipped Fashion-MNIST CNN (penultimate features for FD-cls / precision-recall).
 * :mod:`.quality`: FD-cls (Frechet distance on the classifier's features, *not* FID), precision/recall (k = 3),

@@ -16,7 +16,7 @@ from .classifier import classify
 from .flatness import flatness_diagnostics
 from .quality import class_accuracy, frechet_distance, precision_recall
 
-#: Shipped sampling setting for the AR baseline (TESTBED.md 1.4 order: CFG -> temperature -> top-k).
+#: Shipped sampling setting for the AR baseline (docs/TESTBED.md §1.4 order: CFG -> temperature -> top-k).
 DEFAULT_CFG, DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 3.0, 1.0, 128
 
 

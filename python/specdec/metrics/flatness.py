@@ -1,4 +1,4 @@
-"""Flatness of the target's next-token distribution and latent-neighbour structure (TESTBED.md 6.4-6.5).
+"""Flatness of the target's next-token distribution and latent-neighbour structure (docs/TESTBED.md §6.4-6.5).
 
 Teacher-forced on held-out tokens: mean top-1 probability, shares of positions with top-1 < 0.05 / < 0.2, entropy,
 probability mass in the argmax's k nearest codes (cosine on the normalised codebook, argmax excluded) against k

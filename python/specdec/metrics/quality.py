@@ -1,4 +1,4 @@
-"""Sample-quality figures on the fixed classifier's features (TESTBED.md section 5).
+"""Sample-quality figures on the fixed classifier's features (docs/TESTBED.md §5).
 
 FD-cls is the Frechet distance between Gaussians fitted to the classifier's penultimate features of two image sets.
 It is *not* FID (different network, different features) and must not be compared with FID values.

@@ -1,4 +1,4 @@
-"""The Fashion-MNIST AR image testbed (TESTBED.md section 6).
+"""The Fashion-MNIST AR image testbed (docs/TESTBED.md §6).
 
 * :mod:`.data`: Fashion-MNIST from the Debian package, padded to 32x32.
 * :mod:`.vq`: the l2-normalised VQ tokenizer (x4 -> 64 tokens shipped; x2 -> 256 tokens as a config).

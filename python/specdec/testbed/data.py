@@ -1,4 +1,4 @@
-"""Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (TESTBED.md section 4).
+"""Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (docs/TESTBED.md §4).
 
 The files are located with ``dpkg -L dataset-fashion-mnist`` (or the directory in the environment variable
 ``SPECDEC_FASHION_MNIST_DIR``), read from the gzip IDX format and padded 28 -> 32 with the background value 0.

@@ -1,4 +1,4 @@
-"""EAGLE-1-style draft head on the target's hidden states (LANTERN's drafter; TESTBED.md 6.3).
+"""EAGLE-1-style draft head on the target's hidden states (LANTERN's drafter; docs/TESTBED.md §6.3).
 
 Entry ``j`` is (token at position ``j``, target feature at position ``j - 1``): ``fc(concat(feature, embed(token)))``
 -> one decoder layer (2D RoPE at position ``j``) -> predicted feature at ``j``, whose logits through the target's

@@ -1,4 +1,4 @@
-"""LlamaGen-style class-conditional AR transformer with a slot-addressed KV cache (TESTBED.md 1.1-1.7).
+"""LlamaGen-style class-conditional AR transformer with a slot-addressed KV cache (docs/TESTBED.md §1.1-1.7).
 
 Used for the target and for the small AR draft (different :class:`ARConfig`). Pre-RMSNorm decoder, fused QKV
 without bias, SwiGLU FFN, 2D RoPE on adjacent pairs whose condition-token rows are all zeros (1.3), a class

@@ -1,4 +1,4 @@
-"""Plain AR sampling from the testbed target (reference for the speculative loop; TESTBED.md 1.4).
+"""Plain AR sampling from the testbed target (reference for the speculative loop; docs/TESTBED.md §1.4).
 
 Per step: CFG on raw logits (doubled batch, cond rows first, null class ``num_classes``) -> divide by the
 temperature -> top-k -> softmax -> multinomial with a ``torch.Generator``.

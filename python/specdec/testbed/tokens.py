@@ -1,7 +1,7 @@
 """Pre-tokenised Fashion-MNIST (cached once per VQ under ``<cache>/tokens-<hash>.pt``, gitignored).
 
 For every image and grid position the cache holds the ``TOP_M`` nearest codes (cosine) and their cosines, so AR
-training never runs the encoder. Training targets are drawn by *stochastic quantisation* (TESTBED.md 6.5, lever 3):
+training never runs the encoder. Training targets are drawn by *stochastic quantisation* (docs/TESTBED.md §6.5, lever 3):
 code ``j`` among the ``TOP_M`` nearest with probability ``softmax(cos / tau)``; ``tau -> 0`` is plain nearest-code
 tokenisation (used for every held-out evaluation).
 """

@@ -1,4 +1,4 @@
-"""VQ tokenizer: LlamaGen's design in miniature (TESTBED.md sections 2 and 6.2).
+"""VQ tokenizer: LlamaGen's design in miniature (docs/TESTBED.md §2 and §6.2).
 
 Conv encoder -> 1x1 conv to the code dimension -> l2-normalised codebook (cosine nearest code) -> conv decoder.
 Loss: pixel MSE + codebook loss + ``beta`` * commitment (no GAN, no LPIPS). Unused codes are re-seeded from recent

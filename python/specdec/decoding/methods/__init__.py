@@ -1,17 +1,9 @@
-"""Decoding methods sharing :func:`specdec.decoding.generate`; each is a small class.
+"""Decoding methods sharing :func:`specdec.decoding.generate`; each is a small class, registered below.
 
-=========== ===================================================== ======== =================
-name        drafts                                                 exact    verification op
-=========== ===================================================== ======== =================
-ar          none                                                   yes      verify_chain (0 drafts)
-sd          gamma tokens from a small AR draft model               yes      verify_chain exact
-sjd         Jacobi window (15 drafts), random / repeat_left init   yes      verify_chain exact
-gsd         SJD's drafts                                           no       verify_chain gsd
-eagle2      EAGLE-2 dynamic tree from a draft head                 yes      verify_tree exact
-lantern     eagle2's tree                                          no       verify_tree lantern (delta)
-static      static tree, siblings drawn without replacement        yes      verify_tree exact (q)
-lantern++   static tree                                            no       verify_tree lantern (lam)
-=========== ===================================================== ======== =================
+The registrations are the one list of methods: :func:`make_method`, ``specdec demo`` (``demo=True``, in this
+order), ``specdec sweep`` (``sweep=`` knobs) and the CLI read it. :func:`method_table` prints it. Adding a
+method: write the class (``name``, ``propose`` / ``draft_tree``, and a ``verifier`` for a non-exact rule), then add one ``register``
+line here (docs/CONTRIBUTING.md).
 """
 
 from .ar import AR
@@ -19,45 +11,39 @@ from .base import ChainMethod, Method
 from .eagle2 import Eagle2
 from .gsd import GSD
 from .lantern import Lantern, LanternPP
+from .registry import (REGISTRY, ClassView, MethodSpec, SweepKnob, demo_methods, make_method, method_names,
+                       method_table, register, sweep_knobs)
 from .sd import SD
 from .sjd import SJD
 from .static_tree import StaticTreeMethod
 from .tree import TreeMethod
 
-METHODS = {
-    "ar": AR,
-    "sd": SD,
-    "sjd": SJD,
-    "gsd": GSD,
-    "eagle2": Eagle2,
-    "lantern": Lantern,
-    "static": StaticTreeMethod,
-    "lantern++": LanternPP,
-}
+
+def _jacobi_inits(family: str) -> SweepKnob:
+    """Both Jacobi inits: random (Lumina-mGPT default) and repeat-left (LlamaGen's ``repeat_horizon``)."""
+    return SweepKnob("init", ("random", "repeat_left"), lambda init: {"init": init}, kind="init", family=family)
 
 
-def make_method(name: str, *, draft_model=None, head=None, codebook=None, **options) -> Method:
-    """Build a method by name; ``draft_model`` (sd), ``head`` (tree methods) and ``codebook`` (gsd, lantern,
-    lantern++) are passed where that method needs them, ``options`` go to its constructor."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
-    cls = METHODS[name]
-    if name == "sd":
-        return cls(_need(draft_model, "draft_model", name), **options)
-    if name in ("eagle2", "static"):
-        return cls(_need(head, "head", name), **options)
-    if name in ("lantern", "lantern++"):
-        return cls(_need(head, "head", name), _need(codebook, "codebook", name), **options)
-    if name == "gsd":
-        return cls(_need(codebook, "codebook", name), **options)
-    return cls(**options)
+register(AR, exact=True, drafts="none", verification="verify_chain, 0 drafts")
+register(SD, needs=("draft_model",), exact=True, drafts="gamma tokens from a small AR draft model",
+         verification="verify_chain exact")
+register(SJD, exact=True, drafts="Jacobi window (15 drafts), random / repeat_left init",
+         verification="verify_chain exact", sweep=[_jacobi_inits("sjd init")])
+register(GSD, needs=("codebook",), exact=False, drafts="SJD's drafts", verification="verify_chain gsd",
+         sweep=[_jacobi_inits("gsd init"),
+                SweepKnob("G", "group_sizes", lambda g: {"rank_window": (g // 2, g // 2)}, kind="group")])
+register(Eagle2, needs=("head",), exact=True, drafts="EAGLE-2 dynamic tree from a draft head",
+         verification="verify_tree exact")
+register(Lantern, needs=("head", "codebook"), exact=False, drafts="eagle2's tree",
+         verification="verify_tree lantern (delta)", sweep=[SweepKnob("delta", "deltas", lambda d: {"delta": d})])
+register(StaticTreeMethod, needs=("head",), exact=True, demo=False,
+         drafts="static tree, siblings drawn without replacement", verification="verify_tree exact (q)")
+register(LanternPP, needs=("head", "codebook"), exact=False, drafts="static tree",
+         verification="verify_tree lantern (lam)", sweep=[SweepKnob("lambda", "lambdas", lambda lam: {"lam": lam})])
 
-
-def _need(value, what: str, name: str):
-    if value is None:
-        raise ValueError(f"method {name!r} needs {what}")
-    return value
-
+#: ``name -> class`` for every registered method (a live, read-only view of the registry).
+METHODS = ClassView()
 
 __all__ = ["AR", "SD", "SJD", "GSD", "Eagle2", "Lantern", "LanternPP", "StaticTreeMethod", "Method", "ChainMethod",
-           "TreeMethod", "METHODS", "make_method"]
+           "TreeMethod", "METHODS", "REGISTRY", "MethodSpec", "SweepKnob", "register", "make_method", "method_names",
+           "demo_methods", "sweep_knobs", "method_table"]

@@ -1,22 +1,27 @@
 """Method base classes: a chain step (AR, SD, SJD, GSD) and the hooks a method fills in.
 
-Acceptance is never computed here: every verification goes through :mod:`specdec_kernels` ops.
+Acceptance is never computed here: every verification goes through the method's
+:class:`specdec.SpeculativeVerifier` (``ctx.verifier``, configured with the call's sampling settings).
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-import specdec_kernels as sk
-
+from ...verifier import SpeculativeVerifier
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
 
 
 class Method:
-    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration."""
+    """One decoding method. ``start`` runs once after the prefill, ``step`` once per loop iteration.
+
+    ``verifier``: the method's acceptance rule and its tables (exact unless a subclass builds another one
+    in its constructor); :func:`~specdec.decoding.generate` gives it the call's logits processing.
+    """
 
     name = "method"
+    verifier = SpeculativeVerifier("exact")
 
     def max_feed(self) -> int:
         """Most target entries one step feeds (sizes the cache: num_tokens + this + a trash slot)."""
@@ -37,6 +42,7 @@ class ChainMethod(Method):
     """
 
     num_drafts = 0  # L, the chain width
+    needs_probs = False  # whether after_verify reads the processed target rows (else the fused op may run)
 
     def max_feed(self) -> int:
         return self.num_drafts + 1
@@ -46,36 +52,53 @@ class ChainMethod(Method):
         batch = ctx.state.batch_size
         return torch.zeros(batch, 0, dtype=torch.int64, device=ctx.state.device), None
 
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
-
     def after_verify(self, ctx, p, accept_len, next_token, num_drafts, ran) -> None:
         """Hook after the commit (``ctx.state`` is already updated). ``p``: ``(batch, L+1, V)`` processed target
-        rows of this step; ``ran``: ``(batch,)`` rows that took part in it."""
+        rows of this step (None unless the class sets ``needs_probs``); ``ran``: ``(batch,)`` rows that took part
+        in it."""
 
     def step(self, ctx) -> torch.Tensor:
+        """One verify step in four phases: propose, one target forward, verify, commit."""
+        active = ctx.state.active
+        drafts, q = self.propose(ctx)  # 1. propose
+        n = self.draft_counts(ctx, drafts.shape[1])
+        logits = self.target_forward(ctx, drafts, n)  # 2. one target forward
+        out = self.verify(ctx, logits, q, drafts, n)  # 3. verify
+        self.commit(ctx, out)  # 4. commit
+        self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
+        return torch.where(active, out.accept_len, 0)
+
+    def draft_counts(self, ctx, width: int) -> torch.Tensor:
+        """Drafts per row ``(batch,)``: ``width``, fewer near the image end, 0 for finished rows."""
+        state = ctx.state
+        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
+        return torch.where(state.active, n, 0)
+
+    def target_forward(self, ctx, drafts: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Feed ``[last, d_0 .. d_{n-1}]`` per row in one target forward; return its raw logits
+        ``(copies * batch, L+1, V)`` (CFG-doubled when the sampling uses CFG)."""
         state = ctx.state
         active = state.active
-        drafts, q = self.propose(ctx)
         width = drafts.shape[1]
-        n = torch.minimum(state.remaining - 1, torch.full_like(state.remaining, width)).clamp_min(0)
-        n = torch.where(active, n, 0)
         offs = torch.arange(width + 1, device=state.device)
         tokens = torch.cat([state.last[:, None], drafts], dim=1)
         positions = state.n_gen[:, None] + offs[None, :]
         valid = (offs[None, :] <= n[:, None]) & active[:, None]
         mask = attention_mask(positions, valid, state.n_gen, ctx.num_slots)
         logits, _ = run_model(ctx.model, ctx.cache, tokens, positions, positions, valid, mask,
-                                   cfg_copies=ctx.cfg_copies)
+                              cfg_copies=ctx.cfg_copies)
         ctx.recorder.metrics.target_forwards += 1
-        p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
-        accept_len, next_token = sk.verify_chain(
-            p, q, drafts, ctx.uniform(LANE_ACCEPT, width), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_drafts=n, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        emitted = torch.cat([drafts, next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
-        state.commit(emitted, torch.where(active, accept_len + 1, 0))
-        self.after_verify(ctx, p, accept_len, next_token, n, active)
-        return torch.where(active, accept_len, 0)
+        return logits
+
+    def verify(self, ctx, logits, q, drafts, n):
+        """Process the target logits and verify the drafts (``ctx.verifier``); returns its outcome (accept length,
+        next token, emitted tokens and processed target rows per row). Idle rows verify zero drafts on their
+        (ignored) padding logits; their outcome is not committed."""
+        width = drafts.shape[1]
+        return ctx.verifier.step(logits, drafts, num_drafts=n, draft_probs=q, u_accept=ctx.uniform(LANE_ACCEPT, width),
+                                 u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0], return_probs=self.needs_probs)
+
+    def commit(self, ctx, out) -> None:
+        """Append ``drafts[b, :accept_len[b]]`` and ``next_token[b]`` to every active row."""
+        state = ctx.state
+        state.commit(out.tokens, torch.where(state.active, out.num_kept, 0))

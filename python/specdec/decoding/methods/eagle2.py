@@ -1,4 +1,4 @@
-"""EAGLE-2 dynamic draft trees (arXiv 2406.16858; ALGORITHMS.md 2.5) verified exactly by recursive rejection
+"""EAGLE-2 dynamic draft trees (arXiv 2406.16858; docs/ALGORITHMS.md §2.5) verified exactly by recursive rejection
 (``verify_tree``, q = None: deterministic top-K candidates)."""
 
 import torch

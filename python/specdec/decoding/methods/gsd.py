@@ -1,12 +1,11 @@
-"""Grouped Speculative Decoding (arXiv 2508.07747; ALGORITHMS.md 2.3, 3.3): SJD's drafts and loop with the
+"""Grouped Speculative Decoding (arXiv 2508.07747; docs/ALGORITHMS.md §2.3, 3.3): SJD's drafts and loop with the
 group-level test ``verify_chain(method="gsd")``. Lossy."""
 
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from ..defaults import gsd_rank_window
+from ...verifier import SpeculativeVerifier
 from .sjd import SJD
 
 
@@ -16,7 +15,7 @@ class GSD(SJD):
     Parameters
     ----------
     codebook : ``(vocab_size, dim)`` VQ codebook; its rows are L2-normalised here and passed as the embedding
-        table of the distance filter (the project default, ALGORITHMS.md 3.3).
+        table of the distance filter (the project default, docs/ALGORITHMS.md §3.3).
     rank_window : ``(h_lo, h_hi)``; default scaled to the vocabulary
         (:func:`specdec.decoding.defaults.gsd_rank_window`).
     p_thr, d_thr : probability-gap and squared-distance filters (0.15 and 0.5 as released).
@@ -28,11 +27,8 @@ class GSD(SJD):
                  p_thr: float = 0.15, d_thr: float = 0.5, window: int = 16, init: str = "random",
                  grid_width: Optional[int] = None):
         super().__init__(window=window, init=init, grid_width=grid_width)
-        self.embeddings = F.normalize(codebook.float(), dim=-1).contiguous()
-        self.rank_window = tuple(rank_window) if rank_window is not None else gsd_rank_window(codebook.shape[0])
-        self.p_thr = float(p_thr)
-        self.d_thr = float(d_thr)
-
-    def verify_kwargs(self):
-        return {"method": "gsd", "embeddings": self.embeddings, "rank_window": self.rank_window,
-                "p_thr": self.p_thr, "d_thr": self.d_thr}
+        self.verifier = SpeculativeVerifier("gsd", codebook=codebook, rank_window=rank_window, p_thr=p_thr,
+                                            d_thr=d_thr)
+        kwargs = self.verifier.kernel_kwargs
+        self.embeddings, self.rank_window = kwargs["embeddings"], kwargs["rank_window"]
+        self.p_thr, self.d_thr = kwargs["p_thr"], kwargs["d_thr"]

@@ -1,12 +1,11 @@
 """LANTERN (arXiv 2410.03355) on EAGLE-2 trees, and LANTERN++ (arXiv 2502.06352) on a static tree: relaxed
-acceptance through ``verify_tree(method="lantern")`` with a latent neighbour table (ALGORITHMS.md 2.4, 3.4)."""
+acceptance through ``verify_tree(method="lantern")`` with a latent neighbour table (docs/ALGORITHMS.md §2.4, 3.4)."""
 
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-import specdec_kernels as sk
-
+from ...verifier import SpeculativeVerifier
 from ..defaults import (EAGLE_DEPTH, EAGLE_TOP_K, EAGLE_TOTAL_TOKENS, LANTERN_DELTA, LANTERNPP_K, LANTERNPP_LAMBDA,
                         lantern_k)
 from .eagle2 import Eagle2
@@ -31,11 +30,9 @@ class Lantern(Eagle2):
             delta = None
         vocab = codebook.shape[0]
         self.k = lantern_k(vocab) if k is None else min(int(k), vocab - 1)
-        self.neighbors = sk.neighbor_table(codebook.float().contiguous(), self.k)
+        self.verifier = SpeculativeVerifier("lantern", codebook=codebook, k=self.k, delta=delta, lam=lam)
+        self.neighbors = self.verifier.kernel_kwargs["neighbors"]
         self.delta, self.lam = delta, lam
-
-    def verify_kwargs(self):
-        return {"method": "lantern", "neighbors": self.neighbors, "delta": self.delta, "lam": self.lam}
 
 
 class LanternPP(StaticTreeMethod):
@@ -49,8 +46,6 @@ class LanternPP(StaticTreeMethod):
         super().__init__(head, choices=choices)
         vocab = codebook.shape[0]
         self.k = min(int(k), vocab - 1)
-        self.neighbors = sk.neighbor_table(codebook.float().contiguous(), self.k)
         self.lam = float(lam)
-
-    def verify_kwargs(self):
-        return {"method": "lantern", "neighbors": self.neighbors, "lam": self.lam}
+        self.verifier = SpeculativeVerifier("lantern", codebook=codebook, k=self.k, lam=self.lam)
+        self.neighbors = self.verifier.kernel_kwargs["neighbors"]

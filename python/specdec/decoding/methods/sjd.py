@@ -1,4 +1,4 @@
-"""Speculative Jacobi Decoding (arXiv 2410.01699; ALGORITHMS.md 2.2, 3.2): no draft model, a window of
+"""Speculative Jacobi Decoding (arXiv 2410.01699; docs/ALGORITHMS.md §2.2, 3.2): no draft model, a window of
 ``window - 1`` drafts refined by the target's own samples, verified exactly with ``verify_chain``."""
 
 import math
@@ -24,6 +24,7 @@ class SJD(ChainMethod):
     """
 
     name = "sjd"
+    needs_probs = True  # the Jacobi update samples the next window from this step's p rows
 
     def __init__(self, window: int = 16, init: str = "random", grid_width: int | None = None):
         if window < 2:

@@ -1,5 +1,5 @@
 """Static draft trees (Medusa / EAGLE-1 choice lists) with siblings sampled without replacement from the head's
-q, verified exactly by ``verify_tree`` with explicit q (SpecInfer's rule, ALGORITHMS.md 3.5)."""
+q, verified exactly by ``verify_tree`` with explicit q (SpecInfer's rule, docs/ALGORITHMS.md §3.5)."""
 
 from typing import Optional, Sequence, Tuple
 

@@ -1,7 +1,7 @@
 """Tree methods' shared step: draft head catch-up, tree drafting (subclass), target tree forward,
-``verify_tree``, KV compaction (ALGORITHMS.md 2.5, 3.5; TESTBED.md 1.7)."""
+``verify_tree``, KV compaction (docs/ALGORITHMS.md §2.5, 3.5; docs/TESTBED.md §1.7)."""
 
-from typing import Dict, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -25,6 +25,17 @@ def tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active):
     ctx.recorder.metrics.target_forwards += 1
     return run_model(ctx.model, ctx.cache, tree_tokens, n0[:, None] + tree_pos, slots, valid, mask,
                      cfg_copies=ctx.cfg_copies)
+
+
+class DraftTree(NamedTuple):
+    """One step's draft trees, root included: ``tokens``, ``parents`` ``(batch, M)`` int64 (-1 at the root),
+    ``num_nodes`` ``(batch,)`` and the draft distributions ``q`` ``(batch, M, V)`` or None (deterministic
+    candidates)."""
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    num_nodes: torch.Tensor
+    q: Optional[torch.Tensor]
 
 
 class TreeMethod(Method):
@@ -53,9 +64,6 @@ class TreeMethod(Method):
         """Return node tokens, parents, depths for nodes 1..M-1 (each ``(batch, M-1)``) and q ``(batch, M, V)``
         or None (deterministic candidates): ``(tokens, parents, depth, q)``."""
         raise NotImplementedError
-
-    def verify_kwargs(self) -> Dict:
-        return {"method": "exact"}
 
     # -- shared machinery ----------------------------------------------------------------------------------
     def max_feed(self) -> int:
@@ -93,37 +101,57 @@ class TreeMethod(Method):
         return root_feature, q_root
 
     def step(self, ctx) -> torch.Tensor:
+        """One verify step in four phases: propose (head catch-up, draft tree), one target forward over the
+        tree, verify, commit (tokens, KV compaction, the head's pending entries)."""
+        active = ctx.state.active
+        n0 = ctx.state.n_gen.clone()  # the root's position: the last committed token
+        tree = self.propose(ctx)  # 1. propose
+        logits, hidden = self.target_forward(ctx, tree, n0, active)  # 2. one target forward
+        out = self.verify(ctx, logits, tree)  # 3. verify
+        accept_len = torch.where(active, out.accept_len, 0)
+        self.commit(ctx, n0, active, hidden, out, accept_len)  # 4. commit
+        return accept_len
+
+    def propose(self, ctx) -> DraftTree:
+        """Catch the head up on the committed tokens, draft this step's tree and prepend the root (the last
+        committed token) as node 0; nodes past the image end are dropped."""
         state = ctx.state
-        active = state.active
-        n0 = state.n_gen.clone()
         root_feature, q_root = self._catch_up(ctx)
         node_tokens, parents, depth, q = self.draft_tree(ctx, root_feature, q_root)
-        batch, m = state.batch_size, node_tokens.shape[1] + 1
-        zero = torch.zeros(batch, 1, dtype=torch.int64, device=state.device)
+        zero = torch.zeros(state.batch_size, 1, dtype=torch.int64, device=state.device)
         tree_tokens = torch.cat([state.last[:, None], node_tokens], dim=1)
         parents = torch.cat([zero - 1, parents], dim=1)
         depth = torch.cat([zero, depth], dim=1)
         # Nodes are depth-ordered, so dropping those past the image end keeps a prefix of node ids.
         fits = (depth[:, 1:] <= (state.remaining - 1)[:, None]).sum(1)
-        num_nodes = torch.where(active, 1 + fits, 1)
-        logits, hidden = tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active)
-        p = ctx.process(logits)
-        p = torch.where(active[:, None, None], p, torch.full_like(p, 1.0 / p.shape[-1]))
-        accepted, accept_len, next_token = sk.verify_tree(
-            p, q, tree_tokens, parents, ctx.uniform(LANE_ACCEPT, m), ctx.uniform(LANE_SAMPLE, 1)[:, 0],
-            num_nodes=num_nodes, validate=ctx.validate, **self.verify_kwargs(),
-        )
-        accept_len = torch.where(active, accept_len, 0)
+        num_nodes = torch.where(state.active, 1 + fits, 1)
+        return DraftTree(tree_tokens, parents, num_nodes, q)
+
+    def target_forward(self, ctx, tree: DraftTree, n0, active) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One target forward over the trees: raw logits ``(copies * batch, M, V)`` and the target's hidden
+        states."""
+        return tree_forward(ctx, tree.tokens, tree.parents, tree.num_nodes, n0, active)
+
+    def verify(self, ctx, logits, tree: DraftTree):
+        """Process the logits and verify the trees (``ctx.verifier``): accepted path, accept length, next token
+        and emitted tokens per row. Idle rows verify a lone root on their (ignored) padding logits; their outcome
+        is not committed."""
+        m = tree.tokens.shape[1]
+        return ctx.verifier.step_tree(logits, tree.tokens, tree.parents, num_nodes=tree.num_nodes, draft_probs=tree.q,
+                                      u_accept=ctx.uniform(LANE_ACCEPT, m), u_sample=ctx.uniform(LANE_SAMPLE, 1)[:, 0],
+                                      return_probs=False)
+
+    def commit(self, ctx, n0, active, hidden, out, accept_len) -> None:
+        """Append the accepted path's tokens and the next token, compact the path's KV to consecutive slots, and
+        queue the emitted tokens for the head's next catch-up."""
+        state = ctx.state
         width = int(accept_len.max()) + 1
-        path = torch.cat([zero, accepted[:, : width - 1].clamp_min(0)], dim=1)  # root, accepted nodes
+        path = out.path[:, :width]  # root, accepted nodes
         on_path = torch.arange(width, device=state.device)[None, :] <= accept_len[:, None]
-        path = torch.where(on_path, path, 0)
-        emitted = torch.cat([tree_tokens.gather(1, path[:, 1:]), next_token[:, None]], dim=1)
-        emitted.scatter_(1, accept_len[:, None], next_token[:, None])
+        emitted = out.tokens[:, :width]
         state.commit(emitted, torch.where(active, accept_len + 1, 0))
         self._compact(ctx, n0, path, on_path)
         self._set_pending(ctx, active, n0, emitted, hidden, path, accept_len)
-        return accept_len
 
     def _compact(self, ctx, n0, path, on_path):
         src = torch.where(on_path, n0[:, None] + path, n0[:, None])  # padding copies the root onto itself

@@ -1,0 +1,351 @@
+"""Hugging Face adapters on tiny random Janus / Emu3 / Chameleon models built offline (docs/TESTBED.md §3.1).
+
+* Greedy (top-k 1): AR, SJD, GSD and LANTERN-SJD emit the model's own greedy tokens (Janus: HF ``generate`` in
+  image mode with CFG; Emu3 / Chameleon: a plain sequential loop over the model). At top-k 1, p is one-hot on the
+  argmax a, so a draft x != a has p(x) = 0: GSD's group cannot take a in (|p(a) - p(x)| = 1 >= p_thr for any
+  p_thr <= 1; default 0.15) and LANTERN cannot merge a (its mass 1 exceeds any delta < 1; default 0.1).
+* SJD at T = 1 preserves the joint distribution of the first image tokens (chi-square, 8 codes).
+* After steps with rejections, the cache gives the logits of a sequential decode (ragged rows, CFG, EOLs).
+* Batched ragged rows equal rows generated alone; relaxations at zero strength equal SJD; T = 1 end to end.
+"""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from stats import ALPHA, chi_square_pvalue  # noqa: E402
+
+from specdec.adapters.hf import speculative_generate  # noqa: E402
+from specdec.adapters.hf.families import family_of  # noqa: E402
+from specdec.adapters.hf.target import HFImageTarget, SlotCache  # noqa: E402
+from specdec.decoding import SamplingConfig, generate  # noqa: E402
+from specdec.decoding.feed import attention_mask  # noqa: E402
+from specdec.decoding.methods import SJD  # noqa: E402
+
+METHODS = ["ar", "sjd", "gsd", "lantern"]
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
+
+
+def _sharpen(head, factor):
+    """Random heads give near-uniform logits; scale them so acceptance and rejection both happen."""
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(factor)
+
+
+def tiny_janus(codes=32, seed=0, upsampling=3):
+    torch.manual_seed(seed)
+    config = transformers.JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=300, **TEXT),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=64, patch_size=16, num_image_tokens=16),
+        vq_config=dict(num_embeddings=codes, embed_dim=8, base_channels=32, channel_multiplier=[1] * upsampling,
+                       num_res_blocks=1, latent_channels=32, projection_dim=64, image_token_embed_dim=64))
+    model = transformers.JanusForConditionalGeneration(config).eval()
+    model.generation_config = transformers.GenerationConfig(bos_token_id=1, pad_token_id=0, eos_token_id=2,
+                                                            generation_kwargs={"boi_token_id": 5})
+    _sharpen(model.model.generation_head, 4.0)
+    return model
+
+
+def tiny_emu3(codes=16, seed=0):
+    torch.manual_seed(seed)
+    vocab = {f"<|visual token {i:06d}|>": 10 + i for i in range(codes)}
+    vocab.update({"<|extra_200|>": 8, "<image>": 9})
+    config = transformers.Emu3Config(
+        vq_config=dict(codebook_size=codes, embed_dim=4, latent_channels=4, temporal_downsample_factor=1,
+                       base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[],
+                       hidden_size=32, num_attention_heads=1),
+        text_config=dict(vocab_size=64, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2, **TEXT),
+        vocabulary_map=vocab)
+    model = transformers.Emu3ForConditionalGeneration(config).eval()
+    _sharpen(model.lm_head, 4.0)
+    return model
+
+
+def _chameleon_name(code):
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+def tiny_chameleon(codes=16, seed=0):
+    torch.manual_seed(seed)
+    vocab = {_chameleon_name(i): 10 + i for i in range(codes)}
+    vocab.update({"<image>": 9, "<eol>": 8})
+    config = transformers.ChameleonConfig(
+        vocab_size=64, vocabulary_map=vocab, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, vq_config=dict(embed_dim=8, num_embeddings=codes, base_channels=32,
+                                       channel_multiplier=[1, 1], num_res_blocks=1, latent_channels=8,
+                                       resolution=32), **TEXT)
+    model = transformers.ChameleonForConditionalGeneration(config).eval()
+    _sharpen(model.lm_head, 4.0)
+    return model
+
+
+CHAMELEON_EOL = 8
+
+
+@pytest.fixture(scope="module")
+def janus():
+    return tiny_janus()
+
+
+@pytest.fixture(scope="module")
+def emu3():
+    return tiny_emu3()
+
+
+@pytest.fixture(scope="module")
+def chameleon():
+    return tiny_chameleon()
+
+
+PROMPTS = torch.tensor([[1, 10, 11, 12, 5], [1, 20, 21, 22, 5], [1, 30, 31, 32, 5]])
+NEGATIVE = torch.tensor([[1, 3, 3, 4, 5], [1, 3, 3, 4, 5], [1, 3, 3, 4, 5]])  # same length: no padding needed
+
+
+# -- greedy == the model's own loop ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_janus_greedy_matches_hf_generate_with_cfg(janus, method):
+    reference = janus.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS), generation_mode="image",
+                               do_sample=False, guidance_scale=3.0)
+    out = speculative_generate(janus, PROMPTS, method=method, cfg_scale=3.0, top_k=1, window=6)
+    assert torch.equal(out.codes, reference)
+    assert out.image_tokens.shape == (3, 4, 4) and out.images.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(out.images, janus.decode_image_tokens(out.codes).permute(0, 3, 1, 2))
+    if method != "ar":
+        assert out.metrics.target_forwards < 16  # drafts were accepted
+
+
+def _sequential_greedy(model, prompts, negative, grid, scale, eol, logits_fn):
+    """Plain CFG loop: one token per forward on a DynamicCache, argmax over the image tokens, EOL after each row."""
+    image_ids = model.model.vocabulary_mapping.img2bpe_mapping_tensor.long()
+    rows, cols = grid
+    ids = torch.cat([prompts, negative])
+    cache = transformers.DynamicCache(config=model.config.get_text_config())
+    logits = logits_fn(ids, cache)
+    out = []
+    for i in range(rows * cols):
+        mixed = logits[prompts.shape[0]:] + scale * (logits[: prompts.shape[0]] - logits[prompts.shape[0]:])
+        code = mixed[:, image_ids].argmax(-1)
+        out.append(code)
+        feed = image_ids[code][:, None].repeat(2, 1)
+        if i % cols == cols - 1 and i < rows * cols - 1:
+            logits_fn(feed, cache)
+            feed = torch.full_like(feed, eol)
+        logits = logits_fn(feed, cache)
+    return torch.stack(out, 1)
+
+
+def _emu3_logits(model):
+    def run(ids, cache):
+        return model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    return run
+
+
+def _chameleon_logits(model):
+    def run(ids, cache):  # the model's own forward masks image tokens: read lm_head on the hidden states
+        hidden = model.model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        return model.lm_head(hidden)
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_emu3_greedy_matches_sequential_loop(emu3, method):
+    reference = _sequential_greedy(emu3, PROMPTS, NEGATIVE, (3, 4), 3.0, 8, _emu3_logits(emu3))
+    out = speculative_generate(emu3, PROMPTS, negative_input_ids=NEGATIVE, method=method, cfg_scale=3.0, top_k=1,
+                               grid=(3, 4), window=6)
+    assert torch.equal(out.codes, reference)
+    assert out.sequences.shape == (3, 15) and (out.sequences.view(3, 3, 5)[:, :, -1] == 8).all()
+    assert out.images.shape[:2] == (3, 3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_chameleon_greedy_matches_sequential_loop(chameleon, method):
+    reference = _sequential_greedy(chameleon, PROMPTS, NEGATIVE, (3, 3), 3.0, CHAMELEON_EOL,
+                                   _chameleon_logits(chameleon))
+    out = speculative_generate(chameleon, PROMPTS, negative_input_ids=NEGATIVE, method=method, cfg_scale=3.0,
+                               top_k=1, grid=(3, 3), eol_token_id=CHAMELEON_EOL, window=6)
+    assert torch.equal(out.codes, reference)
+    assert out.images is None  # HF's Chameleon VQ has no decoder
+
+
+# -- exactness at T = 1 ----------------------------------------------------------------------------------------
+
+
+def _janus_joint(model, prompt, scale, length, codes):
+    """Exact joint probabilities of the first ``length`` image tokens (full forwards, no cache), CFG-mixed."""
+    family = family_of(model)
+    uncond, _ = family.unconditional(prompt, torch.ones_like(prompt))
+    prompt_embeds = model.get_input_embeddings()(torch.cat([prompt, uncond]))  # (2, P, d)
+    joint = torch.ones(1, dtype=torch.float64)
+    prefixes = torch.zeros(1, 0, dtype=torch.int64)
+    for _ in range(length):
+        n = prefixes.shape[0]
+        embeds = prompt_embeds[:, None].expand(2, n, -1, -1)
+        if prefixes.shape[1]:
+            image = model.prepare_embeddings_for_image_generation(prefixes)
+            embeds = torch.cat([embeds, image[None].expand(2, -1, -1, -1)], dim=2)
+        hidden = model.model.language_model(inputs_embeds=embeds.reshape(2 * n, -1, embeds.shape[-1]))
+        logits = model.model.generation_head(hidden.last_hidden_state[:, -1]).double().view(2, n, codes)
+        p = torch.softmax(logits[1] + scale * (logits[0] - logits[1]), -1)
+        joint = (joint[:, None] * p).reshape(-1)
+        prefixes = torch.cat([prefixes.repeat_interleave(codes, 0), torch.arange(codes).repeat(n)[:, None]], 1)
+    return joint.view((codes,) * length)
+
+
+def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
+    codes, length, samples = 8, 4, 4000
+    model = tiny_janus(codes=codes, seed=1)
+    prompt = torch.tensor([[1, 10, 11, 12, 5]])
+    with torch.no_grad():
+        joint = _janus_joint(model, prompt, 2.0, length, codes)
+    out = speculative_generate(model, prompt.expand(samples, -1), method="sjd", cfg_scale=2.0, window=4,
+                               num_tokens=length, seed=0)
+    assert out.metrics.target_forwards < 1 + samples  # batched: one forward per step for all rows
+    tokens = out.codes
+    for a, b in [(0, 1), (1, 2), (2, 3)]:
+        pair = joint.sum(dim=tuple(d for d in range(length) if d not in (a, b))).reshape(-1)
+        observed = torch.bincount(tokens[:, a] * codes + tokens[:, b], minlength=codes * codes)
+        assert chi_square_pvalue(observed, pair) > ALPHA, (a, b)
+
+
+def test_relaxations_at_zero_strength_equal_sjd_and_run_end_to_end_at_t1(janus):
+    common = dict(cfg_scale=3.0, window=6, seed=3)
+    sjd = speculative_generate(janus, PROMPTS, method="sjd", **common)
+    lantern0 = speculative_generate(janus, PROMPTS, method="lantern", delta=0.0, **common)
+    gsd0 = speculative_generate(janus, PROMPTS, method="gsd", p_thr=0.0, **common)
+    assert torch.equal(sjd.codes, lantern0.codes) and torch.equal(sjd.codes, gsd0.codes)
+    for method in ("gsd", "lantern"):
+        out = speculative_generate(janus, PROMPTS, method=method, delta=0.3, **common)
+        assert out.codes.shape == (3, 16) and int(out.codes.min()) >= 0 and int(out.codes.max()) < 32
+        assert out.images.shape == (3, 3, 16, 16) and torch.isfinite(out.images).all()
+        assert out.metrics.target_forwards <= sjd.metrics.target_forwards + 3
+
+
+# -- caches, CFG and ragged batches ------------------------------------------------------------------------------
+
+
+def _full_forward_logits(model, family, prompts, prompt_mask, codes, cols, has_eol):
+    """Logits after prompt + codes (with EOLs) by one uncached forward per row (left padding removed)."""
+    out = []
+    for r in range(prompts.shape[0]):
+        prompt = prompts[r][prompt_mask[r].bool()]
+        seq = [family.embed_prompt(prompt[None])[0]]
+        for i, c in enumerate(codes[r].tolist()):
+            seq.append(family.embed_image(torch.tensor([[c]]))[0])
+            if has_eol and i % cols == cols - 1:
+                seq.append(family.embed_eol((1, 1))[0])
+        hidden = family.language_model(inputs_embeds=torch.cat(seq)[None]).last_hidden_state[:, -1]
+        out.append(family.image_logits(hidden)[0])
+    return torch.stack(out).float()
+
+
+@pytest.mark.parametrize("compact_below", [0.5, 1.0])  # default, and compacting after every ragged step
+@pytest.mark.parametrize("name", ["janus", "emu3"])
+def test_cache_after_rejections_gives_sequential_logits(name, compact_below, request, monkeypatch):
+    model = request.getfixturevalue(name)
+    monkeypatch.setattr(SlotCache, "compact_below", compact_below)
+    family = family_of(model)
+    rows, cols = family.grid(None if name == "janus" else (3, 4))
+    num_tokens = 7
+    prompts = torch.cat([PROMPTS, NEGATIVE])
+    mask = torch.ones_like(prompts)
+    mask[1, 0] = 0  # a left-padded row
+    target = HFImageTarget(family, prompts, mask, (rows, cols), num_tokens)
+    with torch.no_grad():
+        result = generate(target, torch.arange(3), SJD(window=5, grid_width=cols),
+                          sampling=SamplingConfig(cfg_scale=3.0), seed=1, num_tokens=num_tokens, keep_context=True)
+        first_step = result.metrics.accept_lens[:, 0]  # 4 drafts per row in the first step
+        assert (first_step < 4).all()  # every row rejected a draft
+        ctx = result.context
+        state, cache = ctx.state, ctx.cache
+        last = state.tokens[:, -1:]
+        slots = state.n_gen[:, None]
+        valid = torch.ones_like(slots, dtype=torch.bool)
+        step_mask = attention_mask(slots, valid, state.n_gen, ctx.num_slots)
+        logits, _ = target.forward_tokens(last.repeat(2, 1), slots.repeat(2, 1), slots.repeat(2, 1),
+                                          step_mask.repeat(2, 1, 1), cache)
+        codes = state.tokens.repeat(2, 1)
+        expected = _full_forward_logits(model, family, prompts, mask, codes, cols, family.eol_token_id is not None)
+    torch.testing.assert_close(logits[:, 0], expected, atol=1e-4, rtol=1e-4)
+    live = (cache.owner >= 0).sum(1).max()
+    assert cache.length < live * (2 if compact_below == 0.5 else 1) + 6  # dead entries were cropped / compacted
+
+
+@pytest.mark.parametrize("method", ["sjd", "lantern"])
+def test_batched_ragged_rows_equal_rows_alone(emu3, method):
+    negative = [torch.tensor([[1, 3, 4, 5]]), torch.tensor([[1, 3, 3, 3, 4, 5]]), torch.tensor([[1, 4, 5]])]
+    width = max(n.shape[1] for n in negative)
+    neg = torch.zeros(3, width, dtype=torch.int64)
+    neg_mask = torch.zeros(3, width, dtype=torch.int64)
+    for r, n in enumerate(negative):  # left padding
+        neg[r, width - n.shape[1]:] = n[0]
+        neg_mask[r, width - n.shape[1]:] = 1
+    keys = torch.tensor([11, 22, 33])
+    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), window=5, decode=False)
+    batched = speculative_generate(emu3, PROMPTS, negative_input_ids=neg, negative_attention_mask=neg_mask,
+                                   row_keys=keys, **common)
+    steps = batched.metrics.row_steps
+    assert len(set(steps.tolist())) > 1  # rows really were ragged
+    for r in range(3):
+        alone = speculative_generate(emu3, PROMPTS[r:r + 1], negative_input_ids=negative[r], row_keys=keys[r:r + 1],
+                                     **common)
+        assert torch.equal(alone.codes[0], batched.codes[r])
+
+
+def test_errors(janus, emu3):
+    with pytest.raises(ValueError, match="method"):
+        speculative_generate(janus, PROMPTS, method="eagle2")
+    with pytest.raises(ValueError, match="negative_inputs"):
+        speculative_generate(emu3, PROMPTS, grid=(3, 4))
+    with pytest.raises(ValueError, match="grid"):
+        speculative_generate(emu3, PROMPTS, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="model"):
+        speculative_generate(torch.nn.Linear(2, 2), PROMPTS)
+    with pytest.raises(ValueError, match="num_tokens"):
+        speculative_generate(janus, PROMPTS, num_tokens=17)
+
+
+# -- the README snippet, executed as written ---------------------------------------------------------------------
+
+
+def _readme_snippet():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Speed up a Hugging Face image generator", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    return code
+
+
+class _OfflineJanusProcessor:
+    """Stands in for ``JanusProcessor.from_pretrained`` (no download): a fixed prompt ending with BOI, and the
+    real ``JanusImageProcessor.postprocess``."""
+
+    image_processor = None
+
+    def __call__(self, text, generation_mode, return_tensors):
+        assert generation_mode == "image" and return_tensors == "pt"
+        ids = torch.tensor([[1, 10, 11, 12, 5]] * len(text))
+        return transformers.BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+    def postprocess(self, images, **kwargs):
+        return transformers.JanusImageProcessor().postprocess(images, **kwargs)
+
+
+def test_readme_snippet_runs_as_written(monkeypatch, capsys):
+    monkeypatch.setattr(transformers.JanusForConditionalGeneration, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: tiny_janus(upsampling=5)))  # 64 x 64 px
+    monkeypatch.setattr(transformers.JanusProcessor, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: _OfflineJanusProcessor()))
+    scope = {}
+    exec(compile(_readme_snippet(), "README.md", "exec"), scope)
+    images = scope["images"]
+    assert len(images) == 1 and images[0].size == (64, 64)
+    assert "target_forwards" in capsys.readouterr().out
