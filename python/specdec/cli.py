@@ -32,8 +32,10 @@ def _threads(n: int) -> None:
 @subcommand("train")
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train testbed models (resumable; exports weights + metrics.json)")
-    p.add_argument("model", choices=["vq", "classifier", "tokens", "target", "draft", "eagle", "all"],
-                   help="what to train ('tokens' pre-tokenises the dataset; 'all' runs everything in order)")
+    p.add_argument("model", choices=["vq", "classifier", "tokens", "target", "draft", "eagle", "all",
+                                     "cspd-target", "cspd-draft"],
+                   help="what to train ('tokens' pre-tokenises the dataset; 'all' runs everything in order; "
+                        "cspd-*: the continuous-token testbed)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -47,8 +49,10 @@ def _add_train(sub) -> None:
     p.add_argument("--ckpt-every", type=float, default=180.0, help="seconds between checkpoints (default 180)")
 
     def run(args) -> int:
+        from .continuous.train import RECIPES as CONTINUOUS_RECIPES
         from .testbed.train import RECIPES, RunOptions
 
+        RECIPES = {**RECIPES, **CONTINUOUS_RECIPES}
         _threads(args.threads)
         opts = RunOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                           threads=args.threads, device=args.device, out=args.out, cache=args.cache,

@@ -84,6 +84,10 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
 
         run_speed(setup, names, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
                   config.threads, progress)
+    # CSpD on the continuous-token testbed: own table (demo_cspd.md) and grids, same seed, at most 10 per class.
+    from ..continuous.demo import run_cspd_demo
+
+    run_cspd_demo(setup.out, min(config.images_per_class, 10), config.seed, progress=progress)
     return rows
 
 
