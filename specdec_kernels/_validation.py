@@ -198,9 +198,10 @@ def gsd_params(rank_window, p_thr, d_thr, vocab: int) -> Tuple[int, int, float, 
 
 # ---------------------------------------------------------------- row status codes (validate=None and True)
 
-_COUNT_NAME = {"verify_chain": "num_drafts", "verify_tree": "num_nodes", "build_tree": "num_nodes"}
+_COUNT_NAME = {"verify_chain": "num_drafts", "verify_tree": "num_nodes", "build_tree": "num_nodes",
+               "verify_chain_logits": "num_drafts", "verify_tree_logits": "num_nodes"}
 _ID_NAME = {"verify_chain": "draft", "verify_tree": "tree_tokens", "lantern_relaxed_mass": "x",
-            "gsd_group_mass": "x"}
+            "gsd_group_mass": "x", "verify_chain_logits": "draft", "verify_tree_logits": "tree_tokens"}
 
 
 def row_error_message(op: str, code: int, row: int) -> str:

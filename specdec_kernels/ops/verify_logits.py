@@ -14,23 +14,10 @@ import torch
 
 from .. import _validation as v
 from .._backend import resolve_backend, torch_op
-from .._constants import CHAIN_METHODS, METHOD_CODES, TREE_METHODS
+from .. import _methods
 from ..reference import verify_logits as ref
-from .verify_chain import GSD_DEFAULTS, _packed_params
 
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-#: What a row code (``next_token = -code``) means, for the errors of the default validation (contract §3).
-_ROW_CODES = {
-    1: "{count} outside its range",
-    2: "a {ids} id outside [0, vocab_size)",
-    3: "malformed parents (parents[b, 0] must be -1 and parents[b, n] in [0, n))",
-    4: "a neighbour id of a {ids} token outside [0, vocab_size) or equal to the token itself",
-    5: "u_accept / u_sample outside [0, 1) (or NaN)",
-    6: "no valid distribution: logits NaN or +inf (or all -inf) in a row it reads, or draft_probs NaN, inf or "
-       "negative",
-}
-
 
 def _processing_args(cfg_scale, temperature, top_k, top_p):
     if cfg_scale is not None and (not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool)
@@ -72,41 +59,21 @@ def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
                      f"then uncond rows), got {rows}")
 
 
-def _method(method, allowed, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
-    """Validate the method arguments; return the reference's keyword arguments and the packed ``params``
-    list of the op schema (exact ``[]``; gsd ``[h_lo, h_hi, p_thr, d_thr]``; lantern ``[use_lambda, budget]``)."""
-    gsd_given = any(x is not None for x in (rank_window, p_thr, d_thr))
-    v.method_params(method, allowed, neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
-                    gsd_given=gsd_given)
-    kwargs = {"method": method}
-    h_lo = h_hi = 0
-    if method == "gsd":
-        window = GSD_DEFAULTS["rank_window"] if rank_window is None else rank_window
-        p_thr = GSD_DEFAULTS["p_thr"] if p_thr is None else p_thr
-        d_thr = GSD_DEFAULTS["d_thr"] if d_thr is None else d_thr
-        h_lo, h_hi = v.gsd_params(window, p_thr, d_thr)
-        if embeddings is not None:
-            v.embedding_shapes(embeddings, vocab, device)
-        kwargs.update(embeddings=embeddings, rank_window=(h_lo, h_hi), p_thr=float(p_thr), d_thr=float(d_thr))
-    elif method == "lantern":
+def _method(method, op, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
+    """Validate the method arguments against the method table; return the op's method code, the reference's
+    keyword arguments and the packed ``params`` list of the op schema (``specdec_kernels._methods``)."""
+    code, params = v.method_params(method, op, vocab, neighbors=neighbors, embeddings=embeddings, delta=delta,
+                                   lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
+    if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, device)
-        kwargs.update(neighbors=neighbors, delta=None if delta is None else float(delta),
-                      lam=None if lam is None else float(lam))
-    return kwargs, _packed_params(method, delta, lam, h_lo, h_hi, p_thr, d_thr)
-
-
-def _raise_on_bad_rows(next_token: torch.Tensor, ids: str, count: str):
-    """Default validation: the kernels report bad rows as next_token = -code; turn them into a ValueError (CPU:
-    one check over B values; CUDA and torch.compile: torch._assert_async, no host synchronisation)."""
-    if next_token.device.type != "cpu" or torch.compiler.is_compiling():
-        torch._assert_async((next_token >= 0).all(), "specdec_kernels: a row failed its checks (next_token < 0)")
-        return
-    values = next_token.tolist()  # B Python ints: cheaper than a reduction plus .item()
-    if values and min(values) < 0:
-        row = next(i for i, value in enumerate(values) if value < 0)
-        code = -values[row]
-        reason = _ROW_CODES.get(code, f"code {code}").format(ids=ids, count=count)
-        raise ValueError(f"row {row} was not verified: {reason} (pass validate=False to get next_token = -code)")
+    if embeddings is not None:
+        v.embedding_shapes(embeddings, vocab, device)
+    kwargs = {"method": method, **_methods.unpack_params(_methods.METHODS[method], params)}
+    if method == "lantern":
+        kwargs["neighbors"] = neighbors
+    if method == "gsd":
+        kwargs["embeddings"] = embeddings
+    return code, kwargs, params
 
 
 def _finite_logits(checks, logits: torch.Tensor, name: str):
@@ -247,8 +214,8 @@ def verify_chain_logits(
         if not rows_ok or tuple(draft_logits.shape[1:]) != (drafts, vocab):
             raise ValueError(f"draft_logits must be ({batch}{' or ' + str(2 * batch) if cfg_scale is not None else ''}"
                              f", {drafts}, {vocab}), got {tuple(draft_logits.shape)}")
-    method_kwargs, params = _method(method, CHAIN_METHODS, neighbors, delta, lam, embeddings, rank_window, p_thr,
-                                    d_thr, vocab, device)
+    code, method_kwargs, params = _method(method, "verify_chain", neighbors, delta, lam, embeddings, rank_window,
+                                          p_thr, d_thr, vocab, device)
     chosen = resolve_backend(backend, device)
     if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
         checks = v.new_checks()
@@ -274,7 +241,7 @@ def verify_chain_logits(
             **method_kwargs)
     else:
         args = (logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale, temperature,
-                top_k, top_p, METHOD_CODES[method], method_kwargs.get("neighbors"), method_kwargs.get("embeddings"),
+                top_k, top_p, code, method_kwargs.get("neighbors"), method_kwargs.get("embeddings"),
                 params)
         if chosen == "triton":
             from ..triton.verify_logits import verify_chain_logits_triton
@@ -283,7 +250,7 @@ def verify_chain_logits(
         else:
             accept_len, next_token = torch_op("verify_chain_logits")(*args)
     if validate is not False:
-        _raise_on_bad_rows(next_token, "draft", "num_drafts")
+        v.raise_on_bad_rows("verify_chain_logits", next_token)
     return accept_len, next_token
 
 
@@ -352,8 +319,8 @@ def verify_tree_logits(
     if draft_probs is not None:
         v._tensor(draft_probs, "draft_probs", 3, _LOGITS_DTYPES, device)
         v._shape(draft_probs, "draft_probs", (batch, nodes, vocab))
-    method_kwargs, params = _method(method, TREE_METHODS, neighbors, delta, lam, None, None, None, None, vocab,
-                                    device)
+    code, method_kwargs, params = _method(method, "verify_tree", neighbors, delta, lam, None, None, None, None,
+                                          vocab, device)
     chosen = resolve_backend(backend, device)
     if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
         checks = v.new_checks()
@@ -375,7 +342,7 @@ def verify_tree_logits(
             cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, **method_kwargs)
     else:
         args = (logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg_scale, temperature,
-                top_k, top_p, METHOD_CODES[method], method_kwargs.get("neighbors"), params)
+                top_k, top_p, code, method_kwargs.get("neighbors"), params)
         if chosen == "triton":
             from ..triton.verify_logits import verify_tree_logits_triton
 
@@ -383,5 +350,5 @@ def verify_tree_logits(
         else:
             out = torch_op("verify_tree_logits")(*args)
     if validate is not False:
-        _raise_on_bad_rows(out[2], "tree_tokens", "num_nodes")
+        v.raise_on_bad_rows("verify_tree_logits", out[2])
     return out
