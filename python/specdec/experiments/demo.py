@@ -97,7 +97,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         out = produce(setup, config, name, progress=progress)
         judged = setup.judge(out.judged_images)
         ar_run, ar_judged = ar_run or out.timed, ar_judged or judged
-        rows.append({**cost_row(out.timed, ar_run), "judged_step_compression": out.judged.step_compression,
+        rows.append({**cost_row(out.timed, ar_run), "method": name,
+                     "judged_step_compression": out.judged.step_compression,
                      **setup.judge.fields(judged, None if name == "ar" else ar_judged)})
         save_grid(out.timed_images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
                   per_class=min(10, config.images_per_class),
