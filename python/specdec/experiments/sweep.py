@@ -123,8 +123,8 @@ def run_sweep(config: SweepConfig = SweepConfig(), progress: bool = True) -> Lis
 
 def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
     """Class accuracy, FD-cls and KID against step compression with their 95 % intervals, one line per family
-    (hollow markers: differs from AR beyond chance on KID), AR as a star and AR-with-other-seeds' interval as the
-    chance band."""
+    (squares: the Jacobi inits; hollow markers: differs from AR beyond chance on KID), AR as a star and
+    AR-with-other-seeds' interval as the chance band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,6 +136,7 @@ def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
     panels = ((axes[0], "class_accuracy", "class accuracy", 1.0), (axes[1], "fd_cls", "FD-cls (lower is better)", 1.0),
               (axes[2], "kid", "KID (lower is better)", KID_SCALE))
     curves = [r for r in rows if isinstance(r["value"], (int, float))]  # knobs with a numeric value
+    singles = [r for r in rows if r["value"] is not None and not isinstance(r["value"], (int, float))]
     for ax, key, label, scale in panels:
         for family in dict.fromkeys(r["family"] for r in curves):
             pts = [r for r in curves if r["family"] == family]
@@ -149,6 +150,12 @@ def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
                 differs = r.get("verdict", "within chance") != "within chance"
                 ax.plot([x], [y], "o", ms=5, color=color, mfc="white" if differs else color)
                 ax.annotate(f"{r['value']:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for r in singles:  # knobs without a numeric value (Jacobi inits): one point each
+            differs = r.get("verdict", "within chance") != "within chance"
+            ax.errorbar([r["step_compression"]], [r[key] * scale], yerr=_error(r, key, scale), fmt="s", ms=5,
+                        capsize=2, color="gray", mfc="white" if differs else "gray")
+            ax.annotate(f"{r['family'].split()[0]} {r['value']}", (r["step_compression"], r[key] * scale), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
         for r in noise:
             lo, hi = r.get(f"{key}_lo", r[key]) * scale, r.get(f"{key}_hi", r[key]) * scale
             ax.axhspan(lo, hi, color="gray", alpha=0.2, label="ar (seed + 1), 95 %")
@@ -164,3 +171,8 @@ def plot_sweep(rows: Sequence[Dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _error(row: Dict, key: str, scale: float):
+    """A row's interval of ``key`` as matplotlib's asymmetric ``yerr``."""
+    return [[(row[key] - row.get(f"{key}_lo", row[key])) * scale], [(row.get(f"{key}_hi", row[key]) - row[key]) * scale]]
