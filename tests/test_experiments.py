@@ -1,5 +1,6 @@
-"""The demo / sweep machinery: static-cluster GSD is exactly a partition test, tables are written faithfully, and
-the quick demo runs end to end on the shipped testbed (batched rows == batch-1 rows, AR compression 1)."""
+"""The demo / sweep machinery: static-cluster GSD is exactly a partition test, tables are written faithfully, the
+quick demo runs end to end on the shipped testbed (AR compression 1, a judged quality table with intervals and
+verdicts, a row from a registered producer), judged runs resume from saved tokens."""
 
 import csv
 
@@ -47,19 +48,54 @@ def test_write_table_csv_and_markdown(tmp_path):
     assert [r["method"] for r in back] == ["ar", "sjd"] and float(back[1]["x"]) == 2.345
 
 
+def test_interval_cells_and_callable_columns(tmp_path):
+    from specdec.experiments.common import interval_cell
+
+    rows = [{"method": "ar", "kid": 1.234, "kid_lo": 0.5, "kid_hi": 2.0}, {"method": "x", "kid": None}]
+    cols = (("method", "method", "{}"), ("kid", "KID", interval_cell("kid", "{:.2f}")))
+    md = write_table(rows, cols, tmp_path / "t.csv", tmp_path / "t.md")
+    assert "| ar | 1.23 [0.50, 2.00] |" in md and "| x | - |" in md
+
+
 @requires_shipped
 def test_quick_demo_end_to_end(tmp_path):
-    from specdec.experiments.demo import DemoConfig, run_demo
+    from specdec.experiments import demo
+    from specdec.metrics.bootstrap import FIGURES
 
-    config = DemoConfig(images_per_class=1, methods=("ar", "sjd", "lantern++"), out=tmp_path, threads=1)
-    rows = {r["method"]: r for r in run_demo(config, progress=False)}
-    assert set(rows) == {"ar", "ar (seed + 1)", "sjd", "lantern++"}
+    # A row from another module: a producer registered by name (here AR's own output under another name).
+    demo.ROW_PRODUCERS["ar-copy"] = lambda setup, config, name, progress: demo.decoding_output(setup, config, "ar",
+                                                                                                progress)
+    try:
+        config = demo.DemoConfig(images_per_class=1, methods=("ar", "sjd", "ar-copy"), out=tmp_path, threads=1,
+                                 judge_images=20, judge_batch=10, bootstrap_replicates=20, resume_dir=tmp_path / "r")
+        rows = {r["method"]: r for r in demo.run_demo(config, progress=False)}
+    finally:
+        del demo.ROW_PRODUCERS["ar-copy"]
+    assert set(rows) == {"ar", "ar (seed + 1)", "sjd", "ar-copy"}
     assert rows["ar"]["step_compression"] == pytest.approx(1.0) and rows["ar"]["speedup"] == pytest.approx(1.0)
-    for name in ("sjd", "lantern++"):
-        assert rows[name]["step_compression"] > 1.0 and rows[name]["speedup"] > 0
-        assert 0.0 <= rows[name]["class_accuracy"] <= 1.0
-    for f in ("demo.md", "demo.csv", "demo.png", "samples_ar.png", "samples_sjd.png", "samples_lanternpp.png"):
+    assert rows["sjd"]["step_compression"] > 1.0 and rows["sjd"]["speedup"] > 0
+    assert rows["sjd"]["judged_step_compression"] > 1.0 and "speedup" not in rows["ar (seed + 1)"]
+    for name, row in rows.items():
+        for f in FIGURES:
+            assert row[f"{f}_lo"] <= row[f] <= row[f"{f}_hi"], (name, f)
+            if name != "ar":
+                assert row[f"{f}_diff_lo"] <= row[f"{f}_diff"] <= row[f"{f}_diff_hi"], (name, f)
+    assert "verdict" not in rows["ar"] and rows["sjd"]["verdict"] in ("worse", "better", "within chance")
+    # The same images as AR's, row for row: every paired difference is exactly zero, never beyond chance.
+    assert all(rows["ar-copy"][f"{f}_diff"] == 0 for f in FIGURES)
+    assert rows["ar-copy"]["verdict"] == "within chance" and rows["ar-copy"]["beyond_chance"] == "none"
+    md = (tmp_path / "demo.md").read_text()
+    assert "## Speed" in md and "## Quality" in md and "| ar (seed + 1) |" in md
+    for f in ("demo.md", "demo.csv", "demo.json", "demo.png", "samples_ar.png", "samples_sjd.png"):
         assert (tmp_path / f).stat().st_size > 0
+    # Judged runs were saved; a rerun reads them back instead of generating.
+    saved = sorted((tmp_path / "r").iterdir())
+    assert len(saved) == 3  # ar, ar (seed + 1), sjd (ar-copy's judged run is AR's: same name, rows and keys)
+    from specdec.experiments.common import judged_images, prepare
+
+    setup = prepare(config)
+    run, _ = judged_images(setup, "sjd", method=None)  # no method needed: the tokens come from the saved run
+    assert torch.equal(run.tokens, torch.load(next(p for p in saved if p.name.startswith("sjd")))["tokens"])
 
 
 @requires_shipped
@@ -79,16 +115,18 @@ def test_plots_from_rows(tmp_path):
     from specdec.experiments.demo import plot_demo
     from specdec.experiments.sweep import plot_sweep
 
-    quality = {"class_accuracy": 0.9, "fd_cls": 40.0}
+    quality = {"class_accuracy": 0.9, "class_accuracy_lo": 0.85, "class_accuracy_hi": 0.95, "fd_cls": 40.0,
+               "fd_cls_lo": 35.0, "fd_cls_hi": 45.0, "kid": 2.0, "kid_lo": 1.0, "kid_hi": 3.0}
     demo_rows = [{"method": "ar", "step_compression": 1.0, "speedup": 1.0, **quality},
-                 {"method": "ar (seed + 1)", "step_compression": 1.0, **quality},
-                 {"method": "sjd", "step_compression": 2.5, "speedup": 1.2, **quality}]
+                 {"method": "ar (seed + 1)", "step_compression": 1.0, **quality, "verdict": "within chance"},
+                 {"method": "sjd", "step_compression": 2.5, "speedup": 1.2, **quality, "verdict": "worse"}]
     plot_demo(demo_rows, tmp_path / "demo.png")
     sweep_rows = [{"family": "ar", "setting": "-", "value": None, "step_compression": 1.0, **quality},
+                  {"family": "ar (seed + 1)", "setting": "-", "value": None, "step_compression": 1.0, **quality},
                   {"family": "sjd init", "setting": "init=random", "value": "random", "step_compression": 2.0,
                    **quality}]
-    sweep_rows += [{"family": "lantern", "setting": f"delta={d}", "value": d, "step_compression": 2 + d, **quality}
-                   for d in (0.0, 0.1)]
+    sweep_rows += [{"family": "lantern", "setting": f"delta={d}", "value": d, "step_compression": 2 + d, **quality,
+                    "verdict": v} for d, v in ((0.0, "within chance"), (0.1, "worse"))]
     plot_sweep(sweep_rows, tmp_path / "sweep.png")
     assert (tmp_path / "demo.png").stat().st_size > 10_000 and (tmp_path / "sweep.png").stat().st_size > 10_000
 

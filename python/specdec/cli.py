@@ -93,12 +93,21 @@ def _add_metrics(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _add_run_options(p) -> None:
+def _add_run_options(p, timed: bool = False) -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run on a few images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="rows per generate call (demo default 1, sweep default 50)")
-    p.add_argument("--images-per-class", type=int, default=None)
+    if timed:
+        p.add_argument("--batch-size", type=int, default=None,
+                       help="rows per generate call of the timed run (default 1)")
+        p.add_argument("--images-per-class", type=int, default=None, help="timed images per class (default 20)")
+    p.add_argument("--judge-images", type=int, default=None,
+                   help="images per method for the quality figures (batched, untimed; default 1000)")
+    p.add_argument("--judge-batch", type=int, default=None,
+                   help="rows per generate call of the judged runs (default: per method, 8 to 250)")
+    p.add_argument("--resume", type=Path, default=None, dest="resume_dir",
+                   help="keep each judged run's tokens in this directory and reuse them when rerun (long runs)")
+    p.add_argument("--bootstrap", type=int, default=None, dest="bootstrap_replicates",
+                   help="bootstrap replicates of the intervals (default 200)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output directory (default results)")
     p.add_argument("--weights", type=Path, default=None, help="weights directory (default: the shipped weights)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -106,8 +115,8 @@ def _add_run_options(p) -> None:
 
 
 def _config(cls, args, **extra):
-    given = {k: v for k, v in (("batch_size", args.batch_size), ("images_per_class", args.images_per_class))
-             if v is not None}
+    fields = ("batch_size", "images_per_class", "judge_images", "judge_batch", "bootstrap_replicates", "resume_dir")
+    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     kwargs = dict(seed=args.seed, out=args.out, weights=args.weights, threads=args.threads, device=args.device,
                   **extra, **given)
     return cls.quick(**kwargs) if args.quick else cls(**kwargs)
@@ -116,7 +125,7 @@ def _config(cls, args, **extra):
 @subcommand("demo")
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="every decoding method on the shipped testbed: image grids, table, plot")
-    _add_run_options(p)
+    _add_run_options(p, timed=True)
     p.add_argument("--methods", default=None,
                    help="comma-separated names of registered methods (default: the demo's methods, "
                         "specdec.decoding.methods; ar is always run)")

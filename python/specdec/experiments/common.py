@@ -1,10 +1,18 @@
-"""What the demo and the sweep share: the shipped testbed, one decoding run per method over the same rows, and
-the quality figures of a set of generated images.
+"""What the demo and the sweep share: the shipped testbed, decoding runs over fixed rows, and the judged quality
+of a method's images.
 
 Rows are addressed by per-row keys derived once from the seed, so every method sees the same per-row randomness
 whatever the batch layout. (Tokens are the same across batch sizes only up to floating-point: the model's matmuls
-reduce in a batch-dependent order, so a sample that sits on a CDF boundary can flip. The demo therefore measures
-everything, quality, steps and wall-clock, in one batch-1 run per method.)
+reduce in a batch-dependent order, so a sample that sits on a CDF boundary can flip. Costs and wall-clock are
+therefore measured in one run at the stated batch size.)
+
+Two sets of rows:
+
+* the *timed* rows (``images_per_class`` per class, demo only): decoded at the stated batch size and timed;
+* the *judged* rows (``judge_images``, balanced over classes, keys from the same seed): generated batched and
+  untimed, the same classes and keys for every method, and judged against as many held-out test images
+  (:class:`QualityJudge`: class accuracy, FD-cls, KID, precision / recall with bootstrap intervals, and each
+  method's paired difference to AR; :mod:`specdec.metrics.bootstrap`).
 """
 
 import json
@@ -17,8 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding import SamplingConfig, derive_row_keys, generate, make_method
-from ..metrics.evaluate import (DEFAULT_CFG, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, balanced_classes,
-                                balanced_test_subset, sample_quality)
+from ..metrics.bootstrap import FIGURES, BootstrapJudge, Judged, judge_table_fields
+from ..metrics.classifier import classify
+from ..metrics.evaluate import DEFAULT_CFG, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, balanced_classes, balanced_test_subset
 from ..testbed import shipped
 
 #: The shipped sampling setting (CFG 3, T 1, top-k 128 of the 1024 codes), the one ``specdec metrics`` reports.
@@ -57,10 +66,19 @@ def build_method(tb, name: str, **options):
     return make_method(name, draft_model=tb.draft, head=tb.eagle, codebook=tb.vq.codebook_normalized(), **options)
 
 
+#: Rows per generate call of the judged (batched, untimed) runs, the fastest of 8 / 32 per method measured on the
+#: 2-core CPU. The 2.2 M-parameter target is compute-bound there: AR gains from wide batches, while speculative
+#: methods verify many tokens per committed one (a 16-token SJD window, a 59-node tree), so past a few rows their
+#: cost is arithmetic and wider batches mostly add work on finished or padded rows.
+JUDGE_BATCH = {"ar": 250, "sd": 32, "gsd": 32, "gsd-static": 32, "eagle2": 32, "sjd": 8, "lantern": 8, "lantern++": 8}
+DEFAULT_JUDGE_BATCH = 16
+
+
 @dataclass
 class RunConfig:
-    """What every experiment takes: the evaluation rows (10 classes x ``images_per_class``, keys from ``seed``),
-    rows per generate call, where to write, which weights, torch threads."""
+    """What every experiment takes: the timed rows (10 classes x ``images_per_class``, keys from ``seed``) and
+    their batch size, the judged rows (``judge_images``, generated ``judge_batch`` rows per call, default
+    :data:`JUDGE_BATCH`) and bootstrap replicates, where to write, which weights, torch threads."""
 
     images_per_class: int = 10
     batch_size: int = 1
@@ -69,6 +87,20 @@ class RunConfig:
     weights: Optional[Path] = None
     threads: int = 2
     device: str = "cpu"  # "cpu", "cuda" or "auto"
+    judge_images: int = 1000
+    judge_batch: Optional[int] = None
+    bootstrap_replicates: int = 200
+    resume_dir: Optional[Path] = None  # keep each judged run's tokens here and reuse them on a rerun
+
+    def __post_init__(self):
+        if self.judge_images < 10 or self.judge_images % 10:
+            raise ValueError(f"judge_images must be a positive multiple of 10 (balanced classes), got "
+                             f"{self.judge_images}")
+        if self.bootstrap_replicates < 2:
+            raise ValueError(f"bootstrap_replicates must be >= 2, got {self.bootstrap_replicates}")
+
+    def judge_batch_for(self, name: str) -> int:
+        return self.judge_batch or JUDGE_BATCH.get(name, DEFAULT_JUDGE_BATCH)
 
 
 @dataclass
@@ -142,68 +174,162 @@ def decode(tb, tokens: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([tb.vq.decode(tokens[i : i + batch].to(device)).cpu() for i in range(0, len(tokens), batch)])
 
 
-#: Table columns (key, title, format) of :class:`QualityJudge`'s figures.
+#: Scale of KID in tables and plots (on these 128-d features with the 1/F kernel its values are of order 1-10).
+KID_SCALE = 1.0
+
+
+def interval_cell(key: str, fmt: str, scale: float = 1.0):
+    """Table cell formatter: ``value [lo, hi]`` from ``row[key]``, ``row[key + "_lo"]``, ``row[key + "_hi"]``."""
+
+    def cell(row: Dict) -> str:
+        if row.get(key) is None:
+            return "-"
+        v, lo, hi = (row[key] * scale, row[key + "_lo"] * scale, row[key + "_hi"] * scale)
+        return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+    return cell
+
+
+#: Table columns (key, title, format or row formatter) of the judged figures with their 95 % intervals, and of
+#: the paired differences to AR.
 QUALITY_COLUMNS = (
-    ("class_accuracy", "class acc", "{:.3f}"),
-    ("fd_cls", "FD-cls", "{:.2f}"),
-    ("precision", "precision", "{:.3f}"),
-    ("recall", "recall", "{:.3f}"),
+    ("class_accuracy", "class acc", interval_cell("class_accuracy", "{:.3f}")),
+    ("fd_cls", "FD-cls", interval_cell("fd_cls", "{:.2f}")),
+    ("kid", "KID", interval_cell("kid", "{:.2f}", KID_SCALE)),
+    ("precision", "precision", interval_cell("precision", "{:.3f}")),
+    ("recall", "recall", interval_cell("recall", "{:.3f}")),
+    ("kid_diff", "KID - AR's", interval_cell("kid_diff", "{:+.2f}", KID_SCALE)),
+    ("fd_cls_diff", "FD-cls - AR's", interval_cell("fd_cls_diff", "{:+.2f}")),
+    ("verdict", "verdict (KID)", "{}"),
+    ("beyond_chance", "figures beyond chance", "{}"),
 )
+#: Every judged field (CSV columns): figures, intervals, paired differences and their intervals, verdict.
+QUALITY_FIELDS = tuple(f"{f}{suffix}" for f in FIGURES for suffix in ("", "_lo", "_hi", "_diff", "_diff_lo",
+                                                                      "_diff_hi")) + ("verdict", "beyond_chance")
 
 
 class QualityJudge:
-    """Class accuracy, FD-cls and precision/recall of generated images against as many held-out test images."""
+    """Judges a method's images on the judged rows: class accuracy, FD-cls, KID, precision / recall against as many
+    balanced held-out test images, with bootstrap intervals and paired differences (replicates are drawn once,
+    so every method judged here is resampled on the same rows; :mod:`specdec.metrics.bootstrap`)."""
 
-    def __init__(self, tb, num_images: int):
+    def __init__(self, tb, classes: torch.Tensor, num_replicates: int = 200, seed: int = 0):
         self.tb = tb
-        self.real, _, _ = balanced_test_subset(num_images)
+        self.classes = classes.cpu()
+        real, real_labels, _ = balanced_test_subset(len(classes))
+        self.bootstrap = BootstrapJudge(classify(tb.classifier, real)["features"], real_labels, self.classes,
+                                        num_replicates=num_replicates, seed=seed)
 
-    def __call__(self, images: torch.Tensor, classes: torch.Tensor) -> Dict[str, float]:
-        return sample_quality(self.tb.classifier, images.cpu(), classes.cpu(), self.real)
+    def __call__(self, images: torch.Tensor) -> Judged:
+        """``images`` ``(N, 1, 32, 32)`` of the judged rows, in row order."""
+        out = classify(self.tb.classifier, images.cpu())
+        return self.bootstrap.judge(out["features"], out["probs"].argmax(-1) == self.classes)
+
+    @staticmethod
+    def fields(judged: Judged, ar: Optional[Judged]) -> Dict[str, object]:
+        """Table fields of ``judged``, with paired differences to ``ar`` when given."""
+        return judge_table_fields(judged, ar)
 
 
 @dataclass
 class Setup:
-    """What an experiment runs against: the testbed on ``device``, the evaluation rows and their judge."""
+    """What an experiment runs against: the testbed on ``device``, the timed rows, the judged rows and their
+    judge."""
 
     tb: object
     device: torch.device
     classes: torch.Tensor
     keys: torch.Tensor
+    judged_classes: torch.Tensor
+    judged_keys: torch.Tensor
     judge: QualityJudge
     out: Path
+    config: RunConfig
 
 
-def prepare(config: RunConfig) -> Setup:
-    """Threads, output directory, testbed, evaluation rows and judge for ``config``."""
+def prepare(config: RunConfig, progress: bool = False) -> Setup:
+    """Threads, output directory, testbed, timed and judged rows, and the judge for ``config``."""
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     tb = load(config.weights, device)
     classes, keys = evaluation_rows(config.images_per_class, config.seed, device)
-    return Setup(tb, device, classes, keys, QualityJudge(tb, len(classes)), out)
+    judged_classes, judged_keys = evaluation_rows(config.judge_images // 10, config.seed, device)
+    if progress:
+        print(f"bootstrap judge: {config.judge_images} held-out images, {config.bootstrap_replicates} replicates")
+    judge = QualityJudge(tb, judged_classes, config.bootstrap_replicates, config.seed)
+    return Setup(tb, device, classes, keys, judged_classes, judged_keys, judge, out, config)
 
 
-def judged_run(setup: Setup, name: str, method, *, batch_size: int, keys: Optional[torch.Tensor] = None,
-               progress: bool = False):
-    """:func:`run_method` over the setup's rows (``keys`` overrides their row keys), decoded and judged:
-    ``(run, images, quality)``."""
-    run = run_method(setup.tb, name, method, setup.classes, setup.keys if keys is None else keys,
-                     batch_size=batch_size, progress=progress)
-    images = decode(setup.tb, run.tokens)
-    return run, images, setup.judge(images, setup.classes)
+def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: bool = False):
+    """:func:`run_method` over the timed rows, decoded: ``(run, images)``."""
+    run = run_method(setup.tb, name, method, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
+    return run, decode(setup.tb, run.tokens)
 
 
-def write_outputs(setup: Setup, stem: str, rows: Sequence[Dict], columns: Sequence[tuple], header: str, payload,
+def judged_images(setup: Setup, name: str, method, *, keys: Optional[torch.Tensor] = None, progress: bool = False):
+    """:func:`run_method` over the judged rows (``keys`` overrides their row keys), batched and decoded:
+    ``(run, images)``. The run's step counts are over the judged rows; its wall-clock is not reported."""
+    keys = setup.judged_keys if keys is None else keys
+    saved = _resume_path(setup, name, keys)
+    if saved is not None and saved.is_file():
+        run = MethodRun(**torch.load(saved))
+    else:
+        run = run_method(setup.tb, f"{name} (judged)", method, setup.judged_classes, keys,
+                         batch_size=setup.config.judge_batch_for(name.split(" ")[0]), progress=progress)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: getattr(run, k) for k in ("name", "tokens", "row_steps", "accept_lens", "num_tokens",
+                                                     "seconds")}, saved)
+    return run, decode(setup.tb, run.tokens)
+
+
+def _resume_path(setup: Setup, name: str, keys: torch.Tensor) -> Optional[Path]:
+    """Where a judged run's tokens are kept with ``resume_dir``: named by the run, the rows' classes and keys and
+    the weights, so a rerun with other rows, seeds or weights never picks them up."""
+    if setup.config.resume_dir is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha1()
+    for t in (setup.judged_classes, keys):
+        digest.update(t.cpu().numpy().tobytes())
+    digest.update(str(setup.config.weights).encode())
+    slug = "".join(ch if ch.isalnum() or ch in "=.-" else "_" for ch in name)
+    return Path(setup.config.resume_dir) / f"{slug}-{digest.hexdigest()[:12]}.pt"
+
+
+def judged_run(setup: Setup, name: str, method, *, keys: Optional[torch.Tensor] = None, progress: bool = False):
+    """:func:`judged_images`, judged: ``(run, images, judged)``."""
+    run, images = judged_images(setup, name, method, keys=keys, progress=progress)
+    return run, images, setup.judge(images)
+
+
+def write_outputs(setup: Setup, stem: str, rows: Sequence[Dict], csv_fields: Sequence[str], markdown: str, payload,
                   plot, progress: bool) -> None:
-    """``<stem>.csv`` / ``.md`` (the table under ``header``), ``.json`` (``payload``) and ``.png`` (``plot(rows,
-    path)``) in the output directory; prints the table when ``progress``."""
-    text = write_table(rows, columns, setup.out / f"{stem}.csv", setup.out / f"{stem}.md", header)
+    """``<stem>.csv`` (``csv_fields`` of ``rows``), ``.md`` (``markdown``), ``.json`` (``payload``) and ``.png``
+    (``plot(rows, path)``) in the output directory; prints the Markdown when ``progress``."""
+    write_csv(rows, csv_fields, setup.out / f"{stem}.csv")
+    (setup.out / f"{stem}.md").write_text(markdown)
     (setup.out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     plot(rows, setup.out / f"{stem}.png")
     if progress:
-        print(text)
+        print(markdown)
+
+
+def judged_header(setup: Setup) -> str:
+    """The paragraph that says how quality was judged."""
+    c = setup.config
+    return (f"Quality: {c.judge_images} images per method ({c.judge_images // 10} per class, seed {c.seed}; the same "
+            f"classes and per-row seeds for every method), generated in batches and untimed, against {c.judge_images} "
+            f"held-out test images, on the shipped classifier's features (FD-cls and KID are not FID / Inception KID). "
+            f"[95 % interval]: bootstrap ({c.bootstrap_replicates} class-stratified replicates, normal interval); "
+            f"*- AR's*: paired difference to AR (the same rows resampled in both, the held-out images fixed). "
+            f"*verdict*: worse / better when the interval of the KID difference excludes zero, else within chance; "
+            f"*figures beyond chance*: every figure whose difference interval excludes zero (- worse, + better "
+            f"quality). `ar (seed + 1)` is AR with other seeds: the chance reference (at the 95 % level about one "
+            f"figure in 20 lands beyond chance by chance alone).")
 
 
 def cost_row(run: MethodRun, ar: Optional[MethodRun] = None) -> Dict[str, float]:
@@ -216,24 +342,38 @@ def cost_row(run: MethodRun, ar: Optional[MethodRun] = None) -> Dict[str, float]
     return row
 
 
-def write_table(rows: Sequence[Dict], columns: Sequence[tuple], csv_path, md_path, header: str = "") -> str:
-    """Write ``rows`` as CSV (full precision) and Markdown (``columns`` = (key, title, format)); returns the MD."""
+def write_csv(rows: Sequence[Dict], fields: Sequence[str], path) -> None:
+    """``rows`` as CSV with columns ``fields`` (full precision; missing fields empty)."""
     import csv
 
-    keys = [key for key, _, _ in columns]
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: r.get(k, "") for k in keys})
-    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = [(fmt.format(r[k]) if r.get(k) is not None and r.get(k) != "" else "-") for k, _, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = (header + "\n\n" if header else "") + "\n".join(lines) + "\n"
+            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
+
+
+def write_table(rows: Sequence[Dict], columns: Sequence[tuple], csv_path, md_path, header: str = "") -> str:
+    """Write ``rows`` as CSV (full precision) and Markdown (``columns`` = (key, title, format string or
+    ``row -> str``)); returns the MD."""
+    write_csv(rows, [key for key, _, _ in columns], csv_path)
+    text = (header + "\n\n" if header else "") + markdown_table(rows, columns)
     with open(md_path, "w") as f:
         f.write(text)
     return text
+
+
+def _cell(row: Dict, key: str, fmt) -> str:
+    if callable(fmt):
+        return fmt(row)
+    return fmt.format(row[key]) if row.get(key) is not None and row.get(key) != "" else "-"
+
+
+def markdown_table(rows: Sequence[Dict], columns: Sequence[tuple]) -> str:
+    """``rows`` as a Markdown table; ``columns`` = (key, title, format string or ``row -> str``)."""
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, fmt) for k, _, fmt in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def machine_line(threads: int, device="cpu") -> str:

@@ -1,33 +1,41 @@
 """``specdec demo``: every decoding method on the shipped testbed, same classes and seeds, side by side.
 
-Writes to ``out`` (default ``results/``):
+Each method is run twice:
 
-* ``samples_<method>.png``: one row per class;
-* ``demo.md`` / ``demo.csv``: per method, accepted drafts per verification, tokens per step, step compression
-  (AR's target forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the
-  same run, class accuracy, FD-cls, precision / recall; all from one run per method at ``batch_size`` (1 by
-  default, the setting the targets are stated for);
-* ``demo.png``: step compression next to wall-clock speed-up, and quality against step compression.
+* **timed**: the timed rows (``images_per_class`` per class) at ``batch_size`` (1 by default, the setting the
+  targets are stated for): accepted drafts per verification, tokens per step, step compression (AR's target
+  forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the same run;
+* **judged**: ``judge_images`` rows (the same classes and per-row seeds for every method), generated in batches and
+  untimed, judged against as many held-out images: class accuracy, FD-cls, KID, precision / recall with bootstrap
+  95 % intervals, the paired difference to AR and a verdict (:mod:`specdec.metrics.bootstrap`). An
+  ``ar (seed + 1)`` row (AR again with other seeds) is the chance reference.
 
-An ``ar (seed + 1)`` row (AR again with other uniforms) shows how much the quality figures move by chance alone.
+Writes to ``out`` (default ``results/``): ``samples_<method>.png`` (timed rows, one row per class),
+``demo.md`` (speed table and quality table), ``demo.csv`` / ``demo.json`` (every field), ``demo.png`` (step
+compression next to wall-clock speed-up; KID with its interval against step compression).
+
+Rows come from :data:`ROW_PRODUCERS`: a method of the decoding registry needs nothing there (it gets
+:func:`decoding_output`); a row made some other way (another model, another decoding loop) registers a producer
+``(setup, config, name, progress) -> MethodOutput`` under its name and adds the name to :data:`DEMO_METHODS`.
 """
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import demo_methods
 from ..metrics.evaluate import save_grid
-from .common import (DEFAULT_SAMPLING, QUALITY_COLUMNS, RunConfig, build_method, cost_row, evaluation_rows,
-                     judged_run, machine_line, prepare, write_outputs)
+from .common import (DEFAULT_SAMPLING, KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, MethodRun, RunConfig, Setup,
+                     build_method, cost_row, judged_header, judged_images, judged_run, machine_line, markdown_table, prepare,
+                     timed_run, write_outputs)
 
 #: The registered methods the demo runs by default (``register(..., demo=True)``), in registration order.
 DEMO_METHODS = demo_methods()
 
-COLUMNS = (
+SPEED_COLUMNS = (
     ("method", "method", "{}"),
     ("accepted_per_step", "accepted / step", "{:.2f}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
@@ -35,7 +43,9 @@ COLUMNS = (
     ("seconds_per_image", "s / image", "{:.3f}"),
     ("speedup", "wall-clock speed-up", "{:.2f}x"),
     ("speedup_over_compression", "speed-up / compression", "{:.2f}"),
-) + QUALITY_COLUMNS
+)
+QUALITY_TABLE_COLUMNS = (("method", "method", "{}"),) + QUALITY_COLUMNS
+CSV_FIELDS = tuple(k for k, _, _ in SPEED_COLUMNS) + ("judged_step_compression",) + QUALITY_FIELDS
 
 
 @dataclass
@@ -49,36 +59,69 @@ class DemoConfig(RunConfig):
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":
-        """A smoke run: 2 images per class."""
-        return cls(**{"images_per_class": 2, "speed_images": 4, **kw})
+        """A smoke run: 2 timed and 10 judged images per class."""
+        return cls(**{"images_per_class": 2, "judge_images": 100, "speed_images": 4, **kw})
+
+
+@dataclass
+class MethodOutput:
+    """What one demo row needs: the timed run over the timed rows and its images (for the grid), and the images
+    of the judged rows (``setup.judged_classes`` / ``setup.judged_keys``, in row order) with the run that made them
+    (its step counts; its wall-clock is not used)."""
+
+    timed: MethodRun
+    timed_images: torch.Tensor  # (images_per_class * 10, 1, 32, 32) in [-1, 1]
+    judged: MethodRun
+    judged_images: torch.Tensor  # (judge_images, 1, 32, 32) in [-1, 1]
+
+
+def decoding_output(setup: Setup, config: DemoConfig, name: str, progress: bool = True) -> MethodOutput:
+    """A method of the decoding registry (:func:`build_method`), timed at ``config.batch_size`` and judged."""
+    method = build_method(setup.tb, name, **{"size": config.size, **config.options.get(name, {})})
+    timed, timed_images = timed_run(setup, name, method, batch_size=config.batch_size, progress=progress)
+    judged, images = judged_images(setup, name, method, progress=progress)
+    return MethodOutput(timed, timed_images, judged, images)
+
+
+#: Producers of rows that are not methods of the decoding registry: ``name -> (setup, config, name, progress) ->
+#: MethodOutput`` (see :func:`decoding_output` for what the timed and judged runs must be).
+ROW_PRODUCERS: Dict[str, Callable[..., MethodOutput]] = {}
 
 
 def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[Dict]:
-    """Run every method of ``config`` and write the outputs; returns the table rows."""
+    """Run every method of ``config`` and write the outputs; returns the table rows (AR, AR with other seeds,
+    then the methods)."""
     if "ar" not in config.methods:
         raise ValueError("the demo needs 'ar' among the methods: speed-ups and quality are relative to it")
-    setup = prepare(config)
+    setup = prepare(config, progress)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
-    rows, ar = [], None
+    rows, ar_run, ar_judged = [], None, None
     for name in tqdm(names, desc="methods", disable=not progress):
-        method = build_method(setup.tb, name, **{"size": config.size, **config.options.get(name, {})})
-        run, images, quality = judged_run(setup, name, method, batch_size=config.batch_size, progress=progress)
-        ar = ar or run
-        rows.append({**cost_row(run, ar), **quality})
-        save_grid(images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
+        produce = ROW_PRODUCERS.get(name, decoding_output)
+        out = produce(setup, config, name, progress=progress)
+        judged = setup.judge(out.judged_images)
+        ar_run, ar_judged = ar_run or out.timed, ar_judged or judged
+        rows.append({**cost_row(out.timed, ar_run), "method": name,
+                     "judged_step_compression": out.judged.step_compression,
+                     **setup.judge.fields(judged, None if name == "ar" else ar_judged)})
+        save_grid(out.timed_images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
                   per_class=min(10, config.images_per_class),
-                  title=f"{name}: {run.step_compression:.2f}x fewer target forwards")
-    # Chance alone: AR with other uniforms (batched, not timed).
-    _, other_keys = evaluation_rows(config.images_per_class, config.seed + 1, setup.device)
-    noise, _, quality = judged_run(setup, "ar (seed + 1)", build_method(setup.tb, "ar"), batch_size=50,
-                                   keys=other_keys, progress=progress)
-    rows.insert(1, {**cost_row(noise), **quality})
-    header = (f"# Demo: every method on the shipped testbed\n\n{len(setup.classes)} images ({config.images_per_class} "
-              f"per class), CFG {DEFAULT_SAMPLING.cfg_scale}, T {DEFAULT_SAMPLING.temperature}, top-k "
-              f"{DEFAULT_SAMPLING.top_k}, seed {config.seed}, batch {config.batch_size}; SJD and GSD with "
-              f"LlamaGen's repeat-left init. Machine: {machine_line(config.threads, setup.device)}.")
-    write_outputs(setup, "demo", rows, COLUMNS, header, {"config": _jsonable(config), "rows": rows}, plot_demo,
-                  progress)
+                  title=f"{name}: {out.timed.step_compression:.2f}x fewer target forwards")
+    # Chance alone: AR with other seeds on the judged rows' classes.
+    other_keys = _other_seed_keys(setup)
+    noise, _, judged = judged_run(setup, "ar (seed + 1)", build_method(setup.tb, "ar"), keys=other_keys,
+                                  progress=progress)
+    rows.insert(1, {"method": "ar (seed + 1)", "judged_step_compression": noise.step_compression,
+                    **setup.judge.fields(judged, ar_judged)})
+    sampling = (f"CFG {DEFAULT_SAMPLING.cfg_scale}, T {DEFAULT_SAMPLING.temperature}, top-k {DEFAULT_SAMPLING.top_k}; "
+                f"SJD and GSD with LlamaGen's repeat-left init")
+    markdown = (f"# Demo: every method on the shipped testbed\n\n{sampling}. Machine: "
+                f"{machine_line(config.threads, setup.device)}.\n\n## Speed\n\n{len(setup.classes)} images "
+                f"({config.images_per_class} per class), seed {config.seed}, batch {config.batch_size}, timed.\n\n"
+                + markdown_table([r for r in rows if "speedup" in r], SPEED_COLUMNS)
+                + f"\n## Quality\n\n{judged_header(setup)}\n\n" + markdown_table(rows, QUALITY_TABLE_COLUMNS))
+    write_outputs(setup, "demo", rows, CSV_FIELDS, markdown, {"config": _jsonable(config), "rows": rows},
+                  plot_demo, progress)
     if config.speed_images:  # throughput.md: fixed vs auto sizes (and ragged vs truncated rows at batch > 1)
         from .throughput import SpeedConfig, run_speed
 
@@ -91,6 +134,12 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     return rows
 
 
+def _other_seed_keys(setup: Setup) -> torch.Tensor:
+    from ..decoding import derive_row_keys
+
+    return derive_row_keys(len(setup.judged_classes), setup.config.seed + 1, setup.device)
+
+
 def _file_name(method: str) -> str:
     return method.replace("+", "p").replace(" ", "_")
 
@@ -98,13 +147,14 @@ def _file_name(method: str) -> str:
 def _jsonable(config: DemoConfig) -> Dict:
     d = asdict(config)
     d["out"], d["weights"] = str(config.out), (str(config.weights) if config.weights else None)
+    d["resume_dir"] = str(config.resume_dir) if config.resume_dir else None
     d["methods"] = list(config.methods)
     return d
 
 
 def plot_demo(rows: Sequence[Dict], path: Path) -> None:
-    """Left: step compression and wall-clock speed-up per method. Right: FD-cls (and class accuracy) against step
-    compression, with AR-with-other-uniforms as the chance level."""
+    """Left: step compression and wall-clock speed-up per method. Right: KID (95 % interval; class accuracy in the
+    labels) against step compression, with AR-with-other-seeds' interval as the chance band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,16 +173,26 @@ def plot_demo(rows: Sequence[Dict], path: Path) -> None:
     ax1.legend(fontsize=8)
     ax1.set_title("What each method buys")
     for r in rows:
-        ax2.scatter(r["step_compression"], r["fd_cls"], s=30)
-        ax2.annotate(f"{r['method']}\nacc {r['class_accuracy']:.3f}", (r["step_compression"], r["fd_cls"]),
+        y, err = _kid_and_error(r)
+        ax2.errorbar([r["step_compression"]], [y], yerr=err, fmt="o", ms=5, capsize=3,
+                     mfc="white" if r.get("verdict", "within chance") != "within chance" else None)
+        ax2.annotate(f"{r['method']}\nacc {r['class_accuracy']:.3f}", (r["step_compression"], y),
                      fontsize=7, xytext=(4, 2), textcoords="offset points")
-    for r in noise:  # AR again with other uniforms: how far FD-cls moves by chance
-        ax2.axhline(r["fd_cls"], color="gray", lw=0.8, ls="--", label=f"{r['method']}: chance level")
+    for r in noise:  # AR again with other seeds: the chance band
+        y, err = _kid_and_error(r)
+        ax2.axhspan(y - err[0][0], y + err[1][0], color="gray", alpha=0.2, label=f"{r['method']}: 95 % interval")
     if noise:
         ax2.legend(fontsize=7, loc="upper left")
     ax2.set_xlabel("step compression (x)")
-    ax2.set_ylabel("FD-cls to held-out images (lower is better)")
-    ax2.set_title("Quality vs compression")
+    ax2.set_ylabel("KID to held-out images (lower is better)")
+    ax2.set_title("Quality vs compression (95 % intervals; hollow: differs from AR)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _kid_and_error(row: Dict):
+    """KID of a row and its interval as matplotlib's asymmetric ``yerr``."""
+    y = row["kid"] * KID_SCALE
+    lo, hi = row.get("kid_lo", row["kid"]) * KID_SCALE, row.get("kid_hi", row["kid"]) * KID_SCALE
+    return y, [[y - lo], [hi - y]]

@@ -1,5 +1,5 @@
 """All testbed figures for a set of weights (``specdec metrics``): classifier accuracy, VQ reconstruction,
-target NLL / flatness, and sample quality of plain AR sampling (class accuracy, FD-cls, precision/recall).
+target NLL / flatness, and sample quality of plain AR sampling (class accuracy, FD-cls, KID, precision/recall).
 
 Generated images are compared with the same number of held-out test images (balanced over classes).
 """
@@ -14,7 +14,7 @@ from ..testbed import shipped
 from ..testbed.data import CLASS_NAMES, load_fashion_mnist
 from .classifier import classify
 from .flatness import flatness_diagnostics
-from .quality import class_accuracy, frechet_distance, precision_recall
+from .quality import class_accuracy, frechet_distance, kernel_inception_distance, precision_recall
 
 #: Shipped sampling setting for the AR baseline (docs/TESTBED.md §1.4 order: CFG -> temperature -> top-k).
 DEFAULT_CFG, DEFAULT_TEMPERATURE, DEFAULT_TOP_K = 3.0, 1.0, 128
@@ -51,12 +51,13 @@ def sample_images(target, vq, classes: torch.Tensor, *, cfg: float, temperature:
 
 def sample_quality(classifier, images: torch.Tensor, classes: torch.Tensor, real_images: torch.Tensor,
                    k: int = 3) -> Dict[str, float]:
-    """Class accuracy of generated ``images`` w.r.t. ``classes``; FD-cls and precision/recall against
+    """Class accuracy of generated ``images`` w.r.t. ``classes``; FD-cls, KID and precision/recall against
     ``real_images`` on the classifier's penultimate features."""
     fake = classify(classifier, images)
     real = classify(classifier, real_images)
     return {**class_accuracy(fake["probs"], classes),
             "fd_cls": frechet_distance(real["features"].numpy(), fake["features"].numpy()),
+            "kid": kernel_inception_distance(real["features"], fake["features"]),
             **precision_recall(real["features"], fake["features"], k=k)}
 
 
@@ -126,7 +127,7 @@ def evaluate_testbed(weights: Optional[Path] = None, num_samples: int = 2000, cf
         "vq": vq_figs,
         "target": ar_figs["target"],
         "draft": ar_figs["draft"],
-        "generated": {**{k: round(v, 4) for k, v in quality.items()},
+        "generated": {**{k: round(v, 6 if k == "kid" else 4) for k, v in quality.items()},
                       "target_nll_of_samples": round(generated_nll(tb.target, samples["tokens"], classes), 4),
                       "mean_top1_prob_sampling": round(samples["top1"].mean().item(), 4)},
         "seconds": round(time.time() - t0, 1),
