@@ -498,6 +498,7 @@ def test_torch_compile_fullgraph():
 # ------------------------------------------------------------------ distribution preservation
 
 
+@pytest.mark.backends("cpu", "cuda")  # statistical tests run on the compiled backends (2e5 rows)
 @pytest.mark.parametrize("source", ["logits", "none"])
 def test_exact_from_logits_preserves_the_processed_target(backend, source):
     """Chi-square: the first emitted token follows process_logits(target row 0) (CFG, top-k and top-p on), with
