@@ -19,6 +19,12 @@ from ..reference import verify_logits as ref
 
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+
+def _float32_if_double(t):
+    """float64 inputs (e.g. a float64 model's logits) are rounded to float32 once, here: the kernels read
+    float32 / float16 / bfloat16 and do their own arithmetic in float64 where it decides a token."""
+    return t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.float64 else t
+
 def _processing_args(cfg_scale, temperature, top_k, top_p):
     if cfg_scale is not None and (not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool)
                                   or not math.isfinite(cfg_scale)):
@@ -98,7 +104,7 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
 
     Parameters
     ----------
-    logits : ``(2B or B, S, V)`` float32/float16/bfloat16
+    logits : ``(2B or B, S, V)`` float32/float16/bfloat16 (float64 is rounded to float32 first)
         Raw logits (``2B`` rows with ``cfg_scale``). ``-inf`` entries are masked tokens.
     cfg_scale : float, optional
         Guidance scale ``s``; None disables CFG.
@@ -112,6 +118,7 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
         NaN rows where a row holds NaN or +inf logits or only -inf.
     """
     cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    logits = _float32_if_double(logits)
     _logits_shape(logits, cfg_scale)
     return ref.process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
 
@@ -189,6 +196,7 @@ def verify_chain_logits(
     (tensor([1]), tensor([0]))
     """
     cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    logits, draft_logits, draft_probs = (_float32_if_double(t) for t in (logits, draft_logits, draft_probs))
     v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
     v._tensor(draft, "draft", 2, (torch.int64,), logits.device)
     cfg_scale = _guidance(logits, cfg_scale, draft.shape[0])
@@ -302,6 +310,7 @@ def verify_tree_logits(
         malformed parents; ids, neighbours and uniforms are checked for the valid nodes ``n < num_nodes[b]``).
     """
     cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    logits, draft_probs = _float32_if_double(logits), _float32_if_double(draft_probs)
     v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
     v._tensor(tree_tokens, "tree_tokens", 2, (torch.int64,), logits.device)
     cfg_scale = _guidance(logits, cfg_scale, tree_tokens.shape[0])
