@@ -79,6 +79,42 @@ def test_verifier_rejects_logits_of_the_wrong_row_count():
             verifier.step(logits, drafts, generator=gen, return_probs=not fused)
 
 
+# -- fused logits ops (regressions found by the fuzz suite) ------------------------------------------------------
+
+import math  # noqa: E402
+
+import specdec_kernels as sk  # noqa: E402
+
+LOGITS_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in sk.available_backends()]
+
+
+@pytest.mark.parametrize("backend", LOGITS_BACKENDS)
+@pytest.mark.parametrize("validate", [None, True, False])
+@pytest.mark.parametrize("temperature", [math.inf, math.nan, -1.0])
+def test_logits_ops_reject_non_finite_temperature_on_every_backend(backend, validate, temperature):
+    logits, drafts, _ = _inputs()
+    u = torch.full((2, 2), 0.5)
+    with pytest.raises(ValueError, match="^temperature must be"):
+        sk.verify_chain_logits(logits, drafts, u, u[:, 0], temperature=temperature, backend=backend,
+                               validate=validate)
+
+
+@pytest.mark.parametrize("backend", LOGITS_BACKENDS)
+@pytest.mark.parametrize("validate", [None, True, False])
+def test_tree_logits_ignore_parents_of_nodes_past_num_nodes(backend, validate):
+    """A parent id past the tree (unchecked: its node is not valid) once made the Triton launcher index out of
+    range when the tree had draft probabilities."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 2, 16, generator=gen)
+    draft_probs = torch.softmax(torch.randn(1, 2, 16, generator=gen), -1)
+    tokens, parents = torch.tensor([[2, 14]]), torch.tensor([[-1, 2]])
+    args = (logits, tokens, parents, torch.full((1, 2), 0.5), torch.tensor([0.25]))
+    kwargs = dict(num_nodes=torch.tensor([1]), draft_probs=draft_probs)
+    got = sk.verify_tree_logits(*args, **kwargs, backend=backend, validate=validate)
+    want = sk.verify_tree_logits(*args, **kwargs, backend="reference", validate=False)
+    assert all(torch.equal(g, w) for g, w in zip(got, want)) and int(want[2][0]) >= 0
+
+
 # -- Hugging Face adapters ---------------------------------------------------------------------------------------
 
 transformers = pytest.importorskip("transformers")
