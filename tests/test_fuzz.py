@@ -11,11 +11,16 @@ failure; a failed batch is re-run case by case to name the culprit. Properties, 
   reads (and so checks) differs between backends: only the tested entries and the sampled row are pinned;
 - ``validate=None`` / ``True``: a ValueError naming an argument, or the reference's result; any row the reference
   reports bad must raise;
-- a structural error of the oracle (``backend="reference", validate=False``) is a ValueError on every backend.
+- a structural error of the oracle (``backend="reference", validate=False``) is a ValueError on every backend;
+- the fused logits ops (``verify_chain_logits`` / ``verify_tree_logits``, with NaN / inf / all -inf logits, zero /
+  huge / negative / inf temperatures, top_k at and beyond V, top_p outside (0, 1], guidance scales with the wrong
+  row count): the oracle also equals their definition, ``process_logits`` then the reference ``verify_chain`` /
+  ``verify_tree``; only NaN / inf logits or bad ``draft_probs`` make a row lenient.
 
 Budget: ``SPECDEC_FUZZ_EXAMPLES`` hypothesis examples per op (default 3: about two minutes on 2 cores) of
 ``SPECDEC_FUZZ_BATCH`` cases each (default 4), fixed seed unless ``SPECDEC_FUZZ_SEED`` is set; ``make fuzz`` runs a
-longer budget and prints how many calls it tried. ``SPECDEC_FUZZ_BACKENDS`` (comma-separated) narrows the
+longer budget and prints how many calls it tried. The logits ops run ``SPECDEC_FUZZ_LOGITS_BATCH`` cases per
+example (default half of ``SPECDEC_FUZZ_BATCH``: they run the Triton interpreter over every processed row). ``SPECDEC_FUZZ_BACKENDS`` (comma-separated) narrows the
 backends.
 """
 
