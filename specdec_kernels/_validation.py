@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import _methods
-from ._methods import ROW_BAD_COUNT, ROW_BAD_ID, ROW_CODES
+from ._methods import ROW_BAD_COUNT, ROW_BAD_ID, ROW_BAD_PROB, ROW_CODES
 
 _PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -202,6 +202,13 @@ _COUNT_NAME = {"verify_chain": "num_drafts", "verify_tree": "num_nodes", "build_
                "verify_chain_logits": "num_drafts", "verify_tree_logits": "num_nodes"}
 _ID_NAME = {"verify_chain": "draft", "verify_tree": "tree_tokens", "lantern_relaxed_mass": "x",
             "gsd_group_mass": "x", "verify_chain_logits": "draft", "verify_tree_logits": "tree_tokens"}
+#: The logits ops take no ``p`` / ``q``: code 6 names the arguments the bad processed row comes from.
+_PROB_NAME = {"verify_chain_logits": ("logits / draft_logits / draft_probs",
+                                      "gives a row that is not a distribution (NaN or +inf logits, all -inf "
+                                      "after processing) or a NaN, inf or negative draft probability the row reads"),
+              "verify_tree_logits": ("logits / draft_probs",
+                                     "gives a row that is not a distribution (NaN or +inf logits, all -inf "
+                                     "after processing) or a NaN, inf or negative draft probability the row reads")}
 
 
 def row_error_message(op: str, code: int, row: int) -> str:
@@ -211,6 +218,8 @@ def row_error_message(op: str, code: int, row: int) -> str:
         argument = _COUNT_NAME.get(op, argument)
     elif code == ROW_BAD_ID:
         argument = _ID_NAME.get(op, argument)
+    elif code == ROW_BAD_PROB and op in _PROB_NAME:
+        argument, problem = _PROB_NAME[op]
     return f"{op}: row {row}: {argument} {problem} (status code {code})"
 
 

@@ -11,11 +11,16 @@ failure; a failed batch is re-run case by case to name the culprit. Properties, 
   reads (and so checks) differs between backends: only the tested entries and the sampled row are pinned;
 - ``validate=None`` / ``True``: a ValueError naming an argument, or the reference's result; any row the reference
   reports bad must raise;
-- a structural error of the oracle (``backend="reference", validate=False``) is a ValueError on every backend.
+- a structural error of the oracle (``backend="reference", validate=False``) is a ValueError on every backend;
+- the fused logits ops (``verify_chain_logits`` / ``verify_tree_logits``, with NaN / inf / all -inf logits, zero /
+  huge / negative / inf temperatures, top_k at and beyond V, top_p outside (0, 1], guidance scales with the wrong
+  row count): the oracle also equals their definition, ``process_logits`` then the reference ``verify_chain`` /
+  ``verify_tree``; only NaN / inf logits or bad ``draft_probs`` make a row lenient.
 
 Budget: ``SPECDEC_FUZZ_EXAMPLES`` hypothesis examples per op (default 3: about two minutes on 2 cores) of
 ``SPECDEC_FUZZ_BATCH`` cases each (default 4), fixed seed unless ``SPECDEC_FUZZ_SEED`` is set; ``make fuzz`` runs a
-longer budget and prints how many calls it tried. ``SPECDEC_FUZZ_BACKENDS`` (comma-separated) narrows the
+longer budget and prints how many calls it tried. The logits ops run ``SPECDEC_FUZZ_LOGITS_BATCH`` cases per
+example (default half of ``SPECDEC_FUZZ_BATCH``: they run the Triton interpreter over every processed row). ``SPECDEC_FUZZ_BACKENDS`` (comma-separated) narrows the
 backends.
 """
 
@@ -38,6 +43,8 @@ BACKENDS = [b for b in os.environ.get("SPECDEC_FUZZ_BACKENDS", "reference,cpu,tr
 LEVELS = (None, True, False)
 EXAMPLES = int(os.environ.get("SPECDEC_FUZZ_EXAMPLES", "3"))
 BATCH = int(os.environ.get("SPECDEC_FUZZ_BATCH", "4"))
+#: The fused logits ops run the Triton interpreter over every processed row: a smaller batch keeps the CI budget.
+LOGITS_BATCH = int(os.environ.get("SPECDEC_FUZZ_LOGITS_BATCH", str(max(1, BATCH // 2))))
 SEED = int(os.environ.get("SPECDEC_FUZZ_SEED", "20261201"))
 #: Seconds per batch of cases (every backend and level of each): a hang is anything far beyond the normal cost.
 BATCH_TIMEOUT = float(os.environ.get("SPECDEC_FUZZ_TIMEOUT", "240"))
@@ -58,6 +65,9 @@ ARGUMENTS = {
     "cspd_verify": ("x", "mu_q", "sigma_q", "mu_p", "sigma_p", "s_q", "s_p", "u_accept", "u_prop", "u_ar",
                     "inner_temperature"),
 }
+_PROCESSING = ("logits", "cfg_scale", "temperature", "top_k", "top_p", "draft_probs", "draft_logits")
+ARGUMENTS["verify_chain_logits"] = ARGUMENTS["verify_chain"][2:] + _PROCESSING
+ARGUMENTS["verify_tree_logits"] = ARGUMENTS["verify_tree"][2:] + _PROCESSING
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -295,6 +305,104 @@ def cspd_cases(draw):
     return "cspd_verify", args, dict(inner_temperature=draw(st.sampled_from([1.0, 42.0, 1e-3])))
 
 
+def _logits(shape, data, gen, dtype):
+    """Raw logits with adversarial entries mixed in (NaN, +inf, -inf entries, all -inf rows, huge values)."""
+    logits = torch.randn(*shape, generator=gen) * data.draw(st.sampled_from([0.5, 3.0, 30.0]))
+    if logits.numel() and data.draw(st.booleans(), label="adversarial logits"):
+        flat = logits.view(-1, shape[-1])
+        for _ in range(data.draw(st.integers(1, 2))):
+            row = data.draw(st.integers(0, flat.shape[0] - 1))
+            col = data.draw(st.integers(0, shape[-1] - 1))
+            kind = data.draw(st.sampled_from(["nan", "inf", "-inf", "all -inf", "huge"]))
+            if kind == "all -inf":
+                flat[row] = -math.inf
+            else:
+                flat[row, col] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "huge": 3e38}[kind]
+    return logits.to(dtype)
+
+
+def _processing(vocab, data):
+    """cfg_scale / temperature / top_k / top_p at valid edges (zero and huge temperature, top_k at and beyond V,
+    tiny top_p); about one case in four gets one invalid value (NaN scale, negative / inf temperature, ...)."""
+    processing = dict(cfg_scale=data.draw(st.sampled_from([None, None, 1.0, 3.0])),
+                      temperature=data.draw(st.sampled_from([1.0, 0.7, 0.0, 1e30])),
+                      top_k=data.draw(st.sampled_from([0, 2, vocab, vocab + 5])),
+                      top_p=data.draw(st.sampled_from([1.0, 0.8, 1e-9])))
+    if data.draw(st.integers(0, 3), label="bad processing") == 0:
+        name, value = data.draw(st.sampled_from([("cfg_scale", math.nan), ("cfg_scale", math.inf),
+                                                 ("temperature", -1.0), ("temperature", math.inf),
+                                                 ("temperature", math.nan), ("top_k", -1), ("top_k", 2.0),
+                                                 ("top_p", 0.0), ("top_p", 1.5), ("top_p", math.nan)]))
+        processing[name] = value
+    return processing
+
+
+def _logit_rows(batch, processing, data):
+    """Rows of the logits for ``batch``: 2B with a guidance scale, B without; sometimes a wrong count."""
+    rows = 2 * batch if processing["cfg_scale"] not in (None, 1.0) else batch
+    if data.draw(st.integers(0, 7), label="wrong row count") == 0:
+        rows = data.draw(st.sampled_from([batch + 1, 3 * batch, 2 * batch, batch]))
+    return rows
+
+
+@st.composite
+def chain_logits_cases(draw):
+    data = draw(st.data())
+    gen = _gen(data)
+    batch = draw(st.sampled_from([0, 1, 2]))
+    drafts = draw(st.integers(0, 3))
+    vocab = draw(st.sampled_from([1, 2, 5, 16]))
+    dtype = draw(st.sampled_from(DTYPES))
+    kwargs = _processing(vocab, data)
+    logits = _logits((_logit_rows(batch, kwargs, data), drafts + 1, vocab), data, gen, dtype)
+    num_drafts = torch.randint(0, drafts + 1, (batch,), generator=gen)
+    if batch and draw(st.booleans()):
+        num_drafts[draw(st.integers(0, batch - 1))] = draw(st.sampled_from([drafts + 1, -1, 2**40, drafts]))
+    kwargs["num_drafts"] = num_drafts
+    q_kind = draw(st.sampled_from(["none", "probs", "logits"]))
+    if q_kind == "probs":
+        kwargs["draft_probs"] = _strided(_probs((batch, drafts, vocab), data, gen, dtype), data)
+    elif q_kind == "logits":
+        kwargs["draft_logits"] = _logits((_logit_rows(batch, kwargs, data), drafts, vocab), data, gen, dtype)
+    method = draw(st.sampled_from(["exact", "gsd", "lantern"]))
+    kwargs["method"] = method
+    if method == "lantern":
+        kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 3)), data, gen)
+        kwargs.update(_budget(data))
+    elif method == "gsd":
+        kwargs["rank_window"] = draw(st.sampled_from([(0, 0), (2, 1), (6000, 6000)]))
+        kwargs["p_thr"] = draw(st.sampled_from([0.0, 0.15, 1e39]))
+    args = (_strided(logits, data), _ids((batch, drafts), vocab, data, gen), _uniforms((batch, drafts), data, gen),
+            _uniforms((batch,), data, gen))
+    return "verify_chain_logits", args, kwargs
+
+
+@st.composite
+def tree_logits_cases(draw):
+    data = draw(st.data())
+    gen = _gen(data)
+    batch = draw(st.sampled_from([0, 1, 2]))
+    nodes = draw(st.integers(1, 5))
+    vocab = draw(st.sampled_from([1, 2, 5, 16]))
+    dtype = draw(st.sampled_from(DTYPES))
+    kwargs = _processing(vocab, data)
+    logits = _logits((_logit_rows(batch, kwargs, data), nodes, vocab), data, gen, dtype)
+    num_nodes = torch.randint(1, nodes + 1, (batch,), generator=gen)
+    if batch and draw(st.booleans()):
+        num_nodes[draw(st.integers(0, batch - 1))] = draw(st.sampled_from([0, nodes + 1, -3, 2**40]))
+    kwargs["num_nodes"] = num_nodes
+    if draw(st.booleans()):
+        kwargs["draft_probs"] = _strided(_probs((batch, nodes, vocab), data, gen, dtype), data)
+    method = draw(st.sampled_from(["exact", "lantern"]))
+    kwargs["method"] = method
+    if method == "lantern":
+        kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 3)), data, gen)
+        kwargs.update(_budget(data))
+    args = (_strided(logits, data), _ids((batch, nodes), vocab, data, gen), _parents(batch, nodes, data, gen),
+            _uniforms((batch, nodes), data, gen), _uniforms((batch,), data, gen))
+    return "verify_tree_logits", args, kwargs
+
+
 # ================================================================== running and judging
 
 
@@ -302,10 +410,40 @@ def _call(op, args, kwargs, backend, validate):
     return getattr(sk, op)(*args, **kwargs, backend=backend, validate=validate)
 
 
+_PROCESSING_KWARGS = ("cfg_scale", "temperature", "top_k", "top_p")
+
+
+def _composed(op, args, kwargs):
+    """The logits ops' definition: ``process_logits`` then the reference ``verify_chain`` / ``verify_tree``."""
+    kwargs = dict(kwargs)
+    processing = {k: kwargs.pop(k) for k in _PROCESSING_KWARGS}
+    cfg_scale = processing.pop("cfg_scale")
+    logits, batch = args[0], args[1].shape[0]
+
+    def process(rows):
+        return sk.process_logits(rows, cfg_scale=cfg_scale if rows.shape[0] != batch else None, **processing)
+
+    q = kwargs.pop("draft_probs", None)
+    if q is not None:  # verify_chain / verify_tree take q in p's dtype (float32 here); the upcast is exact
+        q = q.float()
+    if "draft_logits" in kwargs:
+        q = process(kwargs.pop("draft_logits"))
+    plain = "verify_chain" if op == "verify_chain_logits" else "verify_tree"
+    return getattr(sk, plain)(process(logits), q, *args[1:], **kwargs, backend="reference", validate=False)
+
+
 def _run_case(case):
-    """In the child: the oracle (reference, validate=False), then every backend x level."""
+    """In the child: the oracle (reference, validate=False), then every backend x level; for the logits ops also
+    their composed definition (``("composed", False)``)."""
     op, args, kwargs = case
     outcomes = {}
+    if op.endswith("_logits"):
+        try:
+            outcomes[("composed", False)] = ("ok", _composed(op, args, kwargs))
+        except ValueError as exc:
+            outcomes[("composed", False)] = ("ValueError", str(exc))
+        except Exception as exc:
+            outcomes[("composed", False)] = (type(exc).__name__, str(exc)[:500])
     for backend in BACKENDS:
         for validate in LEVELS:
             try:
@@ -334,7 +472,7 @@ def _same_rows(op, got, want, lenient_rows: bool) -> str:
     for g, w in zip(got, want):
         if g.dtype != w.dtype or g.shape != w.shape:
             return f"output {tuple(g.shape)} {g.dtype}, want {tuple(w.shape)} {w.dtype}"
-    if op in ("verify_chain", "verify_tree"):
+    if op in ("verify_chain", "verify_tree", "verify_chain_logits", "verify_tree_logits"):
         next_g, next_w = got[-1], want[-1]
         rows_equal = torch.ones_like(next_g, dtype=torch.bool)
         for g, w in zip(got, want):
@@ -386,7 +524,7 @@ def _neighbor_tables_match(case, got, want) -> bool:
 
 def _bad_rows(op, out) -> bool:
     """Does the oracle's output report a bad row (so that None / True must raise)."""
-    if op in ("verify_chain", "verify_tree"):
+    if op in ("verify_chain", "verify_tree", "verify_chain_logits", "verify_tree_logits"):
         return bool((out[-1] < 0).any())
     if op == "build_tree":
         return bool((out[1][:, :1] < 0).any())
@@ -402,11 +540,21 @@ def judge(case, outcomes) -> list:
     oracle_kind, oracle = outcomes[("reference", False)]
     if oracle_kind not in ("ok", "ValueError"):
         return [f"reference/False raised {oracle_kind}: {oracle}"]
-    lenient = _bad_values(*args, *[v for v in kwargs.values() if isinstance(v, torch.Tensor)])
+    if op.endswith("_logits"):  # logits are signed: only NaN / inf logits or bad draft_probs make a row bad
+        lenient = any(not bool(torch.isfinite(t).all()) for t in (args[0], kwargs.get("draft_logits")) if
+                      t is not None and t.numel()) or _bad_values(kwargs.get("draft_probs"))
+    else:
+        lenient = _bad_values(*args, *[v for v in kwargs.values() if isinstance(v, torch.Tensor)])
     if op == "gsd_group_mass":  # x outside the vocabulary: NaN masses are the report
         lenient = lenient or bool(((args[2] < 0) | (args[2] >= args[0].shape[1])).any()) if args[0].dim() == 2 else lenient
     for (backend, validate), (kind, value) in outcomes.items():
         where = f"{backend}/validate={validate}"
+        if backend == "composed":  # the definition: same result as the oracle wherever the oracle has one
+            if oracle_kind == "ok":
+                diff = f"raised {kind}: {value}" if kind != "ok" else _same_rows(op, value, oracle, False)
+                if diff:
+                    problems.append(f"process_logits + reference {op[:-7]}: {diff}")
+            continue
         if kind not in ("ok", "ValueError"):
             problems.append(f"{where}: raised {kind}: {value}")
             continue
@@ -468,12 +616,12 @@ def check_batch(cases):
     assert not problems, "\n".join(problems[:10])
 
 
-def _fuzz(strategy):
+def _fuzz(strategy, batch=BATCH):
     @seed(SEED)
     # No shrinking: every example forks children and runs the interpreter; the failure report names the case.
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck), print_blob=True)
-    @given(st.lists(strategy, min_size=BATCH, max_size=BATCH))
+    @given(st.lists(strategy, min_size=batch, max_size=batch))
     def test(cases):
         check_batch(cases)
 
@@ -487,6 +635,8 @@ test_fuzz_lantern_relaxed_mass = _fuzz(relaxed_mass_cases())
 test_fuzz_gsd_group_mass = _fuzz(group_mass_cases())
 test_fuzz_neighbor_table = _fuzz(neighbor_table_cases())
 test_fuzz_cspd_verify = _fuzz(cspd_cases())
+test_fuzz_verify_chain_logits = _fuzz(chain_logits_cases(), LOGITS_BATCH)
+test_fuzz_verify_tree_logits = _fuzz(tree_logits_cases(), LOGITS_BATCH)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -494,5 +644,5 @@ def _report_counts():
     yield
     total = sum(TRIED.values())
     print(f"\nfuzz: {total} calls tried over backends {BACKENDS} x validate {list(LEVELS)} "
-          f"(seed {SEED}, {EXAMPLES} examples x {BATCH} cases per op): " +
+          f"(seed {SEED}, {EXAMPLES} examples x {BATCH} cases per op, {LOGITS_BATCH} for the logits ops): " +
           ", ".join(f"{op} {n}" for op, n in sorted(TRIED.items())))

@@ -179,6 +179,7 @@ class SpeculativeVerifier:
 
         if codebook is not None and codebook.dim() != 2:
             raise ValueError(f"codebook must be (vocab_size, dim), got shape {tuple(codebook.shape)}")
+        self._codebook_size = None if codebook is None else int(codebook.shape[0])
         if self.rule == "exact":
             given = [name for name, value in (("codebook", codebook), ("neighbors", neighbors),
                      ("embeddings", embeddings), ("delta", delta), ("lam", lam), ("rank_window", rank_window),
@@ -240,6 +241,15 @@ class SpeculativeVerifier:
                               top_p=s.top_p)
 
     # -- verification ----------------------------------------------------------------------------------------
+    def _check_vocab(self, logits, probs):
+        """The tables built from ``codebook`` index its codes: the logits must cover exactly that vocabulary
+        (else the kernels would name their own ``neighbors`` / ``embeddings`` arguments, not the caller's)."""
+        rows = logits if probs is None else probs
+        size = getattr(self, "_codebook_size", None)
+        if size is not None and rows is not None and rows.shape[-1] != size:
+            raise ValueError(f"codebook has {size} codes, but the logits' vocabulary has {rows.shape[-1]}: image "
+                             f"token i of the logits must be code i of the codebook")
+
     def _uniforms(self, batch, count, device, u_accept, u_sample, generator):
         if (u_accept is None) != (u_sample is None):
             raise ValueError("pass both u_accept and u_sample, or neither (then generator draws them)")
@@ -277,6 +287,7 @@ class SpeculativeVerifier:
             ``specdec_kernels.verify_chain_logits``, the logits go straight to it (the same tokens, no
             ``(B, L + 1, V)`` probability tensor); otherwise the rows are processed, then verified.
         """
+        self._check_vocab(logits, probs)
         batch, width = drafts.shape
         fused = getattr(sk, "verify_chain_logits", None)
         if probs is None and not return_probs and fused is not None:
@@ -345,6 +356,7 @@ class SpeculativeVerifier:
         """
         if self.rule == "gsd":
             raise ValueError("method 'gsd' verifies chains only; use step()")
+        self._check_vocab(logits, probs)
         batch, m = tree_tokens.shape
         kwargs = {key: value for key, value in self._kwargs.items() if key in ("method", "neighbors", "delta", "lam")}
         fused = getattr(sk, "verify_tree_logits", None)

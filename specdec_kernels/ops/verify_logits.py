@@ -30,6 +30,8 @@ def _processing_args(cfg_scale, temperature, top_k, top_p):
                                   or not math.isfinite(cfg_scale)):
         raise ValueError(f"cfg_scale must be None or a finite number, got {cfg_scale!r}")
     v._scalar(temperature, "temperature", 0.0)
+    if not math.isfinite(temperature):  # the compiled kernels take a finite temperature only: same answer everywhere
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
     if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not (0.0 < top_p <= 1.0):
@@ -108,7 +110,7 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
         Raw logits (``2B`` rows with ``cfg_scale``). ``-inf`` entries are masked tokens.
     cfg_scale : float, optional
         Guidance scale ``s``; None disables CFG.
-    temperature : float >= 0
+    temperature : finite float >= 0
     top_k : int >= 0
     top_p : float in (0, 1]
 

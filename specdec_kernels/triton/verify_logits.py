@@ -281,7 +281,9 @@ def verify_tree_logits_triton(logits, draft_probs, tree_tokens, parents, u_accep
     if q is not None:
         child = (valid & (node > 0) & ok_row[:, None]).long()
         has_child = torch.zeros(batch, nodes, dtype=torch.int64, device=p.device)
-        has_child = has_child.scatter_add_(1, safe_parents.clamp_min(0), child) > 0
+        # Parents of nodes past num_nodes are unchecked (any value): they add nothing, so index them at 0.
+        child_parent = torch.where(valid, safe_parents, 0).clamp_min(0)
+        has_child = has_child.scatter_add_(1, child_parent, child) > 0
         bad_q = ~((q >= 0) & (q < float("inf"))).all(-1)
         bad = bad | (bad_q & visited & has_child).any(-1)
     code = torch.where(ok_row & bad, 6, code)

@@ -55,6 +55,8 @@ class ImageFamily:
     def grid(self, grid: Optional[Tuple[int, int]]) -> Tuple[int, int]:
         if grid is None:
             raise ValueError(f"grid: {self.name} needs the image size in tokens, grid=(rows, columns)")
+        if len(grid) != 2 or int(grid[0]) < 1 or int(grid[1]) < 1:
+            raise ValueError(f"grid must be (rows >= 1, columns >= 1), got {tuple(grid)}")
         return int(grid[0]), int(grid[1])
 
     def unconditional(self, ids: torch.Tensor, mask: torch.Tensor):
@@ -112,8 +114,14 @@ class _BpeImageFamily(ImageFamily):
     def _image_bpe_ids(self) -> torch.Tensor:
         mapping = self.model.model.vocabulary_mapping.img2bpe_mapping_tensor
         if mapping.shape[0] < self.vocab_size:
-            raise ValueError(f"the vocabulary maps {mapping.shape[0]} image codes, the codebook has {self.vocab_size}")
-        return mapping[: self.vocab_size].to(torch.int64).to(self.device)
+            raise ValueError(f"model: the vocabulary maps {mapping.shape[0]} image codes, the codebook has "
+                             f"{self.vocab_size}")
+        ids = mapping[: self.vocab_size].to(torch.int64).to(self.device)
+        rows = self.model.lm_head.weight.shape[0]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+            raise ValueError(f"model: the vocabulary maps image codes to token ids in [{int(ids.min())}, "
+                             f"{int(ids.max())}], outside the {rows} rows of lm_head")
+        return ids
 
     def __init__(self, model, eol_token_id: Optional[int] = None):
         super().__init__(model)

@@ -83,6 +83,14 @@ def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_w
     raise ValueError(f"method: unknown {name!r}; choose from {METHODS}")
 
 
+def _check_ids(ids: torch.Tensor, name: str, vocab: int):
+    if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be (batch, length) int64 token ids, got {tuple(ids.shape)} {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{name} holds token ids outside the model's vocabulary [0, {vocab}): "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+
+
 def _left_pad(ids: torch.Tensor, mask: torch.Tensor, length: int, pad: int):
     extra = length - ids.shape[1]
     if extra == 0:
@@ -153,6 +161,12 @@ def speculative_generate(
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     device = family.device
+    text_vocab = model.get_input_embeddings().weight.shape[0]
+    _check_ids(input_ids, "input_ids", text_vocab)
+    if negative_input_ids is not None:
+        _check_ids(negative_input_ids, "negative_input_ids", text_vocab)
+    if family.eol_token_id is not None and not 0 <= int(family.eol_token_id) < text_vocab:
+        raise ValueError(f"eol_token_id must be a token id in [0, {text_vocab}), got {family.eol_token_id}")
     ids = input_ids.to(device)
     mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)).long()
     batch = ids.shape[0]
@@ -174,6 +188,15 @@ def speculative_generate(
         prompts, prompt_mask = torch.cat([ids, neg]), torch.cat([mask, neg_mask])
     else:
         prompts, prompt_mask = ids, mask
+    # Positions the longest prompt and the image (with its EOL tokens) take; past the model's maximum the rotary
+    # positions are ones it was never trained on, so the output would be garbage rather than an error.
+    max_positions = getattr(family.language_model.config, "max_position_embeddings", None)
+    prompt_len = int(prompt_mask.sum(1).max())
+    image_len = n_tok + ((n_tok - 1) // cols if family.eol_token_id is not None else 0)
+    if max_positions is not None and prompt_len + image_len > int(max_positions):
+        raise ValueError(f"input_ids: the prompt ({prompt_len} tokens) and the image ({image_len} tokens with EOLs) "
+                         f"take {prompt_len + image_len} positions, more than the model's max_position_embeddings "
+                         f"= {max_positions}")
     target = HFImageTarget(family, prompts, prompt_mask, (rows, cols), n_tok)
     dec = _method(method, model, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
                   rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
