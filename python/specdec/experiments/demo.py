@@ -125,7 +125,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     if config.speed_images:  # throughput.md: fixed vs auto sizes (and ragged vs truncated rows at batch > 1)
         from .throughput import SpeedConfig, run_speed
 
-        run_speed(setup, names, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
+        registered = [n for n in names if n not in ROW_PRODUCERS]  # sizes apply to the decoding registry's methods
+        run_speed(setup, registered, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
                   config.threads, progress)
     # CSpD on the continuous-token testbed: own table (demo_cspd.md) and grids, same seed, at most 10 per class.
     from ..continuous.demo import run_cspd_demo
