@@ -14,9 +14,9 @@ import torch
 
 from .. import _validation as v
 from .._backend import resolve_backend, torch_op
-from .._constants import CHAIN_METHODS, METHOD_CODES, TREE_METHODS
+from .. import _methods
+from .._methods import METHOD_CODES
 from ..reference import verify_logits as ref
-from .verify_chain import GSD_DEFAULTS, _packed_params
 
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -72,27 +72,22 @@ def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
                      f"then uncond rows), got {rows}")
 
 
-def _method(method, allowed, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
-    """Validate the method arguments; return the reference's keyword arguments and the packed ``params``
-    list of the op schema (exact ``[]``; gsd ``[h_lo, h_hi, p_thr, d_thr]``; lantern ``[use_lambda, budget]``)."""
-    gsd_given = any(x is not None for x in (rank_window, p_thr, d_thr))
-    v.method_params(method, allowed, neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
-                    gsd_given=gsd_given)
-    kwargs = {"method": method}
-    h_lo = h_hi = 0
-    if method == "gsd":
-        window = GSD_DEFAULTS["rank_window"] if rank_window is None else rank_window
-        p_thr = GSD_DEFAULTS["p_thr"] if p_thr is None else p_thr
-        d_thr = GSD_DEFAULTS["d_thr"] if d_thr is None else d_thr
-        h_lo, h_hi = v.gsd_params(window, p_thr, d_thr)
-        if embeddings is not None:
-            v.embedding_shapes(embeddings, vocab, device)
-        kwargs.update(embeddings=embeddings, rank_window=(h_lo, h_hi), p_thr=float(p_thr), d_thr=float(d_thr))
-    elif method == "lantern":
+def _method(method, op, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
+    """Validate the method arguments against the method table (``_methods.py``); return the reference's keyword
+    arguments and the packed ``params`` list of the op schema."""
+    tensors = {"embeddings": embeddings} if op == "verify_chain" else {}
+    _, params = v.method_params(method, op, vocab, neighbors=neighbors, delta=delta, lam=lam,
+                                rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, **tensors)
+    if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, device)
-        kwargs.update(neighbors=neighbors, delta=None if delta is None else float(delta),
-                      lam=None if lam is None else float(lam))
-    return kwargs, _packed_params(method, delta, lam, h_lo, h_hi, p_thr, d_thr)
+    if embeddings is not None:
+        v.embedding_shapes(embeddings, vocab, device)
+    kwargs = {"method": method, **_methods.unpack_params(_methods.METHODS[method], params)}
+    if method == "lantern":
+        kwargs["neighbors"] = neighbors
+    if method == "gsd":
+        kwargs["embeddings"] = embeddings
+    return kwargs, params
 
 
 def _raise_on_bad_rows(next_token: torch.Tensor, ids: str, count: str):
@@ -247,7 +242,7 @@ def verify_chain_logits(
         if not rows_ok or tuple(draft_logits.shape[1:]) != (drafts, vocab):
             raise ValueError(f"draft_logits must be ({batch}{' or ' + str(2 * batch) if cfg_scale is not None else ''}"
                              f", {drafts}, {vocab}), got {tuple(draft_logits.shape)}")
-    method_kwargs, params = _method(method, CHAIN_METHODS, neighbors, delta, lam, embeddings, rank_window, p_thr,
+    method_kwargs, params = _method(method, "verify_chain", neighbors, delta, lam, embeddings, rank_window, p_thr,
                                     d_thr, vocab, device)
     chosen = resolve_backend(backend, device)
     if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
@@ -352,7 +347,7 @@ def verify_tree_logits(
     if draft_probs is not None:
         v._tensor(draft_probs, "draft_probs", 3, _LOGITS_DTYPES, device)
         v._shape(draft_probs, "draft_probs", (batch, nodes, vocab))
-    method_kwargs, params = _method(method, TREE_METHODS, neighbors, delta, lam, None, None, None, None, vocab,
+    method_kwargs, params = _method(method, "verify_tree", neighbors, delta, lam, None, None, None, None, vocab,
                                     device)
     chosen = resolve_backend(backend, device)
     if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
