@@ -19,6 +19,8 @@ enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2 };
 constexpr int64_t kNumMethods = 3;
 
 SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method >= kExact && method <= kLantern; }
+// The fused logits -> verification ops implement the first three.
+SPECDEC_HD constexpr bool chain_logits_supports(int64_t method) { return method >= kExact && method <= kLantern; }
 SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExact || method == kLantern; }
 
 // ---- Packed parameters (`float[] params`, one list whatever the method, so a new parameter never changes

@@ -134,6 +134,9 @@ EXACT_CODE = EXACT.code
 GSD_CODE = GSD.code
 LANTERN_CODE = LANTERN.code
 
+#: Methods the fused logits -> verification ops (``verify_chain_logits``) implement.
+CHAIN_LOGITS_METHODS: Tuple[str, ...] = ("exact", "gsd", "lantern")
+
 # ------------------------------------------------------------------------------------------ row status codes
 
 ROW_OK = 0

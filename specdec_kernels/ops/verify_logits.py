@@ -75,6 +75,9 @@ def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
 def _method(method, op, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
     """Validate the method arguments against the method table (``_methods.py``); return the reference's keyword
     arguments and the packed ``params`` list of the op schema."""
+    if op == "verify_chain" and method not in _methods.CHAIN_LOGITS_METHODS:
+        raise ValueError(f"method must be one of {_methods.CHAIN_LOGITS_METHODS} for verify_chain_logits, got "
+                         f"{method!r} (verify_chain(process_logits(...)) takes every chain method)")
     tensors = {"embeddings": embeddings} if op == "verify_chain" else {}
     _, params = v.method_params(method, op, vocab, neighbors=neighbors, delta=delta, lam=lam,
                                 rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, **tensors)
