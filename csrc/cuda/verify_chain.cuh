@@ -17,6 +17,7 @@ struct ChainParams {
   int k;
   LanternConfig lantern;      // lantern
   GsdParams gsd;              // gsd
+  TypicalConfig typical;      // typical
 };
 
 constexpr int kChainBlock = 1024;
@@ -136,6 +137,7 @@ __host__ __device__ inline size_t AlignUp16(size_t bytes) { return (bytes + 15) 
 //   exact:   one thread per draft, u * q(x) < p(x) as an exact float64 product;
 //   lantern: one warp per draft (warp_relaxed_mass), p~ > 0 and u * q(x) <= p~;
 //   gsd:     one thread per draft reads its pre-pass flag;
+//   typical: one warp per draft: the row entropy (warp sum, the whole row checked for code 6), then the test;
 // a = the smallest failing index (shared atomicMin), which equals the reference's cumulative AND. A draft
 // whose tested p(x) / q(x) is unusable counts as failing and marks the row code 6 if it is the first.
 // Phase 2 samples from row a only (residual if a < n, bonus row if a == n) with InverseCdf: one float64
@@ -233,6 +235,32 @@ __global__ void __launch_bounds__(BLOCK)
     }
     __syncthreads();
     if (my_fail >= 0 && my_fail == s_first_fail && lane == 0) s_merged = my_merged;
+  } else if constexpr (METHOD == kMethodTypical) {
+    const int warp = tid / kWarp;
+    const int lane = tid & (kWarp - 1);
+    for (int i = warp; i < n; i += BLOCK / kWarp) {
+      const T* row = p_row(i);
+      double entropy = 0.0;
+      bool row_bad = false;
+      for (int j = lane; j < V; j += kWarp) {
+        const double pj = prob64(row, j);
+        row_bad |= !valid_probability(pj);
+        entropy += entropy_term(pj);
+      }
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) entropy += __shfl_xor_sync(kFullMask, entropy, offset);
+      row_bad = __any_sync(kFullMask, row_bad);
+      const int64_t x = x_b[i];
+      const double px = prob64(row, x);
+      const double qx = q_b != nullptr ? prob64(q_row(i), x) : 1.0;
+      const bool bad = row_bad || !valid_probability(px) || !valid_probability(qx);
+      if (bad || !typical_accepts(px, entropy, cfg.typical)) {  // warp-uniform
+        if (lane == 0) {
+          atomicMin(&s_first_fail, i);
+          if (bad) atomicMin(&s_first_bad, i);
+        }
+        break;
+      }
+    }
   } else {
     static_assert(METHOD == kMethodGsd, "unknown chain method");
     for (int i = tid; i < n; i += BLOCK) {
@@ -260,7 +288,7 @@ __global__ void __launch_bounds__(BLOCK)
   unsigned* moved_bits = reinterpret_cast<unsigned*>(smem + (CACHE ? 2 * cache_bytes : 0));
   bool bad = false;
   ChainRowLoader<T, CACHE> load{p_row(a), nullptr, p_cache, q_cache, moved_bits, 0.0, 0, V, false, false, false, &bad};
-  if (rejected) {
+  if (rejected && METHOD != kMethodTypical) {  // typical samples p[b, a] itself
     load.residual = true;
     load.x = static_cast<int>(x_b[a]);
     load.q_row = q_row(a);
@@ -375,6 +403,9 @@ cudaError_t VerifyChain(const T* p, const T* q, const int64_t* draft, const floa
     }
     case kMethodLantern:
       return LaunchVerifyChainMethod<T, kMethodLantern>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+                                                        accept_len, next_token, stream);
+    case kMethodTypical:
+      return LaunchVerifyChainMethod<T, kMethodTypical>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                         accept_len, next_token, stream);
     default:
       return cudaErrorInvalidValue;

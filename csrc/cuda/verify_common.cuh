@@ -26,6 +26,7 @@ namespace specdec::gpu {
 constexpr int kMethodExact = static_cast<int>(kExact);
 constexpr int kMethodGsd = static_cast<int>(kGsd);
 constexpr int kMethodLantern = static_cast<int>(kLantern);
+constexpr int kMethodTypical = static_cast<int>(kTypical);
 
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
