@@ -32,6 +32,12 @@ SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExac
 SPECDEC_HD constexpr int64_t param_count(int64_t method) {
   return method == kGsd ? 4 : ((method == kLantern || method == kTypical) ? 2 : 0);
 }
+// The longest params list: kernels carry the raw list in a fixed array and decode it where a method uses it.
+constexpr int64_t kMaxParams = 4;
+constexpr bool params_fit(int64_t method = 0) {
+  return method >= kNumMethods || (param_count(method) <= kMaxParams && params_fit(method + 1));
+}
+static_assert(params_fit(), "raise kMaxParams to the longest params list");
 
 namespace gsd_param {
 enum : int64_t { kHLo = 0, kHHi = 1, kPThr = 2, kDThr = 3 };

@@ -23,7 +23,7 @@ struct ChainConfig {
   GsdConfig gsd;
   const float* embeddings;  // gsd: [V, emb_dim] or nullptr
   int64_t emb_dim;
-  TypicalConfig typical;
+  const double* params;  // the packed method parameters (methods.h), decoded where a method uses them
 };
 
 // Codes 1, 2, 4, 5 of row b (methods.h), before anything else is read.
@@ -97,7 +97,7 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
             values_ok = false;
             break;
           }
-          pass = typical_accepts(px, entropy, cfg.typical);
+          pass = typical_accepts(px, entropy, TypicalConfig::decode(cfg.params));
         } else {
           auto pd = [&](int64_t j) { return static_cast<double>(static_cast<float>(p_row[j])); };
           const double p_tilde = relaxed_mass(pd, x, cfg.neighbors + x * cfg.k, cfg.k, cfg.lantern, &merged);
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& p_in, cons
                   method == kGsd ? GsdConfig::decode(params.data(), vocab) : GsdConfig{0, 0, 0.0f, 0.0f},
                   embeddings.defined() ? embeddings.data_ptr<float>() : nullptr,
                   embeddings.defined() ? embeddings.size(1) : 0,
-                  method == kTypical ? TypicalConfig::decode(params.data()) : TypicalConfig{0.0, 0.0}};
+                  params.data()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "verify_chain_cpu", [&] {
     verify_chain_rows<scalar_t>(p.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
                                 draft.data_ptr<int64_t>(), u_accept.data_ptr<float>(), u_sample.data_ptr<float>(),

@@ -17,7 +17,7 @@ struct ChainParams {
   int k;
   LanternConfig lantern;      // lantern
   GsdParams gsd;              // gsd
-  TypicalConfig typical;      // typical
+  double params[kMaxParams];  // the packed method parameters (methods.h), decoded where a method uses them
 };
 
 constexpr int kChainBlock = 1024;
@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(BLOCK)
   __syncthreads();
   {
     int64_t code = kRowOk;
-    const int32_t* neighbors = METHOD == kMethodLantern ? cfg.neighbors : nullptr;
+    const int32_t* neighbors = METHOD == kLantern ? cfg.neighbors : nullptr;
     for (int i = tid; i < n; i += BLOCK) code = first_failure(code, token_status(x_b[i], V, u_b[i], neighbors, cfg.k));
     if (tid == 0 && !valid_uniform(u_sample[b])) code = first_failure(code, kBadUniform);
     if (code != kRowOk) atomicOr(&s_codes, 1 << code);
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(BLOCK)
   }
 
   // ---- phase 1: the accept prefix
-  if constexpr (METHOD == kMethodExact) {
+  if constexpr (METHOD == kExact) {
     for (int i = tid; i < n; i += BLOCK) {
       const int64_t x = x_b[i];
       const double px = prob64(p_row(i), x);
@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(BLOCK)
         break;  // this thread's later drafts cannot be the first failure
       }
     }
-  } else if constexpr (METHOD == kMethodLantern) {
+  } else if constexpr (METHOD == kLantern) {
     const int warp = tid / kWarp;
     const int lane = tid & (kWarp - 1);
     int my_fail = -1, my_merged = 0;
@@ -235,7 +235,8 @@ __global__ void __launch_bounds__(BLOCK)
     }
     __syncthreads();
     if (my_fail >= 0 && my_fail == s_first_fail && lane == 0) s_merged = my_merged;
-  } else if constexpr (METHOD == kMethodTypical) {
+  } else if constexpr (METHOD == kTypical) {
+    const TypicalConfig typical = TypicalConfig::decode(cfg.params);
     const int warp = tid / kWarp;
     const int lane = tid & (kWarp - 1);
     for (int i = warp; i < n; i += BLOCK / kWarp) {
@@ -253,7 +254,7 @@ __global__ void __launch_bounds__(BLOCK)
       const double px = prob64(row, x);
       const double qx = q_b != nullptr ? prob64(q_row(i), x) : 1.0;
       const bool bad = row_bad || !valid_probability(px) || !valid_probability(qx);
-      if (bad || !typical_accepts(px, entropy, cfg.typical)) {  // warp-uniform
+      if (bad || !typical_accepts(px, entropy, typical)) {  // warp-uniform
         if (lane == 0) {
           atomicMin(&s_first_fail, i);
           if (bad) atomicMin(&s_first_bad, i);
@@ -262,7 +263,7 @@ __global__ void __launch_bounds__(BLOCK)
       }
     }
   } else {
-    static_assert(METHOD == kMethodGsd, "unknown chain method");
+    static_assert(METHOD == kGsd, "unknown chain method");
     for (int i = tid; i < n; i += BLOCK) {
       const int8_t flag = gsd_flags[b * L + i];
       if (flag != kGsdPass) {
@@ -288,11 +289,11 @@ __global__ void __launch_bounds__(BLOCK)
   unsigned* moved_bits = reinterpret_cast<unsigned*>(smem + (CACHE ? 2 * cache_bytes : 0));
   bool bad = false;
   ChainRowLoader<T, CACHE> load{p_row(a), nullptr, p_cache, q_cache, moved_bits, 0.0, 0, V, false, false, false, &bad};
-  if (rejected && METHOD != kMethodTypical) {  // typical samples p[b, a] itself
+  if (rejected && METHOD != kTypical) {  // typical samples p[b, a] itself
     load.residual = true;
     load.x = static_cast<int>(x_b[a]);
     load.q_row = q_row(a);
-    if constexpr (METHOD == kMethodLantern) {
+    if constexpr (METHOD == kLantern) {
       const int merged = s_merged;
       if (merged > 0) {  // uniform
         const int words = (V + 31) / 32;
@@ -335,7 +336,7 @@ __global__ void __launch_bounds__(BLOCK)
 // Dynamic shared memory the chain kernel needs: the row caches (CACHE) and the LANTERN bitmask.
 template <class T>
 size_t VerifyChainSmemBytes(int vocab, int method, bool cache) {
-  const size_t bits = method == kMethodLantern ? static_cast<size_t>((vocab + 31) / 32) * sizeof(unsigned) : 0;
+  const size_t bits = method == kLantern ? static_cast<size_t>((vocab + 31) / 32) * sizeof(unsigned) : 0;
   return (cache ? 2 * AlignUp16(ChainCacheEntries(vocab) * sizeof(T)) : 0) + bits;
 }
 
@@ -387,10 +388,10 @@ cudaError_t VerifyChain(const T* p, const T* q, const int64_t* draft, const floa
                         int64_t* accept_len, int64_t* next_token, cudaStream_t stream) {
   if (cfg.batch == 0) return cudaSuccess;
   switch (method) {
-    case kMethodExact:
-      return LaunchVerifyChainMethod<T, kMethodExact>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+    case kExact:
+      return LaunchVerifyChainMethod<T, kExact>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                       accept_len, next_token, stream);
-    case kMethodGsd: {
+    case kGsd: {
       const int64_t tests = cfg.batch * cfg.max_drafts;
       if (tests > 0) {
         GsdChainTestKernel<kGsdTestBlock, T><<<static_cast<unsigned>(tests), kGsdTestBlock, 0, stream>>>(
@@ -398,14 +399,14 @@ cudaError_t VerifyChain(const T* p, const T* q, const int64_t* draft, const floa
         const cudaError_t status = cudaGetLastError();
         if (status != cudaSuccess) return status;
       }
-      return LaunchVerifyChainMethod<T, kMethodGsd>(p, q, draft, u_accept, u_sample, num_drafts, gsd_flags, cfg,
+      return LaunchVerifyChainMethod<T, kGsd>(p, q, draft, u_accept, u_sample, num_drafts, gsd_flags, cfg,
                                                     accept_len, next_token, stream);
     }
-    case kMethodLantern:
-      return LaunchVerifyChainMethod<T, kMethodLantern>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+    case kLantern:
+      return LaunchVerifyChainMethod<T, kLantern>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                         accept_len, next_token, stream);
-    case kMethodTypical:
-      return LaunchVerifyChainMethod<T, kMethodTypical>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+    case kTypical:
+      return LaunchVerifyChainMethod<T, kTypical>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                         accept_len, next_token, stream);
     default:
       return cudaErrorInvalidValue;
