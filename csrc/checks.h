@@ -87,7 +87,7 @@ inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q,
   check_shape(num_drafts, {batch}, "num_drafts");
   check_dtype(num_drafts, at::kLong, "num_drafts");
   for (const at::Tensor* t : {&draft, &u_accept, &u_sample, &num_drafts}) check_same(*t, p, "chain inputs");
-  TORCH_CHECK(chain_supports(method), "verify_chain method code must be 0, 1 or 2, got ", method);
+  TORCH_CHECK(chain_supports(method), "verify_chain method code must be in [0, ", kNumMethods, "), got ", method);
   check_params(method, params);
   if (method == kLantern) {
     TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");

@@ -15,10 +15,12 @@
 namespace specdec {
 
 // ---- Method codes (the `int method` argument of verify_chain / verify_tree).
-enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2 };
-constexpr int64_t kNumMethods = 3;
+enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2, kTypical = 3 };
+constexpr int64_t kNumMethods = 4;
 
-SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method >= kExact && method <= kLantern; }
+SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method >= kExact && method <= kTypical; }
+// The fused logits -> verification ops implement the first three.
+SPECDEC_HD constexpr bool chain_logits_supports(int64_t method) { return method >= kExact && method <= kLantern; }
 SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExact || method == kLantern; }
 
 // ---- Packed parameters (`float[] params`, one list whatever the method, so a new parameter never changes
@@ -26,15 +28,25 @@ SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExac
 //   exact    []
 //   gsd      [h_lo, h_hi, p_thr, d_thr]      rank window (integers >= 0) and the two filter thresholds
 //   lantern  [use_lambda, budget]            use_lambda is 0 (budget = delta) or 1 (budget = lam)
+//   typical  [epsilon, alpha]                Medusa's typical acceptance thresholds
 SPECDEC_HD constexpr int64_t param_count(int64_t method) {
-  return method == kGsd ? 4 : (method == kLantern ? 2 : 0);
+  return method == kGsd ? 4 : ((method == kLantern || method == kTypical) ? 2 : 0);
 }
+// The longest params list: kernels carry the raw list in a fixed array and decode it where a method uses it.
+constexpr int64_t kMaxParams = 4;
+constexpr bool params_fit(int64_t method = 0) {
+  return method >= kNumMethods || (param_count(method) <= kMaxParams && params_fit(method + 1));
+}
+static_assert(params_fit(), "raise kMaxParams to the longest params list");
 
 namespace gsd_param {
 enum : int64_t { kHLo = 0, kHHi = 1, kPThr = 2, kDThr = 3 };
 }
 namespace lantern_param {
 enum : int64_t { kUseLambda = 0, kBudget = 1 };
+}
+namespace typical_param {
+enum : int64_t { kEpsilon = 0, kAlpha = 1 };
 }
 
 // GSD's parameters, decoded. The window's sides are clipped to [0, vocab - 1] (a side never holds more
@@ -69,6 +81,16 @@ struct LanternConfig {
 
   SPECDEC_HD static LanternConfig decode(const double* params) {
     return LanternConfig{params[lantern_param::kUseLambda] != 0.0, params[lantern_param::kBudget]};
+  }
+};
+
+// Typical acceptance's parameters, decoded (docs/ALGORITHMS.md §3.11).
+struct TypicalConfig {
+  double epsilon;
+  double alpha;
+
+  SPECDEC_HD static TypicalConfig decode(const double* params) {
+    return TypicalConfig{params[typical_param::kEpsilon], params[typical_param::kAlpha]};
   }
 };
 

@@ -27,7 +27,7 @@ struct MethodParams {
 };
 
 inline MethodParams decode_params(int64_t method, c10::ArrayRef<double> params, bool chain, int64_t vocab) {
-  TORCH_CHECK(chain ? chain_supports(method) : tree_supports(method), "method code ", method,
+  TORCH_CHECK(chain ? chain_logits_supports(method) : tree_supports(method), "method code ", method,
               " is not supported by verify_", chain ? "chain" : "tree", "_logits");
   check_params(method, params);
   MethodParams mp;

@@ -8,6 +8,7 @@
 // Every comparison is written so that NaN fails it (`!(a <= b)`-style), never so that NaN passes.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "methods.h"
@@ -62,6 +63,17 @@ SPECDEC_HD inline bool group_accepts(double u, double group_q, double group_p) {
 SPECDEC_HD inline bool lantern_accepts(double u, double qx, double p_tilde) {
   return p_tilde > 0.0 && u * qx <= p_tilde;
 }
+
+// Typical acceptance (docs/ALGORITHMS.md §3.11): p(x) > min(epsilon, alpha * exp(-H(p))), written as
+// p(x) > epsilon || p(x) > alpha * exp(-H) so that a NaN threshold fails its side instead of winning min().
+// u and q(x) play no part: the test is deterministic.
+SPECDEC_HD inline bool typical_accepts(double px, double entropy, const TypicalConfig& cfg) {
+  return px > cfg.epsilon || px > cfg.alpha * exp(-entropy);
+}
+
+// One entry's share of the row entropy H(p) = -sum_j p_j log p_j, in float64 (0 log 0 = 0). Negative or NaN
+// entries add 0 here: the kernels report them as code 6 from the same pass.
+SPECDEC_HD inline double entropy_term(double pj) { return pj > 0.0 ? -pj * log(pj) : 0.0; }
 
 // ---- LANTERN relaxed mass (docs/ALGORITHMS.md §3.4).
 

@@ -10,6 +10,7 @@ method     code  chain  tree  parameters (defaults)                         para
 exact      0     yes    yes   none                                          ``[]``
 gsd        1     yes    no    rank_window (7, 6), p_thr 0.15, d_thr 0.5     ``[h_lo, h_hi, p_thr, d_thr]``
 lantern    2     yes    yes   exactly one of delta in [0, 1] or lam >= 1    ``[use_lambda (0 or 1), budget]``
+typical    3     yes    no    epsilon 0.09, alpha 0.3                       ``[epsilon, alpha]``
 =========  ====  =====  ====  ============================================  =====================================
 
 Row status codes (``ROW_*``, docs/ALGORITHMS.md §3.8 and the kernel contract) are reported by every backend as
@@ -122,8 +123,17 @@ LANTERN = Method(
     needs=("neighbors",),
 )
 
+TYPICAL = Method(
+    "typical", 3, chain=True, tree=False,
+    params=(
+        Param("epsilon", 0.09, lambda v: check_number(v, "epsilon", 0.0), "hard threshold on p(x) (Medusa's 0.09)"),
+        Param("alpha", 0.3, lambda v: check_number(v, "alpha", 0.0), "entropy-scaled threshold factor (Medusa's 0.3)"),
+    ),
+    pack=lambda values, vocab: [float(values["epsilon"]), float(values["alpha"])],
+)
+
 #: Every method by name, in code order.
-METHODS: Dict[str, Method] = {m.name: m for m in (EXACT, GSD, LANTERN)}
+METHODS: Dict[str, Method] = {m.name: m for m in (EXACT, GSD, LANTERN, TYPICAL)}
 BY_CODE: Dict[int, Method] = {m.code: m for m in METHODS.values()}
 CHAIN_METHODS: Tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.chain)
 TREE_METHODS: Tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.tree)
@@ -133,6 +143,10 @@ METHOD_CODES: Dict[str, int] = {name: m.code for name, m in METHODS.items()}
 EXACT_CODE = EXACT.code
 GSD_CODE = GSD.code
 LANTERN_CODE = LANTERN.code
+TYPICAL_CODE = TYPICAL.code
+
+#: Methods the fused logits -> verification ops (``verify_chain_logits``) implement.
+CHAIN_LOGITS_METHODS: Tuple[str, ...] = ("exact", "gsd", "lantern")
 
 # ------------------------------------------------------------------------------------------ row status codes
 
@@ -209,6 +223,8 @@ def unpack_params(method: Method, params: Sequence[float]) -> Dict[str, object]:
     if method is LANTERN:
         use_lambda = params[0] != 0.0
         return {"delta": None if use_lambda else float(params[1]), "lam": float(params[1]) if use_lambda else None}
+    if method is TYPICAL:
+        return {"epsilon": float(params[0]), "alpha": float(params[1])}
     return {}
 
 

@@ -22,14 +22,15 @@ _SCRIPT = textwrap.dedent("""
     P, I64, I32, F64 = "*fp32", "*i64", "*i32", "*fp64"
     chain = dict(p_ptr="*bf16", q_ptr="*bf16", draft_ptr=I64, u_accept_ptr=P, u_sample_ptr=P, num_drafts_ptr=I64,
                  nbr_ptr=I32, emb_ptr=P, scratch_ptr=F64, accept_len_ptr=I64, next_token_ptr=I64, L="i32", V="i32",
-                 K="i32", D_EMB="i32", budget_bits="i64", h_lo="i32", h_hi="i32", p_thr="fp32", d_thr="fp32")
+                 K="i32", D_EMB="i32", budget_bits="i64", h_lo="i32", h_hi="i32", p_thr="fp32", d_thr="fp32",
+                 epsilon_bits="i64", alpha_bits="i64")
     tree = dict(p_ptr=P, q_ptr=P, tok_ptr=I64, par_ptr=I64, u_accept_ptr=P, u_sample_ptr=P, num_nodes_ptr=I64,
                 nbr_ptr=I32, scratch_ptr=F64, marker_ptr=I32, accepted_ptr=I64, accept_len_ptr=I64,
                 next_token_ptr=I64, M="i32", V="i32", K="i32", budget_bits="i64")
     cases = [("verify_chain", verify_chain._verify_chain_kernel, chain,
               dict(METHOD=m, HAS_Q=True, USE_LAMBDA=m == 2, HAS_EMB=m == 1, BLOCK_V=2048, BLOCK_K=128,
                    BLOCK_L=16))
-             for m in (0, 1, 2)]
+             for m in (0, 1, 2, 3)]
     cases += [("verify_tree", verify_tree._verify_tree_kernel, tree,
                dict(METHOD=m, HAS_Q=m == 2, USE_LAMBDA=False, BLOCK_V=2048, BLOCK_K=128, BLOCK_M=64)) for m in (0, 2)]
     cases += [

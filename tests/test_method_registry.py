@@ -2,6 +2,7 @@
 CLI; bad registrations fail clearly."""
 
 import pytest
+import torch
 
 from specdec.decoding import METHODS, make_method
 from specdec.decoding.methods import AR, ChainMethod, registry
@@ -66,3 +67,17 @@ def test_cli_checks_demo_methods_against_the_registry():
 
     with pytest.raises(SystemExit, match=r"unknown method\(s\) \['nope'\]; choose from .*'static'"):
         main(["demo", "--methods", "sd,nope"])
+
+
+def test_static_cluster_gsd_is_a_registered_method():
+    """A rule without a kernel change (GSD over fixed k-means clusters) is one class plus one registration:
+    make_method builds it, and it equals the sweep's gsd-static family member."""
+    from specdec.experiments.sweep import static_cluster_gsd
+
+    codebook = torch.nn.functional.normalize(torch.randn(48, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    method = make_method("gsd-static", codebook=codebook, group_size=6)
+    assert method.name == "gsd-static" and "gsd-static" in registry.method_names()
+    assert "gsd-static" not in registry.demo_methods()
+    assert method.verifier.kernel_kwargs["method"] == "gsd"
+    assert torch.equal(method.embeddings, static_cluster_gsd(codebook, 6).embeddings)
+    assert method.rank_window == (48, 48) and method.p_thr == 2.0  # the whole vocabulary (kernels cap it)

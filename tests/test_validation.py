@@ -86,7 +86,7 @@ def test_method_parameter_errors():
     case = chain_case(batch=3, drafts=4, vocab=10)
     table = reference.neighbor_table(codebook(10), 3)
     with pytest.raises(ValueError, match="method must be one of"):
-        sk.verify_chain(**case, method="typical")
+        sk.verify_chain(**case, method="top-1")
     with pytest.raises(ValueError, match="needs neighbors"):
         sk.verify_chain(**case, method="lantern", delta=0.1)
     with pytest.raises(ValueError, match="exactly one of delta"):

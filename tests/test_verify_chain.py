@@ -4,6 +4,7 @@ distribution preservation of "exact", the bounds of the relaxed methods, opcheck
 (Triton's chunk loops, CUDA streams and graph replay)."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -54,6 +55,20 @@ class TestNamedCases:
         # from p = (0.3, 0.2) itself
         assert _one(backend, [[[0.3, 0.2], [1.0, 0.0]]], [[[0.3, 0.7]]], [[1]], [[0.5]], [0.2]) == ([0], [0])
         assert _one(backend, [[[0.3, 0.2], [1.0, 0.0]]], [[[0.3, 0.7]]], [[1]], [[0.5]], [0.7]) == ([0], [1])
+
+    def test_typical_threshold_sides(self, backend):
+        # row 0: H = 0.8018, alpha e^-H = 0.1346 > epsilon = 0.09, so p(1) = 0.2 > 0.09 passes; row 1: H = 0.3944,
+        # threshold min(0.09, 0.2022) = 0.09 > p(0) = 0.05: rejected, and the token comes from p[1] itself
+        # (u_sample 0.5 crosses at token 2), whatever q says
+        p = [[[0.7, 0.2, 0.1, 0.0], [0.05, 0.05, 0.9, 0.0], [1.0, 0.0, 0.0, 0.0]]]
+        q = [[[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]]
+        assert _one(backend, p, q, [[1, 0]], [[0.99, 0.0]], [0.5], method="typical") == ([1], [2])
+        assert _one(backend, p, None, [[1, 0]], [[0.99, 0.0]], [0.5], method="typical") == ([1], [2])
+        # a uniform row: H = log 4, alpha e^-H = 0.075 < epsilon = 0.5, so p(x) = 0.25 passes on the entropy side;
+        # alpha = 2 lifts the threshold to min(0.5, 0.5): rejected, token 2 from p[0] (u_sample 0.5)
+        p = [[[0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]]]
+        assert _one(backend, p, None, [[2]], [[0.5]], [0.5], method="typical", epsilon=0.5) == ([1], [3])
+        assert _one(backend, p, None, [[2]], [[0.5]], [0.5], method="typical", epsilon=0.5, alpha=2.0) == ([0], [2])
 
     def test_zero_drafts_is_plain_sampling(self, backend):
         p = [[[0.25, 0.25, 0.5], [1.0, 0.0, 0.0]]]
@@ -114,6 +129,8 @@ METHOD_KWARGS = {
                            "p_thr": 0.3, "d_thr": 1.0},
     "lantern_delta": lambda cb: {"neighbors": reference.neighbor_table(cb, 6), "delta": 0.2},
     "lantern_lam": lambda cb: {"neighbors": reference.neighbor_table(cb, 6), "lam": 3.0},
+    "typical": lambda cb: {},
+    "typical_entropy": lambda cb: {"epsilon": 0.5, "alpha": 0.9},  # the entropy side decides more often
 }
 
 
@@ -433,6 +450,60 @@ def test_gsd_accepts_at_least_exact_for_one_hot_drafts(kernel_backend):
     assert (grouped >= exact).all() and grouped.float().mean() > exact.float().mean()
 
 
+def _typical_threshold(p_rows: torch.Tensor, epsilon: float, alpha: float) -> torch.Tensor:
+    """min(epsilon, alpha * exp(-H)) per row of ``p_rows`` (..., V), in float64, computed here independently."""
+    p64 = p_rows.double()
+    entropy = -(p64 * p64.clamp_min(1e-300).log()).sum(-1)
+    return torch.clamp(alpha * torch.exp(-entropy), max=epsilon)
+
+
+@pytest.mark.select(lambda backend, with_q, **_: backend != "triton" or not with_q)
+@pytest.mark.parametrize("with_q", [True, False])
+@pytest.mark.parametrize("epsilon, alpha", [(0.09, 0.3), (0.5, 0.9), (0.02, 5.0)])
+def test_typical_accepts_exactly_above_its_threshold(kernel_backend, with_q, epsilon, alpha):
+    """The bound of typical acceptance (docs/ALGORITHMS.md §3.11): every accepted draft has p(x) above
+    min(epsilon, alpha * exp(-H)), the first rejected one does not, and the token comes from p[b, a]'s support."""
+    case = chain_case(batch=40, drafts=5, vocab=29, with_q=with_q, seed=7)
+    a, tok = sk.verify_chain(**_on(kernel_backend, case)[0], method="typical", epsilon=epsilon, alpha=alpha,
+                             backend=kernel_backend)
+    a, tok = a.cpu(), tok.cpu()
+    p, draft, n = case["p"], case["draft"], case["num_drafts"]
+    threshold = _typical_threshold(p[:, :-1], epsilon, alpha)
+    px = p[:, :-1].double().gather(2, draft[..., None]).squeeze(-1)
+    margin = (px - threshold).abs() > 1e-9  # no test sits on the threshold within rounding
+    assert margin.all()
+    for b in range(p.shape[0]):
+        assert (px[b, : a[b]] > threshold[b, : a[b]]).all()
+        if a[b] < n[b]:
+            assert px[b, a[b]] <= threshold[b, a[b]]
+        assert p[b, a[b], tok[b]] > 0
+    assert 0 < a.sum() < n.sum()  # both outcomes occur
+
+
+def test_typical_degenerate_settings():
+    """epsilon = alpha = inf rejects every draft, so the call is plain sampling from p[b, 0] (the "exact" call with
+    no drafts); alpha = 0 (threshold min(epsilon, 0) = 0) accepts exactly the drafts with p(x) > 0."""
+    case = chain_case(batch=30, drafts=4, vocab=23, seed=5)
+    none = sk.verify_chain(**case, method="typical", epsilon=math.inf, alpha=math.inf,
+                           backend="reference")
+    plain = sk.verify_chain(**{**case, "num_drafts": torch.zeros_like(case["num_drafts"])}, backend="reference")
+    assert_same(none, plain)
+    a, _ = sk.verify_chain(**case, method="typical", epsilon=0.3, alpha=0.0, backend="reference")
+    positive = case["p"][:, :-1].gather(2, case["draft"][..., None]).squeeze(-1) > 0
+    used = torch.arange(4) < case["num_drafts"][:, None]
+    assert torch.equal(a, torch.cumprod((positive & used).long(), 1).sum(1))
+
+
+def test_typical_parameters_are_checked():
+    case = chain_case(batch=2, drafts=2, vocab=9, seed=1)
+    for bad, match in (({"epsilon": -0.1}, "epsilon"), ({"alpha": float("nan")}, "alpha"),
+                       ({"epsilon": True}, "epsilon")):
+        with pytest.raises(ValueError, match=match):
+            sk.verify_chain(**case, method="typical", **bad)
+    with pytest.raises(ValueError, match="only apply to method 'typical'"):
+        sk.verify_chain(**case, method="exact", alpha=0.3)
+
+
 def _single_candidate_output(method_kwargs, p_row, x, n, seed, backend):
     gen = torch.Generator().manual_seed(seed)
     vocab = p_row.numel()
@@ -479,7 +550,7 @@ def test_gsd_single_candidate_follows_closed_form(kernel_backend):
 
 
 @pytest.mark.interpreter(keep=lambda method, with_q: with_q == (method != "exact"))
-@pytest.mark.parametrize("method", ["exact", "gsd", "lantern"])
+@pytest.mark.parametrize("method", ["exact", "gsd", "lantern", "typical"])
 @pytest.mark.parametrize("with_q", [True, False])
 def test_opcheck(kernel_backend, method, with_q):
     cb = codebook(23)

@@ -288,6 +288,14 @@ def test_guidance_scale_one(backend):
         sk.verify_chain_logits(case["logits"], **args, backend=backend)
 
 
+def test_chain_rules_without_a_fused_kernel_are_refused():
+    """verify_chain_logits implements the methods of _methods.CHAIN_LOGITS_METHODS; a chain-only rule without a
+    fused kernel (typical) is a clear error pointing at verify_chain(process_logits(...))."""
+    case, _ = chain_logits_case(processing={}, source="none", seed=2)
+    with pytest.raises(ValueError, match="verify_chain_logits"):
+        sk.verify_chain_logits(**case, method="typical", backend="reference")
+
+
 def test_chain_batch_invariance(logits_backend):
     case, kw = chain_logits_case(processing=PROCESSING["cfg_temperature"], source="logits", seed=4)
     device = device_for(logits_backend)

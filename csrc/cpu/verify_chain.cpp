@@ -23,6 +23,7 @@ struct ChainConfig {
   GsdConfig gsd;
   const float* embeddings;  // gsd: [V, emb_dim] or nullptr
   int64_t emb_dim;
+  const double* params;  // the packed method parameters (methods.h), decoded where a method uses them
 };
 
 // Codes 1, 2, 4, 5 of row b (methods.h), before anything else is read.
@@ -84,6 +85,19 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
             break;
           }
           pass = group_accepts(u, g.q, g.p);
+        } else if (cfg.method == kTypical) {  // the entropy of the whole row p[b, a], which is thus read
+          double entropy = 0.0;
+          uint32_t bad = 0;
+          for (int64_t j = 0; j < vocab; ++j) {
+            const float pj = static_cast<float>(p_row[j]);
+            bad |= unusable_probability(pj);
+            entropy += entropy_term(pj);
+          }
+          if (bad != 0) {
+            values_ok = false;
+            break;
+          }
+          pass = typical_accepts(px, entropy, TypicalConfig::decode(cfg.params));
         } else {
           auto pd = [&](int64_t j) { return static_cast<double>(static_cast<float>(p_row[j])); };
           const double p_tilde = relaxed_mass(pd, x, cfg.neighbors + x * cfg.k, cfg.k, cfg.lantern, &merged);
@@ -101,7 +115,8 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
       auto target_bad = [&](int64_t j) { return unusable_probability(static_cast<float>(target[j])); };
       bool unusable = false;
       int64_t token = -1;
-      if (a < n) {  // recovered: max(0, p~_x - q), p~_x = p with LANTERN's merged mass moved onto x
+      // recovered: max(0, p~_x - q), p~_x = p with LANTERN's merged mass moved onto x (typical: p[b, a] itself)
+      if (a < n && cfg.method != kTypical) {
         const int64_t x = draft_b[a];
         const scalar_t* q_row = q ? q + (b * drafts + a) * vocab : nullptr;
         if (merged == 0) {  // weights on the fly: no row buffer
@@ -139,7 +154,7 @@ void verify_chain_rows(const scalar_t* p, const scalar_t* q, const int64_t* draf
         }
         if (!unusable && token < 0) token = inverse_cdf(vocab, target_w, u_sample[b], block_ends);  // p[b, a]
       } else {
-        token = inverse_cdf_raw(vocab, target_w, u_sample[b], block_ends, unusable);  // bonus
+        token = inverse_cdf_raw(vocab, target_w, u_sample[b], block_ends, unusable);  // bonus (typical: also recovered)
       }
       if (unusable || token < 0) {  // a NaN / inf / negative entry, or a row without mass
         report(kBadProbability);
@@ -173,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cpu(const at::Tensor& p_in, cons
                   method == kLantern ? LanternConfig::decode(params.data()) : LanternConfig{false, 0.0},
                   method == kGsd ? GsdConfig::decode(params.data(), vocab) : GsdConfig{0, 0, 0.0f, 0.0f},
                   embeddings.defined() ? embeddings.data_ptr<float>() : nullptr,
-                  embeddings.defined() ? embeddings.size(1) : 0};
+                  embeddings.defined() ? embeddings.size(1) : 0,
+                  params.data()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "verify_chain_cpu", [&] {
     verify_chain_rows<scalar_t>(p.data_ptr<scalar_t>(), q.defined() ? q.data_ptr<scalar_t>() : nullptr,
                                 draft.data_ptr<int64_t>(), u_accept.data_ptr<float>(), u_sample.data_ptr<float>(),

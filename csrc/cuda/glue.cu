@@ -101,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, con
   cfg.neighbors = ptr<int32_t>(neighbors);
   cfg.k = neighbors.defined() ? to_int(neighbors.size(1), "k") : 0;
   if (method == kLantern) cfg.lantern = LanternConfig::decode(params.data());
+  for (size_t i = 0; i < params.size(); ++i) cfg.params[i] = params[i];  // length checked: param_count(method)
   if (method == kGsd) {
     // A side of the window never holds more than V - 1 tokens (GsdConfig clips), so the counts fit an int.
     const GsdConfig gsd = GsdConfig::decode(params.data(), vocab);

@@ -17,6 +17,7 @@ struct ChainParams {
   int k;
   LanternConfig lantern;      // lantern
   GsdParams gsd;              // gsd
+  double params[kMaxParams];  // the packed method parameters (methods.h), decoded where a method uses them
 };
 
 constexpr int kChainBlock = 1024;
@@ -136,6 +137,7 @@ __host__ __device__ inline size_t AlignUp16(size_t bytes) { return (bytes + 15) 
 //   exact:   one thread per draft, u * q(x) < p(x) as an exact float64 product;
 //   lantern: one warp per draft (warp_relaxed_mass), p~ > 0 and u * q(x) <= p~;
 //   gsd:     one thread per draft reads its pre-pass flag;
+//   typical: one warp per draft: the row entropy (warp sum, the whole row checked for code 6), then the test;
 // a = the smallest failing index (shared atomicMin), which equals the reference's cumulative AND. A draft
 // whose tested p(x) / q(x) is unusable counts as failing and marks the row code 6 if it is the first.
 // Phase 2 samples from row a only (residual if a < n, bonus row if a == n) with InverseCdf: one float64
@@ -185,7 +187,7 @@ __global__ void __launch_bounds__(BLOCK)
   __syncthreads();
   {
     int64_t code = kRowOk;
-    const int32_t* neighbors = METHOD == kMethodLantern ? cfg.neighbors : nullptr;
+    const int32_t* neighbors = METHOD == kLantern ? cfg.neighbors : nullptr;
     for (int i = tid; i < n; i += BLOCK) code = first_failure(code, token_status(x_b[i], V, u_b[i], neighbors, cfg.k));
     if (tid == 0 && !valid_uniform(u_sample[b])) code = first_failure(code, kBadUniform);
     if (code != kRowOk) atomicOr(&s_codes, 1 << code);
@@ -197,7 +199,7 @@ __global__ void __launch_bounds__(BLOCK)
   }
 
   // ---- phase 1: the accept prefix
-  if constexpr (METHOD == kMethodExact) {
+  if constexpr (METHOD == kExact) {
     for (int i = tid; i < n; i += BLOCK) {
       const int64_t x = x_b[i];
       const double px = prob64(p_row(i), x);
@@ -209,7 +211,7 @@ __global__ void __launch_bounds__(BLOCK)
         break;  // this thread's later drafts cannot be the first failure
       }
     }
-  } else if constexpr (METHOD == kMethodLantern) {
+  } else if constexpr (METHOD == kLantern) {
     const int warp = tid / kWarp;
     const int lane = tid & (kWarp - 1);
     int my_fail = -1, my_merged = 0;
@@ -233,8 +235,35 @@ __global__ void __launch_bounds__(BLOCK)
     }
     __syncthreads();
     if (my_fail >= 0 && my_fail == s_first_fail && lane == 0) s_merged = my_merged;
+  } else if constexpr (METHOD == kTypical) {
+    const TypicalConfig typical = TypicalConfig::decode(cfg.params);
+    const int warp = tid / kWarp;
+    const int lane = tid & (kWarp - 1);
+    for (int i = warp; i < n; i += BLOCK / kWarp) {
+      const T* row = p_row(i);
+      double entropy = 0.0;
+      bool row_bad = false;
+      for (int j = lane; j < V; j += kWarp) {
+        const double pj = prob64(row, j);
+        row_bad |= !valid_probability(pj);
+        entropy += entropy_term(pj);
+      }
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) entropy += __shfl_xor_sync(kFullMask, entropy, offset);
+      row_bad = __any_sync(kFullMask, row_bad);
+      const int64_t x = x_b[i];
+      const double px = prob64(row, x);
+      const double qx = q_b != nullptr ? prob64(q_row(i), x) : 1.0;
+      const bool bad = row_bad || !valid_probability(px) || !valid_probability(qx);
+      if (bad || !typical_accepts(px, entropy, typical)) {  // warp-uniform
+        if (lane == 0) {
+          atomicMin(&s_first_fail, i);
+          if (bad) atomicMin(&s_first_bad, i);
+        }
+        break;
+      }
+    }
   } else {
-    static_assert(METHOD == kMethodGsd, "unknown chain method");
+    static_assert(METHOD == kGsd, "unknown chain method");
     for (int i = tid; i < n; i += BLOCK) {
       const int8_t flag = gsd_flags[b * L + i];
       if (flag != kGsdPass) {
@@ -260,11 +289,11 @@ __global__ void __launch_bounds__(BLOCK)
   unsigned* moved_bits = reinterpret_cast<unsigned*>(smem + (CACHE ? 2 * cache_bytes : 0));
   bool bad = false;
   ChainRowLoader<T, CACHE> load{p_row(a), nullptr, p_cache, q_cache, moved_bits, 0.0, 0, V, false, false, false, &bad};
-  if (rejected) {
+  if (rejected && METHOD != kTypical) {  // typical samples p[b, a] itself
     load.residual = true;
     load.x = static_cast<int>(x_b[a]);
     load.q_row = q_row(a);
-    if constexpr (METHOD == kMethodLantern) {
+    if constexpr (METHOD == kLantern) {
       const int merged = s_merged;
       if (merged > 0) {  // uniform
         const int words = (V + 31) / 32;
@@ -307,7 +336,7 @@ __global__ void __launch_bounds__(BLOCK)
 // Dynamic shared memory the chain kernel needs: the row caches (CACHE) and the LANTERN bitmask.
 template <class T>
 size_t VerifyChainSmemBytes(int vocab, int method, bool cache) {
-  const size_t bits = method == kMethodLantern ? static_cast<size_t>((vocab + 31) / 32) * sizeof(unsigned) : 0;
+  const size_t bits = method == kLantern ? static_cast<size_t>((vocab + 31) / 32) * sizeof(unsigned) : 0;
   return (cache ? 2 * AlignUp16(ChainCacheEntries(vocab) * sizeof(T)) : 0) + bits;
 }
 
@@ -359,10 +388,10 @@ cudaError_t VerifyChain(const T* p, const T* q, const int64_t* draft, const floa
                         int64_t* accept_len, int64_t* next_token, cudaStream_t stream) {
   if (cfg.batch == 0) return cudaSuccess;
   switch (method) {
-    case kMethodExact:
-      return LaunchVerifyChainMethod<T, kMethodExact>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+    case kExact:
+      return LaunchVerifyChainMethod<T, kExact>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                       accept_len, next_token, stream);
-    case kMethodGsd: {
+    case kGsd: {
       const int64_t tests = cfg.batch * cfg.max_drafts;
       if (tests > 0) {
         GsdChainTestKernel<kGsdTestBlock, T><<<static_cast<unsigned>(tests), kGsdTestBlock, 0, stream>>>(
@@ -370,11 +399,14 @@ cudaError_t VerifyChain(const T* p, const T* q, const int64_t* draft, const floa
         const cudaError_t status = cudaGetLastError();
         if (status != cudaSuccess) return status;
       }
-      return LaunchVerifyChainMethod<T, kMethodGsd>(p, q, draft, u_accept, u_sample, num_drafts, gsd_flags, cfg,
+      return LaunchVerifyChainMethod<T, kGsd>(p, q, draft, u_accept, u_sample, num_drafts, gsd_flags, cfg,
                                                     accept_len, next_token, stream);
     }
-    case kMethodLantern:
-      return LaunchVerifyChainMethod<T, kMethodLantern>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+    case kLantern:
+      return LaunchVerifyChainMethod<T, kLantern>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
+                                                        accept_len, next_token, stream);
+    case kTypical:
+      return LaunchVerifyChainMethod<T, kTypical>(p, q, draft, u_accept, u_sample, num_drafts, nullptr, cfg,
                                                         accept_len, next_token, stream);
     default:
       return cudaErrorInvalidValue;

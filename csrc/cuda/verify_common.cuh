@@ -22,11 +22,6 @@
 
 namespace specdec::gpu {
 
-// Method codes as template arguments (methods.h is the one table).
-constexpr int kMethodExact = static_cast<int>(kExact);
-constexpr int kMethodGsd = static_cast<int>(kGsd);
-constexpr int kMethodLantern = static_cast<int>(kLantern);
-
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 

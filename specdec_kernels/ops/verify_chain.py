@@ -29,6 +29,8 @@ def verify_chain(
     rank_window: Optional[Tuple[int, int]] = None,
     p_thr: Optional[float] = None,
     d_thr: Optional[float] = None,
+    epsilon: Optional[float] = None,
+    alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +48,9 @@ def verify_chain(
     - ``"lantern"``: ``p~(x) > 0 and u * q(x) <= p~(x)`` with ``p~`` from :func:`lantern_relaxed_mass`; lossy,
       with a single deterministic candidate per position the output is p with the merged neighbours'
       mass moved onto x (TV <= delta, or <= lam * p pointwise).
+    - ``"typical"`` (Medusa's typical acceptance, docs/ALGORITHMS.md §3.11): ``p(x) > min(epsilon, alpha *
+      exp(-H(p[b, i])))``, deterministic (``u_accept`` and ``q`` take no part); on rejection the token is
+      sampled from ``p[b, a]`` itself; lossy.
 
     The residual is ``max(0, p~_x - q)`` (``p~_x = p`` for exact and gsd; ``q`` one-hot at x when None); if it
     sums to zero, ``p[b, a]`` is used. Sampling is inverse-CDF on ``u_sample[b]``.
@@ -64,7 +69,7 @@ def verify_chain(
         One uniform per row for the recovered or bonus sample.
     num_drafts : ``(batch_size,)`` int64 in [0, num_draft_tokens], optional
         Drafts per row (ragged rows; 0 makes a plain AR sample from ``p[b, 0]``). Default: all.
-    method : {"exact", "gsd", "lantern"}
+    method : {"exact", "gsd", "lantern", "typical"}
     neighbors : ``(vocab_size, k)`` int32, for "lantern"
         The neighbour table (:func:`neighbor_table`).
     delta, lam : float, for "lantern"
@@ -74,6 +79,8 @@ def verify_chain(
     rank_window, p_thr, d_thr : for "gsd"
         Window ``(h_lo, h_hi)`` (default ``(7, 6)``; capped at ``vocab_size - 1``) and filter thresholds
         (defaults 0.15 and 0.5; any number >= 0, inf included).
+    epsilon, alpha : float >= 0, for "typical"
+        Hard threshold and entropy factor (defaults 0.09 and 0.3, Medusa's).
     backend : {"auto", "reference", "cpu", "triton", "cuda"}
     validate : None (default), True or False
         What is checked (docs/ALGORITHMS.md §3.8). Always: method and parameters, shapes, dtypes, devices, the
@@ -123,7 +130,8 @@ def verify_chain(
         num_drafts = torch.full((p.shape[0],), p.shape[1] - 1, dtype=torch.int64, device=p.device)
     _, _, vocab = v.chain_shapes(p, q, draft, u_accept, u_sample, num_drafts)
     code, params = v.method_params(method, "verify_chain", vocab, neighbors=neighbors, embeddings=embeddings,
-                                   delta=delta, lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
+                                   delta=delta, lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr,
+                                   epsilon=epsilon, alpha=alpha)
     if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, p.device)
     if embeddings is not None:

@@ -70,6 +70,9 @@ def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
 def _method(method, op, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
     """Validate the method arguments against the method table; return the op's method code, the reference's
     keyword arguments and the packed ``params`` list of the op schema (``specdec_kernels._methods``)."""
+    if op == "verify_chain" and method not in _methods.CHAIN_LOGITS_METHODS:
+        raise ValueError(f"method must be one of {_methods.CHAIN_LOGITS_METHODS} for verify_chain_logits, got "
+                         f"{method!r} (verify_chain(process_logits(...)) takes every chain method)")
     code, params = v.method_params(method, op, vocab, neighbors=neighbors, embeddings=embeddings, delta=delta,
                                    lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
     if neighbors is not None:

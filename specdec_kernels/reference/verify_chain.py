@@ -1,4 +1,5 @@
-"""Reference: chain verification for exact, GSD and LANTERN acceptance (docs/ALGORITHMS.md §3.2-3.4)."""
+"""Reference: chain verification for exact, GSD, LANTERN and typical acceptance (docs/ALGORITHMS.md §3.2-3.4,
+§3.11)."""
 
 from typing import Optional, Tuple
 
@@ -26,6 +27,8 @@ def verify_chain(
     rank_window: Tuple[int, int] = (7, 6),
     p_thr: float = 0.15,
     d_thr: float = 0.5,
+    epsilon: float = 0.09,
+    alpha: float = 0.3,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Verify a ragged batch of draft chains; see :func:`specdec_kernels.verify_chain` for the contract.
 
@@ -36,10 +39,11 @@ def verify_chain(
     * exact:   u * q(x) <  p(x)                       (q None: q(x) = 1)
     * gsd:     u * Q_G  <  P_G                         (group masses, gsd_group_mass)
     * lantern: p~(x) > 0 and u * q(x) <= p~(x)         (p~ from lantern_relaxed_mass)
+    * typical: p(x) > epsilon or p(x) > alpha * exp(-H(p[b, i]))   (u and q unused; H in float64)
 
     Residual at a (weights, never normalised): max(0, p~_x - q) where p~_x is p with LANTERN's merged
     neighbours' mass moved onto x (p~_x = p for exact and gsd) and q is one-hot at x when None; if it
-    sums to zero, p[b, a] itself.
+    sums to zero, p[b, a] itself. Typical samples p[b, a] itself (q's row is not read).
 
     Rows with a structural problem, or a bad value among those read, come back as ``accept_len = 0``,
     ``next_token = -code`` (``reference/_status.py``); nothing out of range is ever indexed.
@@ -71,6 +75,11 @@ def verify_chain(
     elif method == "lantern":
         p_tilde, merged = relaxed_mass64(flat_p, flat_x, neighbors, delta, lam)
         passed = (p_tilde > 0) & (u * qx <= p_tilde)
+    elif method == "typical":
+        rows64 = flat_p.to(torch.float64)
+        positive = rows64 > 0
+        entropy = torch.where(positive, -rows64 * torch.log(torch.where(positive, rows64, 1.0)), 0.0).sum(-1)
+        passed = (px > epsilon) | (px > alpha * torch.exp(-entropy))
     else:
         raise ValueError(f"unknown method {method!r}")
 
@@ -100,7 +109,7 @@ def verify_chain(
             relaxed[rows, x_rej] += gained
         residual = (relaxed - q_rej).clamp_min(0.0)
         residual = torch.where(residual.sum(1, keepdim=True) > 0, residual, target)
-        weights = torch.where(rejected[:, None], residual, target)
+        weights = target if method == "typical" else torch.where(rejected[:, None], residual, target)
     else:
         weights = target
     next_token = inverse_cdf(weights, u_sample)
@@ -109,11 +118,11 @@ def verify_chain(
     # and the row sampled from (with q's row for a residual), which must also carry mass.
     tested = used & (torch.arange(max_drafts, device=device) <= accept_len[:, None])
     bad_read = bad_prob(px) | bad_prob(qx)
-    if method == "gsd":
+    if method in ("gsd", "typical"):  # GSD's ranking and typical's entropy read the whole row
         bad_read = bad_read | bad_prob(flat_p).any(-1)
     bad_value = (bad_read.view(batch, max_drafts) & tested).any(-1)
     bad_value |= bad_prob(target).any(-1) | ~(target.sum(-1) > 0)
-    if q is not None and max_drafts > 0:
+    if q is not None and max_drafts > 0 and method != "typical":
         bad_value |= rejected & bad_prob(q[rows, at]).any(-1)
     status = torch.where((status == 0) & bad_value, ROW_BAD_PROB, status)
     bad_row = status != 0

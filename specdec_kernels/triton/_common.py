@@ -29,10 +29,14 @@ LOW32: tl.constexpr = tl.constexpr(4294967295)
 #: Largest finite float32: a probability read as float32 is finite iff |v| <= FLT_MAX.
 FLT_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
-# Method codes and row status codes, from the one table (specdec_kernels/_methods.py).
-EXACT: tl.constexpr = tl.constexpr(_methods.EXACT_CODE)
-GSD: tl.constexpr = tl.constexpr(_methods.GSD_CODE)
-LANTERN: tl.constexpr = tl.constexpr(_methods.LANTERN_CODE)
+# Method codes, generated from the one table (specdec_kernels/_methods.py): one tl.constexpr global per method,
+# named after it in capitals (EXACT, GSD, LANTERN, TYPICAL, ...), so kernels compare METHOD == c.GSD and a new
+# method needs no line here.
+for _method in _methods.METHODS.values():
+    assert _method.name.isidentifier(), _method.name
+    globals()[_method.name.upper()] = tl.constexpr(_method.code)
+del _method
+# Row status codes, from the same module.
 ROW_BAD_COUNT: tl.constexpr = tl.constexpr(_methods.ROW_BAD_COUNT)
 ROW_BAD_ID: tl.constexpr = tl.constexpr(_methods.ROW_BAD_ID)
 ROW_BAD_PARENTS: tl.constexpr = tl.constexpr(_methods.ROW_BAD_PARENTS)

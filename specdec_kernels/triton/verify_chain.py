@@ -1,4 +1,4 @@
-"""Triton chain verification (exact / GSD / LANTERN): one fused launch per call.
+"""Triton chain verification (exact / GSD / LANTERN / typical): one fused launch per call.
 
 Grid: one program per batch row b. Pointers (all contiguous):
   p [B, L+1, V] (fp32/fp16/bf16), q [B, L, V] or a dummy (HAS_Q), draft [B, L] int64, u_accept [B, L] f32,
@@ -23,11 +23,12 @@ from .. import _methods
 from . import _common as c
 
 
-@triton.jit(do_not_specialize=["L", "K", "D_EMB", "budget_bits", "h_lo", "h_hi"])
+@triton.jit(do_not_specialize=["L", "K", "D_EMB", "budget_bits", "h_lo", "h_hi", "epsilon_bits",
+                               "alpha_bits"])
 def _verify_chain_kernel(p_ptr, q_ptr, draft_ptr, u_accept_ptr, u_sample_ptr, num_drafts_ptr, nbr_ptr, emb_ptr,
                          scratch_ptr, accept_len_ptr, next_token_ptr, L, V, K, D_EMB, budget_bits, h_lo, h_hi,
-                         p_thr, d_thr, METHOD: tl.constexpr, HAS_Q: tl.constexpr, USE_LAMBDA: tl.constexpr,
-                         HAS_EMB: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+                         p_thr, d_thr, epsilon_bits, alpha_bits, METHOD: tl.constexpr, HAS_Q: tl.constexpr,
+                         USE_LAMBDA: tl.constexpr, HAS_EMB: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
                          BLOCK_L: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     n = tl.load(num_drafts_ptr + b)
@@ -79,6 +80,17 @@ def _verify_chain_kernel(p_ptr, q_ptr, draft_ptr, u_accept_ptr, u_sample_ptr, nu
             group_p, group_q = c.gsd_group_mass(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr, HAS_Q,
                                                 HAS_EMB, BLOCK_V)
             passed = u * group_q < group_p
+        elif METHOD == c.TYPICAL:
+            bad_read = bad_read | c.row_has_bad(p_row, True, V, BLOCK_V)  # the entropy reads the whole row
+            entropy = tl.zeros((), tl.float64)
+            for v0 in range(0, V, BLOCK_V):
+                offs = v0 + tl.arange(0, BLOCK_V)
+                pj = tl.load(p_row + offs, mask=offs < V, other=0.0).to(tl.float32).to(tl.float64)
+                positive = pj > 0.0
+                entropy += tl.sum(tl.where(positive, -pj * tl.log(tl.where(positive, pj, 1.0)), 0.0))
+            epsilon = epsilon_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            alpha = alpha_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            passed = (px > epsilon) | (px > alpha * tl.exp(-entropy))
         else:
             p_tilde, merged, c_star = c.relaxed_mass(p_row, s_row, 1.0, 1, nbr_ptr + x * K, K, px, budget,
                                                      USE_LAMBDA, False, BLOCK_K)
@@ -92,6 +104,8 @@ def _verify_chain_kernel(p_ptr, q_ptr, draft_ptr, u_accept_ptr, u_sample_ptr, nu
     q_row = q_ptr + (b * L + a) * V
     x = tl.load(draft_ptr + b * L + a, mask=rejected, other=0)
     mode = rejected.to(tl.int32)  # 1: residual max(0, p~_x - q); 0: p
+    if METHOD == c.TYPICAL:  # typical samples p[b, a] itself
+        mode = tl.zeros((), tl.int32)
     if HAS_S:  # noqa: SIM102 (a compile-time branch around a run-time one)
         if rejected & (merged > 0):
             # LANTERN moved the mass of x's first `merged` neighbours onto x: write that residual row once.
@@ -119,7 +133,8 @@ def _verify_chain_kernel(p_ptr, q_ptr, draft_ptr, u_accept_ptr, u_sample_ptr, nu
     # Code 6 on the sampled row: p[b, a], and q[b, a] when a residual is sampled.
     bad_read = bad_read | c.row_has_bad(p_row, True, V, BLOCK_V)
     if HAS_Q:
-        bad_read = bad_read | c.row_has_bad(q_row, rejected, V, BLOCK_V)
+        if METHOD != c.TYPICAL:
+            bad_read = bad_read | c.row_has_bad(q_row, rejected, V, BLOCK_V)
     u_s = tl.load(u_sample_ptr + b).to(tl.float64)
     total, last = c.weights_total(p_row, q_row, s_row, 1.0, x, mode, V, HAS_Q, HAS_S, BLOCK_V)
     if last < 0:  # the residual sums to zero: fall back to p at a
@@ -167,7 +182,8 @@ def verify_chain_triton(p, q, draft, u_accept, u_sample, num_drafts, method_code
         _verify_chain_kernel[(batch,)](
             p, q_arg, draft, u_accept, u_sample.contiguous(), num_drafts.contiguous(), nbr, emb, scratch, accept_len,
             next_token, drafts, vocab, k, emb_dim, budget, h_lo, h_hi, c.to_f32(values.get("p_thr", 0.0)),
-            c.to_f32(values.get("d_thr", 0.0)), METHOD=method.code, HAS_Q=has_q, USE_LAMBDA=use_lambda,
+            c.to_f32(values.get("d_thr", 0.0)), c.f64_bits(values.get("epsilon", 0.0)),
+            c.f64_bits(values.get("alpha", 0.0)), METHOD=method.code, HAS_Q=has_q, USE_LAMBDA=use_lambda,
             HAS_EMB=has_emb, BLOCK_V=block_v, BLOCK_K=c.neighbor_block(k), BLOCK_L=min(c.next_pow2(drafts), 1024),
             **c.launch_options(block_v),
         )

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding import derive_row_keys
-from ..decoding.methods import GSD, sweep_knobs
+from ..decoding.methods import StaticClusterGSD, sweep_knobs
 from .common import (KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, RunConfig, build_method, cost_row, judged_header,
                      judged_run, machine_line, markdown_table, prepare, write_outputs)
 
@@ -55,30 +55,10 @@ class SweepConfig(RunConfig):
                       **kw})
 
 
-def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, dim: int = 64) -> GSD:
-    """GSD whose groups are fixed k-means clusters of about ``group_size`` codes.
-
-    Each cluster gets one random unit vector (``dim``-d, redrawn until every pair of clusters is farther apart than
-    the distance filter), every code gets its cluster's vector; with a rank window covering the vocabulary and
-    ``p_thr`` = 2 (never binding), the group of a draft is exactly its cluster.
-    """
-    from scipy.cluster.vq import kmeans2
-
-    vocab = codebook.shape[0]
-    num_clusters = max(1, vocab // max(1, int(group_size)))
-    points = torch.nn.functional.normalize(codebook.double().cpu(), dim=-1).numpy()
-    _, labels = kmeans2(points, num_clusters, minit="++", seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    d_thr = 0.5
-    for _ in range(100):
-        centers = torch.nn.functional.normalize(torch.randn(num_clusters, dim, generator=gen), dim=-1)
-        gram = centers @ centers.T - 2 * torch.eye(num_clusters)
-        if num_clusters == 1 or float(2 - 2 * gram.max()) > 2 * d_thr:
-            break
-    else:  # pragma: no cover - 64-d random directions are nearly orthogonal
-        raise RuntimeError("could not separate the cluster vectors")
-    table = centers[torch.as_tensor(labels, dtype=torch.int64)].to(codebook.device)
-    return GSD(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr, init="repeat_left")
+def static_cluster_gsd(codebook: torch.Tensor, group_size: int, seed: int = 0, dim: int = 64) -> StaticClusterGSD:
+    """GSD whose groups are fixed k-means clusters of about ``group_size`` codes (the registered ``gsd-static``
+    method, seeded with the sweep's seed)."""
+    return StaticClusterGSD(codebook, group_size=group_size, seed=seed, dim=dim)
 
 
 def sweep_points(config: SweepConfig):
