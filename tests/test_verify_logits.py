@@ -109,7 +109,7 @@ def test_process_logits_rejects_bad_shapes():
     with pytest.raises(ValueError, match="logits"):
         sk.process_logits(torch.randn(3, 5))
     with pytest.raises(ValueError, match="dtype"):
-        sk.process_logits(torch.randn(1, 1, 5).double())
+        sk.process_logits(torch.randn(1, 1, 5).to(torch.int32))
 
 
 # ------------------------------------------------------------------ random cases
