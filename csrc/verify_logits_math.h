@@ -39,28 +39,33 @@ SPECDEC_HD inline float processed_logit(double cond, double uncond, bool cfg, do
 // Cody-Waite reduction by ln 2 and a degree-13 Taylor polynomial on |r| <= ln2 / 2. Below -708 it returns 0 (the
 // true value is < 3.4e-308, far below any float32 probability a row with max entry exp(0) = 1 can have).
 // Branch-free (selects through bit masks) so that the CPU loops over it vectorise.
+// Range-reduction constants of exp_nonpositive (also used by the CPU's four-lane version).
+constexpr double kExpLog2e = 1.4426950408889634, kExpShift = 6755399441055744.0;  // 1.5 * 2^52: round to integer
+constexpr double kExpLn2Hi = 6.93147180369123816490e-01, kExpLn2Lo = 1.90821492927058770002e-10;
+constexpr double kExpLowest = -708.0;
+
+// exp(r) for |r| <= ln(2) / 2: Taylor series to degree 13 by Horner. T is double, or a vector of doubles with
+// scalar broadcasting (the CPU's four-lane exp), so both evaluate the same polynomial.
+template <class T>
+SPECDEC_HD inline T exp_taylor(T r) {
+  constexpr double kInverseFactorials[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
+                                           1.0 / 3628800.0,    1.0 / 362880.0,    1.0 / 40320.0,
+                                           1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,
+                                           1.0 / 24.0,         1.0 / 6.0,         0.5,
+                                           1.0,                1.0};
+  T poly = T{} + kInverseFactorials[0];
+  for (int i = 1; i < 14; ++i) poly = poly * r + kInverseFactorials[i];
+  return poly;
+}
+
 SPECDEC_HD inline double exp_nonpositive(double x) {
-  constexpr double kLog2e = 1.4426950408889634, kShift = 6755399441055744.0;  // 1.5 * 2^52: round to integer
-  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
-  const bool in_range = x >= -708.0;
-  const double xc = in_range ? x : -708.0;
+  constexpr double kLog2e = kExpLog2e, kShift = kExpShift, kLn2Hi = kExpLn2Hi, kLn2Lo = kExpLn2Lo;
+  const bool in_range = x >= kExpLowest;
+  const double xc = in_range ? x : kExpLowest;
   const double shifted = xc * kLog2e + kShift;
   const double kd = shifted - kShift;
   const double r = (xc - kd * kLn2Hi) - kd * kLn2Lo;
-  double poly = 1.0 / 6227020800.0;
-  poly = poly * r + 1.0 / 479001600.0;
-  poly = poly * r + 1.0 / 39916800.0;
-  poly = poly * r + 1.0 / 3628800.0;
-  poly = poly * r + 1.0 / 362880.0;
-  poly = poly * r + 1.0 / 40320.0;
-  poly = poly * r + 1.0 / 5040.0;
-  poly = poly * r + 1.0 / 720.0;
-  poly = poly * r + 1.0 / 120.0;
-  poly = poly * r + 1.0 / 24.0;
-  poly = poly * r + 1.0 / 6.0;
-  poly = poly * r + 0.5;
-  poly = poly * r + 1.0;
-  poly = poly * r + 1.0;
+  const double poly = exp_taylor(r);
   const int64_t k = bits_of(shifted) - bits_of(kShift);
   const double scale = double_of((k + 1023) << 52);
   return in_range ? poly * scale : 0.0;
