@@ -24,6 +24,18 @@ def test_streams_depend_only_on_key_step_lane():
     assert not torch.equal(s.uniform(torch.tensor([1, 2, 3]), LANE_SAMPLE, 5), u)
 
 
+def test_streams_numpy_path_equals_torch_path():
+    # The CPU draws in NumPy uint32 arithmetic, CUDA in torch int64 with explicit masks: the same bits.
+    keys = torch.randint(0, 2**31 - 1, (9,), generator=torch.Generator().manual_seed(3))
+    fast, slow = RowStreams(keys), RowStreams(keys)
+    slow._numpy = False
+    assert fast._numpy
+    for trial in range(5):
+        step = torch.randint(0, 2**40, (9,), generator=torch.Generator().manual_seed(trial))  # > 32 bits too
+        for lane_base, count in ((LANE_ACCEPT, 7), (LANE_SAMPLE, 1)):
+            assert torch.equal(fast.uniform(step, lane_base, count), slow.uniform(step, lane_base, count))
+
+
 def test_streams_look_uniform():
     s = RowStreams.from_seed(4096, seed=7)
     u = s.uniform(torch.full((4096,), 3), LANE_ACCEPT, 64).reshape(-1)

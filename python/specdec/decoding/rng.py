@@ -8,6 +8,7 @@ contract that uniforms are inputs (docs/ALGORITHMS.md §3.1). One ``torch.Genera
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -42,6 +43,15 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
+def _fmix32_np(h: np.ndarray) -> np.ndarray:
+    """:func:`_fmix32` on uint32 arrays (NumPy's uint32 products wrap modulo 2**32, as ``_mul32`` computes)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
 def derive_row_keys(batch_size: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Per-row 31-bit keys from one generator seeded with ``seed`` (``(batch_size,)`` int64)."""
     gen = torch.Generator().manual_seed(int(seed))
@@ -49,13 +59,21 @@ def derive_row_keys(batch_size: int, seed: int, device: torch.device | str = "cp
 
 
 class RowStreams:
-    """Uniforms in [0, 1) (float32, 24 random bits) addressed by (row key, row step, lane)."""
+    """Uniforms in [0, 1) (float32, 24 random bits) addressed by (row key, row step, lane).
+
+    On the CPU the hash runs in NumPy's uint32 arithmetic: the same bits as the torch path (which CUDA tensors
+    take), at a fraction of its per-call cost (a decoding step draws uniforms a few times, over a handful of rows,
+    where torch's per-op dispatch dominates)."""
 
     def __init__(self, keys: torch.Tensor):
         self.keys = keys.to(torch.int64) & _MASK32
         self._key_hash = _fmix32(self.keys + 0x9E3779B9)
         self._lanes = {}  # (lane_base, count) -> lane terms: built once per shape
         self._base_step, self._base = None, None  # the last step tensor seen and its per-row hash
+        self._numpy = self.keys.device.type == "cpu"
+        if self._numpy:
+            self._keys_np = self.keys.numpy().astype(np.uint32)
+            self._key_hash_np = self._key_hash.numpy().astype(np.uint32)
 
     @classmethod
     def from_seed(cls, batch_size: int, seed: int = 0, keys: Optional[torch.Tensor] = None, device="cpu"):
@@ -65,8 +83,18 @@ class RowStreams:
         """``(batch_size, count)`` uniforms for lanes ``lane_base .. lane_base + count - 1`` at each row's step."""
         lanes = self._lanes.get((lane_base, count))
         if lanes is None:
-            lanes = self._lanes[(lane_base, count)] = _lane_terms(lane_base, count, self.keys.device)
+            lanes = _lane_terms(lane_base, count, self.keys.device)
+            lanes = self._lanes[(lane_base, count)] = lanes.numpy().astype(np.uint32) if self._numpy else lanes
+        if self._numpy:
+            return self._uniform_np(step, lanes)
         if step is not self._base_step:  # one row hash per step, shared by every lane group of the step
             self._base_step, self._base = step, _fmix32(self._key_hash ^ (step.to(torch.int64) & _MASK32))
         h = _fmix32(_fmix32(self._base[:, None] ^ lanes[None, :]) + self.keys[:, None])
         return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+    def _uniform_np(self, step: torch.Tensor, lanes: np.ndarray) -> torch.Tensor:
+        if step is not self._base_step:
+            steps = step.detach().numpy().astype(np.uint32)  # int64 -> uint32 keeps the low 32 bits (& _MASK32)
+            self._base_step, self._base = step, _fmix32_np(self._key_hash_np ^ steps)
+        h = _fmix32_np(_fmix32_np(self._base[:, None] ^ lanes[None, :]) + self._keys_np[:, None])
+        return torch.from_numpy((h >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24)))

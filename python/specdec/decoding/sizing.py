@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -155,9 +156,14 @@ def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
 
 @torch.no_grad()
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
-                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 3) -> CostCurve:
+                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 5) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
-    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features."""
+    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features.
+
+    The first feeds of a process run slow (allocator, thread pool), so the widest and the narrowest feed are run
+    twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
+    (each point is at most every later one), which keeps timing noise from making a longer window look cheaper
+    than a shorter one."""
     from ..verifier import process_logits
     from .feed import attention_mask, run_model
 
@@ -167,31 +173,36 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
     cache = model.new_cache(rows, num_slots)
     dtype = next(model.parameters()).dtype
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    seconds = []
-    for t in tokens:
-        start_pos = num_tokens // 2
+    start_pos = num_tokens // 2
+    prefix = torch.full((rows,), start_pos, dtype=torch.int64, device=device)
+    cfg_scale = sampling.cfg_scale if sampling is not None and sampling.uses_cfg and rows % 2 == 0 else None
+
+    def feed(t: int) -> None:
         positions = (start_pos + torch.arange(t, device=device))[None, :].expand(rows, t)
         ids = torch.zeros(rows, t, dtype=torch.int64, device=device)
         valid = torch.ones(rows, t, dtype=torch.bool, device=device)
-        prefix = torch.full((rows,), start_pos, dtype=torch.int64, device=device)
         hidden = torch.zeros(rows, t, int(model.hidden_size), dtype=dtype, device=device) if head else None
+        mask = attention_mask(positions, valid, prefix, num_slots)
+        logits, _ = run_model(model, cache, ids, positions, positions, valid, mask, cfg_copies=1, hidden=hidden)
+        if sampling is not None:  # the processing every fed position's logits go through
+            process_logits(logits, cfg_scale=cfg_scale, temperature=sampling.temperature, top_k=sampling.top_k,
+                           top_p=sampling.top_p)
 
-        def feed():
-            mask = attention_mask(positions, valid, prefix, num_slots)
-            logits, _ = run_model(model, cache, ids, positions, positions, valid, mask, cfg_copies=1, hidden=hidden)
-            if sampling is not None:  # the processing every fed position's logits go through
-                process_logits(logits, cfg_scale=sampling.cfg_scale if sampling.uses_cfg and rows % 2 == 0 else None,
-                               temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
-
-        feed()
+    for t in (max(tokens), min(tokens)) * 2:
+        feed(t)
+    seconds = []
+    for t in tokens:
+        feed(t)
         times = []
         for _ in range(reps):
             sync()
             t0 = time.perf_counter()
-            feed()
+            feed(t)
             sync()
             times.append(time.perf_counter() - t0)
         seconds.append(sorted(times)[len(times) // 2])
+    for i in range(len(seconds) - 2, -1, -1):
+        seconds[i] = min(seconds[i], seconds[i + 1])
     return CostCurve(tuple(int(t) for t in tokens), tuple(seconds))
 
 
@@ -368,6 +379,18 @@ class AutoSizer:
             choice = best(choices)
         self.history.append(choice)
         return choice.size
+
+
+@contextmanager
+def held_size(method):
+    """Within the block, ``method`` runs every call at the size it holds now (its last auto-sized call's choice),
+    without re-choosing or collecting statistics; outside it, auto sizing resumes. Used to judge the quality of
+    an auto-sized method at the size its timed run settled on."""
+    sizer, method.sizer = method.sizer, None
+    try:
+        yield method
+    finally:
+        method.sizer = sizer
 
 
 def enable_auto_size(method, sizer: Optional[AutoSizer] = None, **kwargs):

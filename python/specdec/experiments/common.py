@@ -66,19 +66,20 @@ def build_method(tb, name: str, **options):
     return make_method(name, draft_model=tb.draft, head=tb.eagle, codebook=tb.vq.codebook_normalized(), **options)
 
 
-#: Rows per generate call of the judged (batched, untimed) runs, the fastest of 8 / 32 per method measured on the
-#: 2-core CPU. The 2.2 M-parameter target is compute-bound there: AR gains from wide batches, while speculative
-#: methods verify many tokens per committed one (a 16-token SJD window, a 59-node tree), so past a few rows their
-#: cost is arithmetic and wider batches mostly add work on finished or padded rows.
-JUDGE_BATCH = {"ar": 250, "sd": 32, "gsd": 32, "gsd-static": 32, "eagle2": 32, "sjd": 8, "lantern": 8, "lantern++": 8}
-DEFAULT_JUDGE_BATCH = 16
+#: Target entries per forward the judged (batched, untimed) runs aim at: rows per call are
+#: ``JUDGE_FEED // method.max_feed()`` within [8, 250]. The 2.2 M-parameter target is compute-bound on a CPU once a
+#: forward carries about a thousand entries: AR (one entry per row) gains from the widest batches, while a method
+#: feeding a 16-token window or a 59-node tree per row has reached that regime at a few dozen rows, past which wider
+#: batches mostly add work on finished or padded rows.
+JUDGE_FEED = 1200
+JUDGE_BATCH_RANGE = (8, 250)
 
 
 @dataclass
 class RunConfig:
     """What every experiment takes: the timed rows (10 classes x ``images_per_class``, keys from ``seed``) and
     their batch size, the judged rows (``judge_images``, generated ``judge_batch`` rows per call, default
-    :data:`JUDGE_BATCH`) and bootstrap replicates, where to write, which weights, torch threads."""
+    from :data:`JUDGE_FEED`) and bootstrap replicates, where to write, which weights, torch threads."""
 
     images_per_class: int = 10
     batch_size: int = 1
@@ -99,8 +100,13 @@ class RunConfig:
         if self.bootstrap_replicates < 2:
             raise ValueError(f"bootstrap_replicates must be >= 2, got {self.bootstrap_replicates}")
 
-    def judge_batch_for(self, name: str) -> int:
-        return self.judge_batch or JUDGE_BATCH.get(name, DEFAULT_JUDGE_BATCH)
+    def judge_batch_for(self, method) -> int:
+        """Rows per call of ``method``'s judged runs: ``judge_batch``, else from its entries per forward
+        (:data:`JUDGE_FEED`)."""
+        if self.judge_batch:
+            return self.judge_batch
+        lo, hi = JUDGE_BATCH_RANGE
+        return max(lo, min(hi, JUDGE_FEED // max(1, int(method.max_feed()))))
 
 
 @dataclass
@@ -213,16 +219,16 @@ class QualityJudge:
     balanced held-out test images, with bootstrap intervals and paired differences (replicates are drawn once,
     so every method judged here is resampled on the same rows; :mod:`specdec.metrics.bootstrap`)."""
 
-    def __init__(self, tb, classes: torch.Tensor, num_replicates: int = 200, seed: int = 0):
-        self.tb = tb
+    def __init__(self, classifier, classes: torch.Tensor, num_replicates: int = 200, seed: int = 0):
+        self.classifier = classifier
         self.classes = classes.cpu()
         real, real_labels, _ = balanced_test_subset(len(classes))
-        self.bootstrap = BootstrapJudge(classify(tb.classifier, real)["features"], real_labels, self.classes,
+        self.bootstrap = BootstrapJudge(classify(classifier, real)["features"], real_labels, self.classes,
                                         num_replicates=num_replicates, seed=seed)
 
     def __call__(self, images: torch.Tensor) -> Judged:
         """``images`` ``(N, 1, 32, 32)`` of the judged rows, in row order."""
-        out = classify(self.tb.classifier, images.cpu())
+        out = classify(self.classifier, images.cpu())
         return self.bootstrap.judge(out["features"], out["probs"].argmax(-1) == self.classes)
 
     @staticmethod
@@ -258,7 +264,7 @@ def prepare(config: RunConfig, progress: bool = False) -> Setup:
     judged_classes, judged_keys = evaluation_rows(config.judge_images // 10, config.seed, device)
     if progress:
         print(f"bootstrap judge: {config.judge_images} held-out images, {config.bootstrap_replicates} replicates")
-    judge = QualityJudge(tb, judged_classes, config.bootstrap_replicates, config.seed)
+    judge = QualityJudge(tb.classifier, judged_classes, config.bootstrap_replicates, config.seed)
     return Setup(tb, device, classes, keys, judged_classes, judged_keys, judge, out, config)
 
 
@@ -277,7 +283,7 @@ def judged_images(setup: Setup, name: str, method, *, keys: Optional[torch.Tenso
         run = MethodRun(**torch.load(saved))
     else:
         run = run_method(setup.tb, f"{name} (judged)", method, setup.judged_classes, keys,
-                         batch_size=setup.config.judge_batch_for(name.split(" ")[0]), progress=progress)
+                         batch_size=setup.config.judge_batch_for(method), progress=progress)
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: getattr(run, k) for k in ("name", "tokens", "row_steps", "accept_lens", "num_tokens",

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding.methods import demo_methods
+from ..decoding.sizing import held_size
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, MethodRun, RunConfig, Setup,
                      build_method, cost_row, judged_header, judged_images, judged_run, machine_line, markdown_table, prepare,
@@ -37,6 +38,7 @@ DEMO_METHODS = demo_methods()
 
 SPEED_COLUMNS = (
     ("method", "method", "{}"),
+    ("size", "size (last call)", "{}"),
     ("accepted_per_step", "accepted / step", "{:.2f}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
     ("step_compression", "step compression", "{:.2f}x"),
@@ -73,14 +75,18 @@ class MethodOutput:
     timed_images: torch.Tensor  # (images_per_class * 10, 1, 32, 32) in [-1, 1]
     judged: MethodRun
     judged_images: torch.Tensor  # (judge_images, 1, 32, 32) in [-1, 1]
+    size: str = ""  # the size the timed run ended on and the judged rows ran at, in words ("" when none)
 
 
 def decoding_output(setup: Setup, config: DemoConfig, name: str, progress: bool = True) -> MethodOutput:
-    """A method of the decoding registry (:func:`build_method`), timed at ``config.batch_size`` and judged."""
+    """A method of the decoding registry (:func:`build_method`), timed at ``config.batch_size`` and judged at the
+    size its timed run settled on (an auto-sized method would otherwise size its judged batches for their own
+    width, and its quality would be that of another setting)."""
     method = build_method(setup.tb, name, **{"size": config.size, **config.options.get(name, {})})
     timed, timed_images = timed_run(setup, name, method, batch_size=config.batch_size, progress=progress)
-    judged, images = judged_images(setup, name, method, progress=progress)
-    return MethodOutput(timed, timed_images, judged, images)
+    with held_size(method):
+        judged, images = judged_images(setup, name, method, progress=progress)
+    return MethodOutput(timed, timed_images, judged, images, method.size_label())
 
 
 #: Producers of rows that are not methods of the decoding registry: ``name -> (setup, config, name, progress) ->
@@ -95,13 +101,14 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         raise ValueError("the demo needs 'ar' among the methods: speed-ups and quality are relative to it")
     setup = prepare(config, progress)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
-    rows, ar_run, ar_judged = [], None, None
+    rows, ar_run, ar_judged, timed_runs = [], None, None, {}
     for name in tqdm(names, desc="methods", disable=not progress):
         produce = ROW_PRODUCERS.get(name, decoding_output)
         out = produce(setup, config, name, progress=progress)
         judged = setup.judge(out.judged_images)
         ar_run, ar_judged = ar_run or out.timed, ar_judged or judged
-        rows.append({**cost_row(out.timed, ar_run), "method": name,
+        timed_runs[name] = (out.timed, out.size)
+        rows.append({**cost_row(out.timed, ar_run), "method": name, "size": out.size or "-",
                      "judged_step_compression": out.judged.step_compression,
                      **setup.judge.fields(judged, None if name == "ar" else ar_judged)})
         save_grid(out.timed_images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
@@ -126,12 +133,16 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         from .throughput import SpeedConfig, run_speed
 
         registered = [n for n in names if n not in ROW_PRODUCERS]  # sizes apply to the decoding registry's methods
+        # The timed runs above are the rows of their own sizing: only the other sizing is run again.
+        reuse = {(n, "fixed" if n == "ar" else config.size): timed_runs[n] for n in registered}
         run_speed(setup, registered, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
-                  config.threads, progress)
-    # CSpD on the continuous-token testbed: own table (demo_cspd.md) and grids, same seed, at most 10 per class.
+                  config.threads, progress, reuse=reuse)
+    # CSpD on the continuous-token testbed: own table (demo_cspd.md), plot and grids, same seed, as many rows as the
+    # timed rows (at most 200: each CSpD row decodes all of them).
     from ..continuous.demo import run_cspd_demo
 
-    run_cspd_demo(setup.out, min(config.images_per_class, 10), config.seed, progress=progress)
+    run_cspd_demo(setup.out, 10 * min(config.images_per_class, 20), config.seed,
+                  bootstrap_replicates=config.bootstrap_replicates, progress=progress)
     return rows
 
 

@@ -22,6 +22,7 @@ COLUMNS = (
     ("sizing", "sizes", "{}"),
     ("size", "size chosen (last call)", "{}"),
     ("mode", "rows", "{}"),
+    ("images", "images", "{}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
     ("batch_steps", "steps / batch", "{:.1f}"),
     ("images_per_s", "images / s", "{:.2f}"),
@@ -38,24 +39,36 @@ class SpeedConfig:
     truncated: Optional[bool] = None  # default: at batch > 1
 
 
-def speed_rows(setup, names: Sequence[str], config: SpeedConfig, progress: bool = True) -> List[Dict]:
-    """Time every method of ``names`` (``ar`` first) at each size and mode; one row per (method, size, mode)."""
+def speed_rows(setup, names: Sequence[str], config: SpeedConfig, progress: bool = True,
+               reuse: Optional[Dict] = None) -> List[Dict]:
+    """Time every method of ``names`` (``ar`` first) at each size and mode; one row per (method, size, mode).
+
+    ``reuse``: ``(name, sizing) -> (MethodRun, size label)`` of ragged runs already timed at ``config.batch_size``
+    in this process (the demo's timed rows, possibly over more images): their rows are taken from them instead of
+    being run again. Speed-ups compare seconds per image."""
+    reuse = reuse or {}
     classes, keys = setup.classes[: config.images], setup.keys[: config.images]
     truncated = config.batch_size > 1 if config.truncated is None else config.truncated
     modes = ("ragged", "truncated") if truncated else ("ragged",)
     plan = [("ar", "fixed", "ragged")] + [(n, s, m) for n in names if n != "ar" for s in config.sizes for m in modes]
-    rows, ar_seconds, ragged_tps = [], None, {}
+    rows, ar_per_image, ragged_tps = [], None, {}
     for name, sizing, mode in tqdm(plan, desc="speed", disable=not progress):
-        method = build_method(setup.tb, name, size=sizing)
-        method.truncate_to_worst = mode == "truncated"
-        run = run_method(setup.tb, name, method, classes, keys, batch_size=config.batch_size, progress=False)
+        reused = reuse.get((name, sizing)) if mode == "ragged" else None
+        if reused is not None:
+            run, label = reused
+        else:
+            method = build_method(setup.tb, name, size=sizing)
+            method.truncate_to_worst = mode == "truncated"
+            run = run_method(setup.tb, name, method, classes, keys, batch_size=config.batch_size, progress=False)
+            label = method.size_label()
         batch_steps = torch.cat([a.new_full((a.shape[0],), (a >= 0).sum(1).max()) for a in run.accept_lens])
-        row = {"method": name, "sizing": sizing, "size": method.size_label() or "-", "mode": mode,
+        images = len(run.row_steps)
+        row = {"method": name, "sizing": sizing, "size": label or "-", "mode": mode, "images": images,
                "tokens_per_step": float(((run.num_tokens - 1) / run.row_steps.clamp_min(1).double()).mean()),
-               "batch_steps": float(batch_steps.double().mean()), "images_per_s": len(classes) / run.seconds,
+               "batch_steps": float(batch_steps.double().mean()), "images_per_s": images / run.seconds,
                "batch_size": config.batch_size}
-        ar_seconds = ar_seconds or run.seconds
-        row["speedup"] = ar_seconds / run.seconds
+        ar_per_image = ar_per_image or run.seconds / images
+        row["speedup"] = ar_per_image / (run.seconds / images)
         if mode == "ragged":
             ragged_tps[(name, sizing)] = row["tokens_per_step"]
         elif (name, sizing) in ragged_tps:
@@ -64,15 +77,16 @@ def speed_rows(setup, names: Sequence[str], config: SpeedConfig, progress: bool 
     return rows
 
 
-def run_speed(setup, names: Sequence[str], config: SpeedConfig, threads: int, progress: bool = True) -> List[Dict]:
+def run_speed(setup, names: Sequence[str], config: SpeedConfig, threads: int, progress: bool = True,
+              reuse: Optional[Dict] = None) -> List[Dict]:
     """:func:`speed_rows`, written to ``throughput.{md,csv,json,png}`` in the setup's output directory."""
     import json
 
-    rows = speed_rows(setup, names, config, progress)
+    rows = speed_rows(setup, names, config, progress, reuse)
     images = min(config.images, len(setup.classes))
     header = (f"# Speed: fixed and auto sizes, batch {config.batch_size}\n\n{images} images per row of the "
-              f"table, {config.batch_size} per call, after one untimed warm-up call. Machine: "
-              f"{machine_line(threads, setup.device)}.")
+              f"table unless the row says otherwise (rows reused from the demo's timed runs), {config.batch_size} per "
+              f"call, after one untimed warm-up call. Machine: {machine_line(threads, setup.device)}.")
     text = write_table(rows, COLUMNS, setup.out / "throughput.csv", setup.out / "throughput.md", header)
     (setup.out / "throughput.json").write_text(json.dumps({"config": {"batch_size": config.batch_size,
                                                                  "images": images}, "rows": rows}, indent=2))

@@ -9,7 +9,11 @@ import specdec_kernels as sk
 
 from ..feed import attention_mask, run_model
 from ..rng import LANE_ACCEPT, LANE_SAMPLE
-from .base import Method, truncate_to_worst
+from .base import ChainMethod, Method, truncate_to_worst
+
+#: The step of a lone-root tree: no drafts, one target forward over the last committed token, the exact sample.
+#: The slot of the root is the cache slot a chain step writes, so nothing is compacted and the head is not fed.
+_PLAIN_STEP = ChainMethod()
 
 
 def tree_forward(ctx, tree_tokens, parents, num_nodes, n0, active):
@@ -114,6 +118,8 @@ class TreeMethod(Method):
     def step(self, ctx) -> torch.Tensor:
         """One verify step in four phases: propose (head catch-up, draft tree), one target forward over the
         tree, verify, commit (tokens, KV compaction, the head's pending entries)."""
+        if self.num_nodes == 1:  # size="auto" chose a lone root: a plain AR step, at AR's cost (the head idles)
+            return _PLAIN_STEP.step(ctx)
         active = ctx.state.active
         n0 = ctx.state.n_gen.clone()  # the root's position: the last committed token
         tree = self.propose(ctx)  # 1. propose
@@ -132,9 +138,6 @@ class TreeMethod(Method):
         """Catch the head up on the committed tokens, draft this step's tree and prepend the root (the last
         committed token) as node 0; nodes past the image end are dropped."""
         state = ctx.state
-        if self.num_nodes == 1:  # size="auto" chose a lone root (plain AR steps): the head idles
-            ones = torch.ones_like(state.n_gen)
-            return DraftTree(state.last[:, None], torch.full_like(ones, -1)[:, None], ones, None)
         root_feature, q_root = self._catch_up(ctx)
         node_tokens, parents, depth, q = self.draft_tree(ctx, root_feature, q_root)
         zero = torch.zeros(state.batch_size, 1, dtype=torch.int64, device=state.device)
