@@ -131,6 +131,8 @@ def _add_demo(sub) -> None:
                         "specdec.decoding.methods; ar is always run)")
     p.add_argument("--size", choices=["auto", "fixed"], default="auto",
                    help="auto: cost-aware sizes for this device (default); fixed: the papers' sizes")
+    p.add_argument("--no-cspd", dest="cspd", action="store_false",
+                   help="skip the CSpD rows of the continuous testbed (demo_cspd.md)")
 
     def run(args) -> int:
         from .decoding.methods import method_names
@@ -140,7 +142,7 @@ def _add_demo(sub) -> None:
         unknown = sorted(set(methods) - set(method_names()))
         if unknown:
             raise SystemExit(f"unknown method(s) {unknown}; choose from {list(method_names())}")
-        extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar"), "size": args.size}
+        extra = {"methods": ("ar",) + tuple(m for m in methods if m != "ar"), "size": args.size, "cspd": args.cspd}
         run_demo(_config(DemoConfig, args, **extra))
         return 0
 

@@ -359,6 +359,7 @@ class AutoSizer:
         self.explore = explore
         self.stats = None
         self.history: List[Choice] = []  # one per call
+        self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while no new statistics came in
 
     def choose(self, method, model, batch_size: int, sampling, device) -> object:
         copies = 2 if sampling.uses_cfg else 1
@@ -372,11 +373,18 @@ class AutoSizer:
             self.stats = method.new_size_stats(explore)
             choice = Choice(explore, float("nan"), float("nan"))
         else:
+            # The choice is a function of the statistics, the calibration and the rows: evaluating every candidate
+            # (hundreds for a tree) is skipped while no step has been observed since (a method that settled on
+            # no drafts observes nothing, so its calls stay as cheap as AR's).
+            if self.stats._pending:
+                self._choices.clear()
             self.stats.fold()
-            choices = [Choice(size, 1.0 + method.expected_accepted(self.stats, size),
-                              method.step_seconds(self.calibration, rows, size, self.stats))
-                       for size in method.size_candidates(self.stats)]
-            choice = best(choices)
+            choice = self._choices.get(rows)
+            if choice is None:
+                choices = [Choice(size, 1.0 + method.expected_accepted(self.stats, size),
+                                  method.step_seconds(self.calibration, rows, size, self.stats))
+                           for size in method.size_candidates(self.stats)]
+                choice = self._choices[rows] = best(choices)
         self.history.append(choice)
         return choice.size
 

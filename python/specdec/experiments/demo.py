@@ -57,7 +57,8 @@ class DemoConfig(RunConfig):
     methods: Sequence[str] = DEMO_METHODS
     options: Dict[str, dict] = field(default_factory=dict)  # per-method constructor options
     size: str = "auto"  # "auto": cost-aware sizes (specdec.decoding.sizing); "fixed": the papers' sizes
-    speed_images: int = 20  # rows of the speed table (fixed vs auto sizes; ragged vs truncated at batch > 1)
+    speed_images: int = 10  # rows of the speed table (fixed vs auto sizes; ragged vs truncated at batch > 1)
+    cspd: bool = True  # run the CSpD rows of the continuous testbed (demo_cspd.md)
 
     @classmethod
     def quick(cls, **kw) -> "DemoConfig":
@@ -141,8 +142,9 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     # timed rows (at most 200: each CSpD row decodes all of them).
     from ..continuous.demo import run_cspd_demo
 
-    run_cspd_demo(setup.out, 10 * min(config.images_per_class, 20), config.seed,
-                  bootstrap_replicates=config.bootstrap_replicates, progress=progress)
+    if config.cspd:
+        run_cspd_demo(setup.out, 10 * min(config.images_per_class, 20), config.seed,
+                      bootstrap_replicates=config.bootstrap_replicates, progress=progress)
     return rows
 
 
