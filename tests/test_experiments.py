@@ -138,3 +138,22 @@ def test_cuda_device_without_cuda_is_a_clear_error():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+@requires_shipped
+def test_interleaved_timing_keeps_every_methods_tokens():
+    # run_methods only reorders the calls: each method's rows, calls and tokens are those it gets run alone.
+    from specdec.experiments.common import build_method, evaluation_rows, load, run_method, run_methods
+
+    tb = load()
+    classes, keys = evaluation_rows(1, 0)
+    classes, keys = classes[:5], keys[:5]
+    make = {"ar": lambda: build_method(tb, "ar"), "sjd": lambda: build_method(tb, "sjd", window=4),
+            "lantern++": lambda: build_method(tb, "lantern++", size="auto")}
+    together = run_methods(tb, {n: f() for n, f in make.items()}, classes, keys, batch_size=2, progress=False)
+    assert list(together) == list(make)
+    for name, factory in make.items():
+        alone = run_method(tb, name, factory(), classes, keys, batch_size=2, progress=False)
+        assert torch.equal(together[name].tokens, alone.tokens), name
+        assert torch.equal(together[name].row_steps, alone.row_steps), name
+        assert together[name].seconds > 0

@@ -146,20 +146,38 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
     """Generate every row of ``classes`` with ``method``, ``batch_size`` rows per call, timing the calls (after
     one untimed warm-up call on the first ``batch_size`` rows, so one-off costs such as neighbour tables, a cost
     calibration at this batch size or an auto-sized method's exploration call stay out)."""
-    generate(tb.target, classes[:batch_size], method, sampling=sampling, row_keys=row_keys[:batch_size])
-    tokens, steps, accepts, seconds = [], [], [], 0.0
+    return run_methods(tb, {name: method}, classes, row_keys, sampling=sampling, batch_size=batch_size,
+                       progress=progress)[name]
+
+
+def run_methods(tb, methods: Dict[str, object], classes: torch.Tensor, row_keys: torch.Tensor, *,
+                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1,
+                progress: bool = True) -> Dict[str, MethodRun]:
+    """:func:`run_method` for several methods side by side: after every method's warm-up call, batch ``i`` of
+    every method runs before batch ``i + 1`` of any, in an order rotated by one per batch. The speed of a shared
+    or thermally limited CPU drifts by 10-30 % over minutes; interleaved, a drift falls on every method alike
+    instead of on whichever method happened to run through it, so the ratios of the timings stay fair."""
+    names = list(methods)
+    for name in names:
+        generate(tb.target, classes[:batch_size], methods[name], sampling=sampling, row_keys=row_keys[:batch_size])
+    parts = {name: {"tokens": [], "steps": [], "accepts": [], "seconds": 0.0} for name in names}
     n = len(classes)
-    for i in tqdm(range(0, n, batch_size), desc=name, leave=False, disable=not progress):
-        _synchronize(classes.device)
-        start = time.perf_counter()
-        res = generate(tb.target, classes[i : i + batch_size], method, sampling=sampling,
-                       row_keys=row_keys[i : i + batch_size])
-        _synchronize(classes.device)
-        seconds += time.perf_counter() - start
-        tokens.append(res.tokens.cpu())
-        steps.append(res.metrics.row_steps)
-        accepts.append(res.metrics.accept_lens)
-    return MethodRun(name, torch.cat(tokens), torch.cat(steps), accepts, int(tb.target.num_tokens), seconds)
+    starts = range(0, n, batch_size)
+    desc = names[0] if len(names) == 1 else f"{len(names)} methods, interleaved"
+    for j, i in enumerate(tqdm(starts, desc=desc, leave=False, disable=not progress)):
+        for name in names[j % len(names):] + names[: j % len(names)]:
+            _synchronize(classes.device)
+            start = time.perf_counter()
+            res = generate(tb.target, classes[i : i + batch_size], methods[name], sampling=sampling,
+                           row_keys=row_keys[i : i + batch_size])
+            _synchronize(classes.device)
+            part = parts[name]
+            part["seconds"] += time.perf_counter() - start
+            part["tokens"].append(res.tokens.cpu())
+            part["steps"].append(res.metrics.row_steps)
+            part["accepts"].append(res.metrics.accept_lens)
+    return {name: MethodRun(name, torch.cat(p["tokens"]), torch.cat(p["steps"]), p["accepts"],
+                            int(tb.target.num_tokens), p["seconds"]) for name, p in parts.items()}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -272,6 +290,12 @@ def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: boo
     """:func:`run_method` over the timed rows, decoded: ``(run, images)``."""
     run = run_method(setup.tb, name, method, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
     return run, decode(setup.tb, run.tokens)
+
+
+def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False):
+    """:func:`run_methods` (interleaved) over the timed rows, decoded: ``name -> (run, images)``."""
+    runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
+    return {name: (run, decode(setup.tb, run.tokens)) for name, run in runs.items()}
 
 
 def judged_images(setup: Setup, name: str, method, *, keys: Optional[torch.Tensor] = None, progress: bool = False):

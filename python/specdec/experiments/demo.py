@@ -4,7 +4,8 @@ Each method is run twice:
 
 * **timed**: the timed rows (``images_per_class`` per class) at ``batch_size`` (1 by default, the setting the
   targets are stated for): accepted drafts per verification, tokens per step, step compression (AR's target
-  forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the same run;
+  forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the same run, every
+  method's calls interleaved with the others' (:func:`~specdec.experiments.common.run_methods`);
 * **judged**: ``judge_images`` rows (the same classes and per-row seeds for every method), generated in batches and
   untimed, judged against as many held-out images: class accuracy, FD-cls, KID, precision / recall with bootstrap
   95 % intervals, the paired difference to AR and a verdict (:mod:`specdec.metrics.bootstrap`). An
@@ -31,7 +32,7 @@ from ..decoding.sizing import held_size
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, MethodRun, RunConfig, Setup,
                      build_method, cost_row, judged_header, judged_images, judged_run, machine_line, markdown_table, prepare,
-                     timed_run, write_outputs)
+                     timed_run, timed_runs, write_outputs)
 
 #: The registered methods the demo runs by default (``register(..., demo=True)``), in registration order.
 DEMO_METHODS = demo_methods()
@@ -80,11 +81,18 @@ class MethodOutput:
 
 
 def decoding_output(setup: Setup, config: DemoConfig, name: str, progress: bool = True) -> MethodOutput:
-    """A method of the decoding registry (:func:`build_method`), timed at ``config.batch_size`` and judged at the
-    size its timed run settled on (an auto-sized method would otherwise size its judged batches for their own
-    width, and its quality would be that of another setting)."""
+    """A method of the decoding registry (:func:`build_method`), timed alone at ``config.batch_size`` and judged
+    (:func:`judged_output`). The demo itself times its registry methods together, interleaved (:func:`run_demo`)."""
     method = build_method(setup.tb, name, **{"size": config.size, **config.options.get(name, {})})
     timed, timed_images = timed_run(setup, name, method, batch_size=config.batch_size, progress=progress)
+    return judged_output(setup, name, method, timed, timed_images, progress)
+
+
+def judged_output(setup: Setup, name: str, method, timed: MethodRun, timed_images: torch.Tensor,
+                  progress: bool = True) -> MethodOutput:
+    """The judged rows of a method already timed, at the size its timed run settled on (an auto-sized method
+    would otherwise size its judged batches for their own width, and its quality would be that of another
+    setting)."""
     with held_size(method):
         judged, images = judged_images(setup, name, method, progress=progress)
     return MethodOutput(timed, timed_images, judged, images, method.size_label())
@@ -102,13 +110,19 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         raise ValueError("the demo needs 'ar' among the methods: speed-ups and quality are relative to it")
     setup = prepare(config, progress)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
-    rows, ar_run, ar_judged, timed_runs = [], None, None, {}
+    # The registry's methods are timed together, their calls interleaved (fair ratios on a drifting machine).
+    methods = {n: build_method(setup.tb, n, **{"size": config.size, **config.options.get(n, {})})
+               for n in names if n not in ROW_PRODUCERS}
+    timed = timed_runs(setup, methods, batch_size=config.batch_size, progress=progress)
+    rows, ar_run, ar_judged, timed_runs_by_name = [], None, None, {}
     for name in tqdm(names, desc="methods", disable=not progress):
-        produce = ROW_PRODUCERS.get(name, decoding_output)
-        out = produce(setup, config, name, progress=progress)
+        if name in ROW_PRODUCERS:
+            out = ROW_PRODUCERS[name](setup, config, name, progress=progress)
+        else:
+            out = judged_output(setup, name, methods[name], *timed[name], progress=progress)
         judged = setup.judge(out.judged_images)
         ar_run, ar_judged = ar_run or out.timed, ar_judged or judged
-        timed_runs[name] = (out.timed, out.size)
+        timed_runs_by_name[name] = (out.timed, out.size)
         rows.append({**cost_row(out.timed, ar_run), "method": name, "size": out.size or "-",
                      "judged_step_compression": out.judged.step_compression,
                      **setup.judge.fields(judged, None if name == "ar" else ar_judged)})
@@ -135,7 +149,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
 
         registered = [n for n in names if n not in ROW_PRODUCERS]  # sizes apply to the decoding registry's methods
         # The timed runs above are the rows of their own sizing: only the other sizing is run again.
-        reuse = {(n, "fixed" if n == "ar" else config.size): timed_runs[n] for n in registered}
+        reuse = {(n, "fixed" if n == "ar" else config.size): timed_runs_by_name[n] for n in registered}
         run_speed(setup, registered, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
                   config.threads, progress, reuse=reuse)
     # CSpD on the continuous-token testbed: own table (demo_cspd.md), plot and grids, same seed, as many rows as the
