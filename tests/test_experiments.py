@@ -157,3 +157,18 @@ def test_interleaved_timing_keeps_every_methods_tokens():
         assert torch.equal(together[name].tokens, alone.tokens), name
         assert torch.equal(together[name].row_steps, alone.row_steps), name
         assert together[name].seconds > 0
+
+
+def test_sweep_keeps_only_points_judged_on_the_same_rows(tmp_path):
+    import json
+
+    from specdec.experiments.sweep import done_points
+
+    ar = {"family": "ar", "setting": "-", "class_accuracy": 0.99, "fd_cls": 43.6, "kid": 11.9, "precision": 0.91,
+          "recall": 0.58, "kid_lo": 8.2, "kid_hi": 15.6}
+    point = {"family": "gsd", "setting": "G=2", "kid": 13.1}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps([ar, {**ar, "family": "ar (seed + 1)"}, point]))
+    assert done_points(path, ar) == {("gsd", "G=2"): point}
+    assert done_points(path, {**ar, "kid": 11.9 + 1e-6}) == {}  # other rows or seeds: AR's figures move
+    assert done_points(tmp_path / "missing.json", ar) == {}

@@ -153,11 +153,14 @@ def _add_demo(sub) -> None:
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="LANTERN delta, LANTERN++ lambda and GSD group size G against quality")
     _add_run_options(p)
+    p.add_argument("--keep-done", action="store_true",
+                   help="keep the points of OUT/sweep.json that were judged on the same rows (same AR figures) "
+                        "and run only the others")
 
     def run(args) -> int:
         from .experiments.sweep import SweepConfig, run_sweep
 
-        run_sweep(_config(SweepConfig, args))
+        run_sweep(_config(SweepConfig, args, keep_done=args.keep_done))
         return 0
 
     p.set_defaults(func=run)
