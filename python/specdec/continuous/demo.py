@@ -144,7 +144,7 @@ def _run_rows(out: Path, images: int, seed: int, batch_size: int, cfg_scale: flo
 
 def _write(out: Path, rows: List[Dict], images: int, seed: int, batch_size: int, cfg_scale: float,
            replicates: int) -> str:
-    from ..experiments.common import machine_line, write_table
+    from ..experiments.common import machine_line, markdown_table
 
     header = (f"# CSpD on the continuous testbed\n\n{images} images ({images // 10} per class), CFG {cfg_scale} (on "
               f"epsilon), seed {seed}, ragged batches of {batch_size}; gamma 4, pre-fill 5 %, causal acceptance unless "
@@ -153,10 +153,22 @@ def _write(out: Path, rows: List[Dict], images: int, seed: int, batch_size: int,
               f"shipped classifier's features: [95 % interval] from {replicates} class-stratified bootstrap "
               f"replicates; *- AR's*: paired difference to `cspd-ar`; *verdict*: worse / better when the interval of "
               f"the KID difference excludes zero. `cspd-ar (seed + 1)` is the chance reference.")
-    text = write_table(rows, _columns(), out / "demo_cspd.csv", out / "demo_cspd.md", header)
+    text = header + "\n\n" + markdown_table(rows, _columns())
+    (out / "demo_cspd.md").write_text(text)
+    write_cspd_csv(rows, out / "demo_cspd.csv")
     (out / "demo_cspd.json").write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
     plot_cspd(rows, out / "demo_cspd.png")
     return text
+
+
+def write_cspd_csv(rows: Sequence[Dict], path: Path) -> None:
+    """Every field of the rows as CSV: the speed columns, then each quality figure with its interval, paired
+    difference and verdict (:data:`specdec.experiments.common.QUALITY_FIELDS`)."""
+    from ..experiments.common import QUALITY_FIELDS, write_csv
+
+    speed = ("method", "acceptance", "accepted_per_verification", "tokens_per_forward", "seconds_per_image", "speedup",
+             "fallbacks", "drafts_tested")
+    write_csv(rows, speed + QUALITY_FIELDS, path)
 
 
 def plot_cspd(rows: Sequence[Dict], path: Path) -> None:
