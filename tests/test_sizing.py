@@ -206,37 +206,3 @@ def test_the_no_draft_size_is_plain_ar(name, size):
     assert torch.equal(res.tokens, ar.tokens)
     assert res.metrics.draft_forwards <= 1 and res.metrics.target_forwards == ar.metrics.target_forwards
 
-
-def test_chains_reexplore_their_long_windows_and_trees_do_not():
-    from specdec.decoding.sizing import REEXPLORE_EVERY, AutoSizer, ChainStats, DynamicTreeStats
-
-    class Chain:  # a method whose model says the shortest window is best: only re-exploration runs the long one
-        def explore_size(self):
-            return 16
-
-        def new_size_stats(self, explore):
-            return ChainStats()
-
-        def size_candidates(self, stats):
-            return [1, 2, 16]
-
-        def expected_accepted(self, stats, size):
-            return 0.0
-
-        def step_seconds(self, calibration, rows, size, stats):
-            return float(size)
-
-        def cost_roles(self, model):
-            return {}
-
-    class Tree(Chain):
-        def new_size_stats(self, explore):
-            return DynamicTreeStats(4, 16)
-
-    calib = Calibration(source="synthetic")
-    for method, explores in ((Chain(), True), (Tree(), False)):
-        sizer = AutoSizer(calib)
-        sizes = [sizer.choose(method, None, 1, SamplingConfig(), "cpu") for _ in range(3 * REEXPLORE_EVERY)]
-        long_calls = [i for i, size in enumerate(sizes) if size == 16]
-        assert long_calls == ([0, REEXPLORE_EVERY, 2 * REEXPLORE_EVERY] if explores else [0])
-        assert all(size == 1 for i, size in enumerate(sizes) if i not in long_calls)

@@ -20,9 +20,8 @@ Two measured inputs, one model:
 The size of a call maximises ``(1 + E[accepted]) / E[seconds per step]`` over the method's candidates, with ties to
 the smaller size. It is chosen once per :func:`~specdec.decoding.generate` call (in ``Method.begin``) and held for
 the whole call: the tokens of a call are those of the fixed-size method at the chosen size, so exact methods stay
-exact and a run is reproducible from its seed and the sizes chosen. The first call of a method (and, for chains, every
-:data:`REEXPLORE_EVERY`-th after it) runs its exploration size (the papers' setting or larger) to collect
-statistics for every smaller candidate. Given a calibration and the
+exact and a run is reproducible from its seed and the sizes chosen. The first call of a method runs its exploration
+size (the papers' setting or larger) to collect statistics for every smaller candidate. Given a calibration and the
 same sequence of calls, the chosen sizes are deterministic.
 """
 
@@ -348,27 +347,16 @@ def best(choices: Sequence[Choice]) -> Choice:
     return top
 
 
-#: Every this many calls an auto-sized chain method (SD, SJD, GSD) runs its exploration size again. Calls with a
-#: short window only see what short windows accept, so without fresh statistics of the long ones an early,
-#: pessimistic estimate would never be revised (on the 2-core CPU the sizer then kept SJD at 4-token windows,
-#: 1.35x AR, where 8- and 16-token windows gave 1.5-1.6x measured side by side). Trees need none: a tree's
-#: exploration call observes every smaller tree in full.
-REEXPLORE_EVERY = 8
-
-
 class AutoSizer:
     """Chooses a method's size at the start of every call (``method.begin``), from a :class:`Calibration` and
     the method's running acceptance statistics. ``calibration=None`` measures (or loads the cached one) for the
-    call's models and rows; ``explore`` overrides the method's exploration size; ``reexplore``: every this many
-    calls the exploration size runs again (0: never)."""
+    call's models and rows; ``explore`` overrides the method's exploration size."""
 
     def __init__(self, calibration: Optional[Calibration] = None, *, cache_dir: Optional[Path] = None,
-                 explore=None, reexplore: int = REEXPLORE_EVERY):
+                 explore=None):
         self.calibration = calibration
         self.cache_dir = cache_dir
         self.explore = explore
-        self.reexplore = int(reexplore)
-        self._explore_size = None
         self.stats = None
         self.history: List[Choice] = []  # one per call
         self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while no new statistics came in
@@ -382,11 +370,8 @@ class AutoSizer:
                                                       cache_dir=self.cache_dir, previous=self.calibration)
         if self.stats is None:
             explore = self.explore if self.explore is not None else method.explore_size()
-            self._explore_size = explore
             self.stats = method.new_size_stats(explore)
             choice = Choice(explore, float("nan"), float("nan"))
-        elif self.reexplore and isinstance(self.stats, ChainStats) and len(self.history) % self.reexplore == 0:
-            choice = Choice(self._explore_size, float("nan"), float("nan"))
         else:
             # The choice is a function of the statistics, the calibration and the rows: evaluating every candidate
             # (hundreds for a tree) is skipped while no step has been observed since (a method that settled on
