@@ -288,8 +288,7 @@ def prepare(config: RunConfig, progress: bool = False) -> Setup:
 
 def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: bool = False):
     """:func:`run_method` over the timed rows, decoded: ``(run, images)``."""
-    run = run_method(setup.tb, name, method, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
-    return run, decode(setup.tb, run.tokens)
+    return timed_runs(setup, {name: method}, batch_size=batch_size, progress=progress)[name]
 
 
 def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False):
