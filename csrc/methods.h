@@ -106,13 +106,18 @@ enum RowStatus : int64_t {
   kBadParent = 3,       // tree: parents[b, 0] != -1, or parents[b, n] outside [0, n) for a valid n > 0
   kBadNeighbor = 4,     // lantern: an id in the neighbour row of a used draft / valid node token outside
                         // [0, V) or equal to that token
-  kBadUniform = 5,      // u_accept of a used draft / valid node, or u_sample[b], outside [0, 1) (NaN too)
+  kBadUniform = 5,      // u_accept of a used draft / valid node, or u_sample[b], outside [0, 1] (NaN too);
+                        //   cspd_verify: u_accept[i], or u_prop / u_ar of a try it computes
   kBadProbability = 6,  // a probability read is NaN, inf or negative, or the sampled row has zero mass:
                         //   chain: p(x_i), q(x_i) of the tested drafts i <= a (GSD: every entry of the
                         //          ranked rows p[b, i] and q of the group members), and the whole rows
                         //          p[b, a] (and q[b, a] when a draft was rejected) the token is sampled from;
                         //   tree:  every row p[b, n] loaded for a node n on the accepted path and every row
                         //          q[b, n] of a node whose children were tested.
+  // The auxiliary ops report code 6 for the values they read: neighbor_table a code whose codebook row
+  // holds NaN / inf; lantern_relaxed_mass p(x) and the scanned neighbours' p; gsd_group_mass the ranked row
+  // p, q of the group members and the embedding rows whose distance is computed; cspd_verify a NaN / inf
+  // x, mu_q, mu_p, s_q, s_p or a sigma that is not finite and > 0.
 };
 
 // The status pass combines per-element codes by keeping the smallest non-zero one.

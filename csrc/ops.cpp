@@ -18,9 +18,10 @@ TORCH_LIBRARY(specdec_kernels, m) {
   m.def(
       "verify_tree(Tensor p, Tensor? q, Tensor tree_tokens, Tensor parents, Tensor u_accept, Tensor u_sample, "
       "Tensor num_nodes, int method, Tensor? neighbors, float[] params) -> (Tensor, Tensor, Tensor)");
+  // cspd_verify: (tokens, accepted, fallback, status); status[i] = 0, or -code for a row not verified.
   m.def(
       "cspd_verify(Tensor x, Tensor mu_q, Tensor sigma_q, Tensor mu_p, Tensor sigma_p, Tensor s_q, Tensor s_p, "
-      "Tensor u_accept, Tensor u_prop, Tensor u_ar, float inner_temperature) -> (Tensor, Tensor, Tensor)");
+      "Tensor u_accept, Tensor u_prop, Tensor u_ar, float inner_temperature) -> (Tensor, Tensor, Tensor, Tensor)");
   // Fused logits -> verification: raw logits (a doubled batch, cond rows first, with cfg_scale) processed per row.
   m.def(
       "verify_chain_logits(Tensor logits, Tensor? draft_logits, Tensor? draft_probs, Tensor draft, Tensor u_accept, "

@@ -20,8 +20,25 @@ namespace specdec {
 // A probability is usable iff it is finite and >= 0 (NaN fails both comparisons).
 SPECDEC_HD inline bool valid_probability(double v) { return v >= 0.0 && v <= 1.7976931348623157e308; }
 
-// A uniform is usable iff it lies in [0, 1) (NaN fails).
-SPECDEC_HD inline bool valid_uniform(double u) { return u >= 0.0 && u < 1.0; }
+// A uniform is usable iff it lies in [0, 1], 1.0 included (NaN fails). The uniform contract
+// (docs/ALGORITHMS.md §3.1): every test is strict in u (u * q < p, log u < log rho, u_ar < ratio), so
+// u = 1.0 acts as the supremum of [0, 1): it passes only a test whose ratio exceeds 1, which a uniform
+// on [0, 1) passes with certainty too; an inverse-CDF draw at u = 1.0 takes the last token with non-zero
+// weight (the limit u -> 1). A float64 uniform rounded to float32 can land on 1.0: it is a valid input.
+SPECDEC_HD inline bool valid_uniform(double u) { return u >= 0.0 && u <= 1.0; }
+
+// A real input (codebook entry, CSpD mean / log-sigma sum / token) is usable iff it is finite.
+SPECDEC_HD inline bool valid_finite(double v) { return v >= -1.7976931348623157e308 && v <= 1.7976931348623157e308; }
+
+// A standard deviation is usable iff it is finite and > 0.
+SPECDEC_HD inline bool valid_sigma(double v) { return v > 0.0 && v <= 1.7976931348623157e308; }
+
+// Do the `count` float32 values at `row` hold a NaN or an infinity.
+SPECDEC_HD inline bool has_non_finite(const float* row, int64_t count) {
+  bool bad = false;
+  for (int64_t i = 0; i < count; ++i) bad = bad || !valid_finite(row[i]);
+  return bad;
+}
 
 SPECDEC_HD inline bool valid_id(int64_t id, int64_t vocab) { return id >= 0 && id < vocab; }
 
@@ -51,7 +68,7 @@ SPECDEC_HD inline bool valid_parent(int64_t node, int64_t parent) {
   return node == 0 ? parent == -1 : (parent >= 0 && parent < node);
 }
 
-// ---- Acceptance tests (division-free; u in [0, 1); q(x) := 1 for one-hot drafts).
+// ---- Acceptance tests (division-free; u in [0, 1], strict in u; q(x) := 1 for one-hot drafts).
 
 // Exact speculative sampling: u < min(1, p/q)  <=>  u * q(x) < p(x); q(x) = 0 accepts iff p(x) > 0.
 SPECDEC_HD inline bool exact_accepts(double u, double qx, double px) { return u * qx < px; }
@@ -118,6 +135,18 @@ SPECDEC_HD double relaxed_mass(const Row& r, int64_t x, const int32_t* neighbor_
   return rx + prefix.mass;
 }
 
+// Code 6 of the lantern_relaxed_mass op: the entries the sequential scan reads, r(x) and the neighbours
+// n_1 .. n_{min(merged + 1, k)} (the merged prefix and the entry that ended it), must be usable
+// probabilities. A NaN / inf entry ends the prefix where it stands, so it is always among them.
+template <class Row>
+SPECDEC_HD int64_t relaxed_mass_status(const Row& r, int64_t x, const int32_t* neighbor_row, int64_t k,
+                                       int64_t merged) {
+  bool ok = valid_probability(r(x));
+  const int64_t read = merged + 1 < k ? merged + 1 : k;
+  for (int64_t m = 0; m < read; ++m) ok = ok && valid_probability(r(neighbor_row[m]));
+  return ok ? kRowOk : kBadProbability;
+}
+
 // ---- Residual and inverse-CDF sampling.
 
 // max(0, target - q) in float64 (NaN gives 0: NaN rows are reported by the status checks instead).
@@ -163,6 +192,44 @@ SPECDEC_HD inline bool gsd_close_in_embedding(const float* a, const float* b, in
 #endif
   }
   return dist < d_thr;
+}
+
+// ---- CSpD (docs/ALGORITHMS.md §3.6).
+
+// Neumaier's compensated float64 sum: the error stays near one rounding of the result however many terms
+// are added (a plain sequential sum over D = 2^20 terms drifts by ~sqrt(D) roundings of the partial sums,
+// enough to flip an accept decision against a pairwise sum). Terms must be finite (the status pass checks).
+struct CompensatedSum {
+  double sum = 0.0;
+  double compensation = 0.0;
+
+  SPECDEC_HD void add(double v) {
+    const double t = sum + v;
+    compensation += (sum >= 0.0 ? sum : -sum) >= (v >= 0.0 ? v : -v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  SPECDEC_HD double value() const { return sum + compensation; }
+};
+
+// Do all `count` uniforms at `u` lie in [0, 1].
+SPECDEC_HD inline bool all_uniform(const float* u, int64_t count) {
+  bool ok = true;
+  for (int64_t i = 0; i < count; ++i) ok = ok && valid_uniform(u[i]);
+  return ok;
+}
+
+// Status of one CSpD token before any arithmetic: code 5 for a bad u_accept, code 6 for a NaN / inf x,
+// mu_q, mu_p, s_q, s_p entry or a sigma that is not finite and > 0 (all [dim] rows of the token).
+SPECDEC_HD inline int64_t cspd_row_status(float u_accept, const float* x, const float* mu_q, const float* sigma_q,
+                                          const float* mu_p, const float* sigma_p, const float* s_q, const float* s_p,
+                                          int64_t dim) {
+  if (!valid_uniform(u_accept)) return kBadUniform;
+  bool ok = true;
+  for (int64_t d = 0; d < dim; ++d) {
+    ok = ok && valid_finite(x[d]) && valid_finite(mu_q[d]) && valid_finite(mu_p[d]) && valid_finite(s_q[d]) &&
+         valid_finite(s_p[d]) && valid_sigma(sigma_q[d]) && valid_sigma(sigma_p[d]);
+  }
+  return ok ? kRowOk : kBadProbability;
 }
 
 }  // namespace specdec

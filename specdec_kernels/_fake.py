@@ -63,7 +63,8 @@ def verify_tree(p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, metho
 
 def cspd_verify(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar, inner_temperature):
     n, _, _ = v.cspd_shapes(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar)
-    return x.new_empty(x.shape), x.new_empty((n,), dtype=torch.bool), x.new_empty((n,), dtype=torch.bool)
+    return (x.new_empty(x.shape), x.new_empty((n,), dtype=torch.bool), x.new_empty((n,), dtype=torch.bool),
+            x.new_empty((n,), dtype=torch.int32))
 
 
 def verify_chain_logits(logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale,

@@ -155,7 +155,7 @@ ROW_BAD_COUNT = 1  # num_drafts[b] outside [0, L] (tree: num_nodes[b] outside [1
 ROW_BAD_ID = 2  # a used draft / valid node token outside [0, V)
 ROW_BAD_PARENTS = 3  # tree: parents[b, 0] != -1 or parents[b, n] outside [0, n) for a valid node
 ROW_BAD_NEIGHBOR = 4  # lantern: a neighbour id of a used token outside [0, V) or equal to the token
-ROW_BAD_UNIFORM = 5  # a uniform the row uses outside [0, 1) (NaN included)
+ROW_BAD_UNIFORM = 5  # a uniform the row uses outside [0, 1] (NaN included; 1.0 is valid)
 ROW_BAD_PROB = 6  # a probability read is NaN / inf / negative, or the sampled row has zero mass
 
 #: What each code means, phrased for an error message: (argument, problem).
@@ -165,7 +165,7 @@ ROW_CODES: Dict[int, Tuple[str, str]] = {
     ROW_BAD_PARENTS: ("parents", "is malformed (parents[b, 0] must be -1 and 0 <= parents[b, n] < n for valid nodes)"),
     ROW_BAD_NEIGHBOR: ("neighbors", "lists an id outside [0, vocab_size), or a code as its own neighbour, in the row "
                        "of a used token"),
-    ROW_BAD_UNIFORM: ("u_accept / u_sample", "holds a value outside [0, 1) (or NaN) that the row uses"),
+    ROW_BAD_UNIFORM: ("u_accept / u_sample", "holds a value outside [0, 1] (or NaN) that the row uses"),
     ROW_BAD_PROB: ("p / q", "holds a NaN, inf or negative probability that the row reads, or the row sampled from "
                    "has zero total mass"),
 }

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import _methods
-from ._methods import ROW_BAD_COUNT, ROW_BAD_ID, ROW_BAD_PROB, ROW_CODES
+from ._methods import ROW_BAD_COUNT, ROW_BAD_ID, ROW_BAD_PROB, ROW_BAD_UNIFORM, ROW_CODES
 
 _PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -76,7 +76,7 @@ class _ValueChecks:
         self.add(low >= 0, f"{name} contains NaN or negative probabilities")
 
     def uniforms(self, t: torch.Tensor, name: str):
-        self.add((t >= 0) & (t < 1), f"{name} must hold uniforms in [0, 1)")
+        self.add((t >= 0) & (t <= 1), f"{name} must hold uniforms in [0, 1]")
 
     def ids(self, t: torch.Tensor, name: str, high: int, valid: Optional[torch.Tensor] = None):
         ok = (t >= 0) & (t < high)
@@ -208,7 +208,18 @@ _PROB_NAME = {"verify_chain_logits": ("logits / draft_logits / draft_probs",
                                       "after processing) or a NaN, inf or negative draft probability the row reads"),
               "verify_tree_logits": ("logits / draft_probs",
                                      "gives a row that is not a distribution (NaN or +inf logits, all -inf "
-                                     "after processing) or a NaN, inf or negative draft probability the row reads")}
+                                     "after processing) or a NaN, inf or negative draft probability the row reads"),
+              # The auxiliary ops' code 6: the values each reads (docs/ALGORITHMS.md §3.8).
+              "neighbor_table": ("codebook", "holds NaN or inf in this code's row"),
+              "lantern_relaxed_mass": ("p", "holds a NaN, inf or negative probability at x or at a neighbour the "
+                                       "scan reads"),
+              "gsd_group_mass": ("p / q / embeddings", "holds a NaN, inf or negative probability in the ranked row p "
+                                 "or in q at a group member, or NaN / inf in an embedding row whose distance is "
+                                 "computed"),
+              "cspd_verify": ("x / mu_q / sigma_q / mu_p / sigma_p / s_q / s_p", "holds NaN or inf, or a sigma that "
+                              "is not > 0, in this token's row")}
+#: Code 5 of the ops whose uniforms are not ``u_accept`` / ``u_sample``.
+_UNIFORM_NAME = {"cspd_verify": "u_accept / u_prop / u_ar"}
 
 
 def row_error_message(op: str, code: int, row: int) -> str:
@@ -220,6 +231,8 @@ def row_error_message(op: str, code: int, row: int) -> str:
         argument = _ID_NAME.get(op, argument)
     elif code == ROW_BAD_PROB and op in _PROB_NAME:
         argument, problem = _PROB_NAME[op]
+    elif code == ROW_BAD_UNIFORM:
+        argument = _UNIFORM_NAME.get(op, argument)
     return f"{op}: row {row}: {argument} {problem} (status code {code})"
 
 
@@ -228,8 +241,9 @@ _ASYNC_MESSAGE = "{op}: a row was reported bad (next_token = -code; codes: " + "
 
 
 def raise_on_bad_rows(op: str, codes: torch.Tensor):
-    """``codes`` ``[B]`` int: negative where a row was reported bad (``-code``). Eager CPU: one check over the B
-    values, then a ValueError naming the argument and the first bad row. CUDA or ``torch.compile``: an
+    """``codes`` ``[B]`` int (or a float output that is ``-code`` where bad and >= 0 elsewhere, as
+    ``gsd_group_mass``'s ``group_p``): negative where a row was reported bad (``-code``). Eager CPU: one check over
+    the B values, then a ValueError naming the argument and the first bad row. CUDA or ``torch.compile``: an
     asynchronous device assertion (no host synchronisation), which fails the next synchronising call."""
     if _compiling() or not codes.is_cpu:
         if codes.numel() > 0:
@@ -239,7 +253,7 @@ def raise_on_bad_rows(op: str, codes: torch.Tensor):
     values = codes.tolist()
     if values and min(values) < 0:
         row = next(i for i, value in enumerate(values) if value < 0)
-        _fail(row_error_message(op, -values[row], row))
+        _fail(row_error_message(op, int(-values[row]), row))
 
 
 # ---------------------------------------------------------------- value checks

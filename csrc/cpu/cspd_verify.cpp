@@ -1,5 +1,8 @@
 // CPU CSpD verification: independent per-token Gaussian acceptance and acceptance-rejection
 // resampling from the target's final-step Gaussian, all in float64 (docs/ALGORITHMS.md §3.6).
+// Row status (methods.h): a bad uniform it reads (u_accept, u_prop / u_ar of a computed try; code 5) or a
+// NaN / inf input or a sigma <= 0 (code 6) ends the row: tokens NaN, accepted = fallback = false,
+// status = -code.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -7,14 +10,15 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "../checks.h"
+#include "../verify_math.h"
 
 namespace specdec::cpu {
 namespace {
 
 constexpr double kUMin = 5.9604644775390625e-08;  // 2^-24
-constexpr double kLogSqrt2Pi = 0.91893853320467274178;
 
 // erf^-1 to float64 accuracy: a rational first guess refined by Newton steps on erf / erfc.
 double erfinv(double y) {
@@ -44,7 +48,7 @@ double erfinv(double y) {
   return x;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
     const at::Tensor& x_in, const at::Tensor& mu_q_in, const at::Tensor& sigma_q_in, const at::Tensor& mu_p_in,
     const at::Tensor& sigma_p_in, const at::Tensor& s_q_in, const at::Tensor& s_p_in, const at::Tensor& u_accept_in,
     const at::Tensor& u_prop_in, const at::Tensor& u_ar_in, double inner_temperature) {
@@ -57,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
   at::Tensor tokens = at::empty({n, dim}, x.options());
   at::Tensor accepted = at::empty({n}, x.options().dtype(at::kBool));
   at::Tensor fallback = at::empty({n}, x.options().dtype(at::kBool));
+  at::Tensor status = at::empty({n}, x.options().dtype(at::kInt));
   const float *X = x.data_ptr<float>(), *MQ = mq.data_ptr<float>(), *SQ = sq.data_ptr<float>(),
               *MP = mp.data_ptr<float>(), *SP = sp.data_ptr<float>(), *SQS = s_q.data_ptr<float>(),
               *SPS = s_p.data_ptr<float>(), *UA = ua.data_ptr<float>(), *UP = up.data_ptr<float>(),
@@ -64,42 +69,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
   float* T = tokens.data_ptr<float>();
   bool* ACC = accepted.data_ptr<bool>();
   bool* FB = fallback.data_ptr<bool>();
+  int32_t* ST = status.data_ptr<int32_t>();
   const double tau = inner_temperature;
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     std::vector<double> y(dim);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t o = i * dim;
-      double log_c = 0.0, log_rho = 0.0;
-      for (int64_t d = 0; d < dim; ++d) log_c += static_cast<double>(SQS[o + d]) - static_cast<double>(SPS[o + d]);
+      auto report = [&](int64_t code) {
+        ACC[i] = FB[i] = false;
+        ST[i] = static_cast<int32_t>(-code);
+        for (int64_t d = 0; d < dim; ++d) T[o + d] = std::numeric_limits<float>::quiet_NaN();
+      };
+      const int64_t first = cspd_row_status(UA[i], X + o, MQ + o, SQ + o, MP + o, SP + o, SQS + o, SPS + o, dim);
+      if (first != kRowOk) {
+        report(first);
+        continue;
+      }
+      // Compensated (Neumaier) float64 sums: the decisions then match the other backends' pairwise sums at
+      // D up to 2^20 (docs/ALGORITHMS.md §3.6).
+      CompensatedSum log_c, log_rho;
+      for (int64_t d = 0; d < dim; ++d) log_c.add(static_cast<double>(SQS[o + d]) - static_cast<double>(SPS[o + d]));
       for (int64_t d = 0; d < dim; ++d) {
         const double zp = (double(X[o + d]) - MP[o + d]) / (tau * SP[o + d]);
         const double zq = (double(X[o + d]) - MQ[o + d]) / (tau * SQ[o + d]);
-        log_rho += -0.5 * zp * zp + 0.5 * zq * zq + std::log(double(SQ[o + d])) - std::log(double(SP[o + d]));
+        log_rho.add(-0.5 * zp * zp + 0.5 * zq * zq + std::log(double(SQ[o + d])) - std::log(double(SP[o + d])));
       }
-      log_rho += log_c;
-      ACC[i] = std::log(static_cast<double>(UA[i])) < log_rho;
+      const double log_c_sum = log_c.value();
+      ACC[i] = std::log(static_cast<double>(UA[i])) < log_rho.value() + log_c_sum;
       FB[i] = false;
+      ST[i] = 0;
       if (ACC[i]) {
         for (int64_t d = 0; d < dim; ++d) T[o + d] = X[o + d];
         continue;
       }
       bool found = false;
+      int64_t code = kRowOk;
       for (int64_t t = 0; t < tries && !found; ++t) {
-        double log_q = 0.0, log_p = 0.0;
+        const float* u_t = UP + (i * tries + t) * dim;
+        if (!valid_uniform(UAR[i * tries + t]) || !all_uniform(u_t, dim)) {
+          code = kBadUniform;
+          break;
+        }
+        CompensatedSum log_ratio;  // log q0(y) - log p0(y), term by term (the 0.5 log 2pi terms cancel)
         for (int64_t d = 0; d < dim; ++d) {
-          const double u = std::min(std::max(static_cast<double>(UP[(i * tries + t) * dim + d]), kUMin), 1.0 - kUMin);
+          const double u = std::min(std::max(static_cast<double>(u_t[d]), kUMin), 1.0 - kUMin);
           y[d] = MP[o + d] + SP[o + d] * (std::sqrt(2.0) * erfinv(2.0 * u - 1.0));
           const double zq = (y[d] - MQ[o + d]) / SQ[o + d], zp = (y[d] - MP[o + d]) / SP[o + d];
-          log_q += -0.5 * zq * zq - std::log(double(SQ[o + d])) - kLogSqrt2Pi;
-          log_p += -0.5 * zp * zp - std::log(double(SP[o + d])) - kLogSqrt2Pi;
+          log_ratio.add(-0.5 * zq * zq + 0.5 * zp * zp - std::log(double(SQ[o + d])) + std::log(double(SP[o + d])));
         }
-        found = static_cast<double>(UAR[i * tries + t]) < -std::expm1(log_q - log_c - log_p);
+        found = static_cast<double>(UAR[i * tries + t]) < -std::expm1(log_ratio.value() - log_c_sum);
+      }
+      if (code != kRowOk) {
+        report(code);
+        continue;
       }
       FB[i] = !found;
       for (int64_t d = 0; d < dim; ++d) T[o + d] = static_cast<float>(y[d]);
     }
   });
-  return {tokens, accepted, fallback};
+  return {tokens, accepted, fallback, status};
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
-// CPU GSD group masses (P_G, Q_G), one draft row at a time in parallel. A draft outside [0, V) is not
-// dereferenced: its masses are NaN.
+// CPU GSD group masses (P_G, Q_G), one draft row at a time in parallel. A bad row is reported as
+// group_p = -code, group_q = NaN (methods.h): a draft outside [0, V) (code 2, not dereferenced), or a
+// NaN / inf / negative value read (code 6: the ranked row p, q of the group members) or a NaN / inf
+// embedding row whose distance is computed.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -42,13 +44,15 @@ std::tuple<at::Tensor, at::Tensor> gsd_group_mass_cpu(const at::Tensor& p_in, co
         auto pr = [&](int64_t j) { return static_cast<float>(p_row[j]); };
         auto qr = [&](int64_t j) { return static_cast<float>(q_row[j]); };
         if (!valid_id(xp[r], vocab)) {
-          out_p[r] = out_q[r] = std::numeric_limits<float>::quiet_NaN();
+          out_p[r] = static_cast<float>(-kBadId);
+          out_q[r] = std::numeric_limits<float>::quiet_NaN();
           continue;
         }
         const GroupMass g = group_mass(pr, q_row ? &qr : static_cast<decltype(qr)*>(nullptr), vocab, xp[r], cfg, ep,
                                        emb_dim, above, below);
-        out_p[r] = static_cast<float>(g.p);
-        out_q[r] = static_cast<float>(g.q);
+        const bool ok = g.values_ok && g.embeddings_ok;
+        out_p[r] = ok ? static_cast<float>(g.p) : static_cast<float>(-kBadProbability);
+        out_q[r] = ok ? static_cast<float>(g.q) : std::numeric_limits<float>::quiet_NaN();
       }
     });
   });

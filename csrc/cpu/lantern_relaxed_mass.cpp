@@ -1,5 +1,6 @@
 // CPU LANTERN / LANTERN++ relaxed mass, one candidate row at a time in parallel. A candidate outside
-// [0, V) or a bad neighbour row is not dereferenced: p_tilde = NaN and merged = -code (methods.h).
+// [0, V) or a bad neighbour row is not dereferenced, and a NaN / inf / negative p among the entries the
+// scan reads is reported: p_tilde = NaN and merged = -code (methods.h codes 2, 4, 6).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -41,8 +42,10 @@ std::tuple<at::Tensor, at::Tensor> lantern_relaxed_mass_cpu(const at::Tensor& p_
         }
         auto rd = [&](int64_t j) { return static_cast<double>(static_cast<float>(row[j])); };
         int64_t m = 0;
-        out[r] = static_cast<float>(relaxed_mass(rd, x, nb + x * k, k, cfg, &m));
-        out_m[r] = static_cast<int32_t>(m);
+        const double pt = relaxed_mass(rd, x, nb + x * k, k, cfg, &m);
+        const int64_t values = relaxed_mass_status(rd, x, nb + x * k, k, m);
+        out[r] = values == kRowOk ? static_cast<float>(pt) : std::numeric_limits<float>::quiet_NaN();
+        out_m[r] = static_cast<int32_t>(values == kRowOk ? m : -values);
       }
     });
   });

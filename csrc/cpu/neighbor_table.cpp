@@ -1,5 +1,7 @@
 // CPU neighbour table: per code, squared Euclidean distances to every other code (float32, sequential
 // over the embedding dimension), then a partial selection of the k smallest (distance, id) pairs.
+// A code whose codebook row holds NaN / inf is reported, not searched: its table row is -6 (code 6,
+// methods.h), found by one O(N * D) pass over the raw codebook.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../verify_math.h"
 
 namespace specdec::cpu {
 namespace {
@@ -20,6 +23,8 @@ at::Tensor neighbor_table_cpu(const at::Tensor& codebook_in, int64_t k, bool nor
   const int64_t n = codebook_in.size(0), dim = codebook_in.size(1);
   const at::Tensor codebook = codebook_in.contiguous();
   std::vector<float> emb(codebook.data_ptr<float>(), codebook.data_ptr<float>() + n * dim);
+  std::vector<char> bad_row(n);
+  for (int64_t i = 0; i < n; ++i) bad_row[i] = has_non_finite(emb.data() + i * dim, dim);
   if (normalize) {  // x / max(||x||, 1e-12), as torch.nn.functional.normalize
     for (int64_t i = 0; i < n; ++i) {
       float sq = 0.0f;
@@ -33,6 +38,10 @@ at::Tensor neighbor_table_cpu(const at::Tensor& codebook_in, int64_t k, bool nor
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     std::vector<std::pair<float, int32_t>> cand(n - 1);
     for (int64_t i = begin; i < end; ++i) {
+      if (bad_row[i]) {
+        for (int64_t m = 0; m < k; ++m) out[i * k + m] = static_cast<int32_t>(-kBadProbability);
+        continue;
+      }
       const float* ei = emb.data() + i * dim;
       int64_t c = 0;
       for (int64_t j = 0; j < n; ++j) {

@@ -139,6 +139,9 @@ struct GroupMass {
   double p;
   double q;
   bool values_ok;  // every ranked p entry and every q entry of a group member is a usable probability
+  // Every embedding row whose distance was computed (x's and each window member's that passed the
+  // probability filter) is finite. Reported as code 6 by the gsd_group_mass op.
+  bool embeddings_ok = true;
 };
 
 // GSD's dynamic group around x: the h_hi tokens ranked just above x and the h_lo just below
@@ -172,12 +175,15 @@ GroupMass group_mass(const PRow& p_row, const QRow* q_row, int64_t vocab, int64_
       if (static_cast<int64_t>(below.size()) > h_lo) below.pop_back();
     }
   }
+  GroupMass mass{0.0, 0.0, ok};
   auto keep = [&](int64_t j) {
     if (j == x) return true;
     if (!gsd_close_in_probability(p_row(j), px, cfg.p_thr)) return false;
-    return emb == nullptr || gsd_close_in_embedding(emb + j * emb_dim, emb + x * emb_dim, emb_dim, cfg.d_thr);
+    if (emb == nullptr) return true;
+    mass.embeddings_ok = mass.embeddings_ok && !has_non_finite(emb + j * emb_dim, emb_dim) &&
+                         !has_non_finite(emb + x * emb_dim, emb_dim);
+    return gsd_close_in_embedding(emb + j * emb_dim, emb + x * emb_dim, emb_dim, cfg.d_thr);
   };
-  GroupMass mass{0.0, 0.0, ok};
   auto add = [&](int64_t j) {
     if (!keep(j)) return;
     mass.p += static_cast<double>(p_row(j));

@@ -266,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> gsd_group_mass_cuda(const at::Tensor& p_in, c
   return {group_p, group_q};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cspd_verify_cuda(
     const at::Tensor& x_in, const at::Tensor& mu_q_in, const at::Tensor& sigma_q_in, const at::Tensor& mu_p_in,
     const at::Tensor& sigma_p_in, const at::Tensor& s_q_in, const at::Tensor& s_p_in, const at::Tensor& u_accept_in,
     const at::Tensor& u_prop_in, const at::Tensor& u_ar_in, double inner_temperature) {
@@ -280,13 +280,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cspd_verify_cuda(
   at::Tensor tokens = at::empty(x.sizes(), x.options());
   at::Tensor accepted = at::empty({n}, x.options().dtype(at::kBool));
   at::Tensor fallback = at::empty({n}, x.options().dtype(at::kBool));
+  at::Tensor status = at::empty({n}, x.options().dtype(at::kInt));
   check_status(CspdVerify(ptr<float>(x), ptr<float>(mu_q), ptr<float>(sigma_q), ptr<float>(mu_p), ptr<float>(sigma_p),
                           ptr<float>(s_q), ptr<float>(s_p), ptr<float>(u_accept), ptr<float>(u_prop), ptr<float>(u_ar),
                           n, to_int(x.size(1), "dim"), to_int(u_prop.size(1), "max_tries"), inner_temperature,
                           tokens.data_ptr<float>(), accepted.data_ptr<bool>(), fallback.data_ptr<bool>(),
-                          stream_of(x)),
+                          status.data_ptr<int32_t>(), stream_of(x)),
                "CspdVerifyKernel (cspd_verify)");
-  return {tokens, accepted, fallback};
+  return {tokens, accepted, fallback, status};
 }
 
 }  // namespace

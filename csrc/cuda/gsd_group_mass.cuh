@@ -20,6 +20,9 @@ struct GroupMass {
   double p;
   double q;
   bool values_ok;  // every ranked p entry and the q entry of every member is a usable probability
+  // Every embedding row whose distance was computed (x's and each window member's that passed the
+  // probability filter) is finite; reported as code 6 by the gsd_group_mass op.
+  bool embeddings_ok;
 };
 
 // (P_G, Q_G) of draft x under one row, by a whole block. Rank order = p descending, ties by lower id,
@@ -78,6 +81,7 @@ struct GroupMassBlock {
     }
 
     double sum_p = 0.0, sum_q = 0.0;
+    bool emb_bad = false;
     for (int j = tid; j < vocab; j += BLOCK) {
       const unsigned long long key = key_of(j);
       bool keep;
@@ -87,8 +91,10 @@ struct GroupMassBlock {
         const bool member = key > kx ? (g.h_hi > 0 && key <= t_hi) : (g.h_lo > 0 && key >= t_lo);
         keep = member && gsd_close_in_probability(to_float(p_row[j]), px, g.p_thr);
         if (keep && g.emb != nullptr) {  // sequential float32, as the reference and the CPU kernel
-          keep = gsd_close_in_embedding(g.emb + static_cast<int64_t>(j) * g.emb_dim,
-                                        g.emb + static_cast<int64_t>(x) * g.emb_dim, g.emb_dim, g.d_thr);
+          const float* e_j = g.emb + static_cast<int64_t>(j) * g.emb_dim;
+          const float* e_x = g.emb + static_cast<int64_t>(x) * g.emb_dim;
+          emb_bad = emb_bad || has_non_finite(e_j, g.emb_dim) || has_non_finite(e_x, g.emb_dim);
+          keep = gsd_close_in_embedding(e_j, e_x, g.emb_dim, g.d_thr);
         }
       }
       if (keep) {
@@ -101,10 +107,12 @@ struct GroupMassBlock {
       }
     }
     const bool q_ok = !__syncthreads_or(bad);
+    const bool emb_ok = g.emb == nullptr || !__syncthreads_or(emb_bad);  // g.emb is uniform over the block
     GroupMass out;
     out.p = Sum::sum(sum_p, s.sum);
     out.q = q_row != nullptr ? Sum::sum(sum_q, s.sum) : 1.0;
     out.values_ok = p_ok && q_ok;
+    out.embeddings_ok = emb_ok;
     return out;
   }
 };
@@ -112,8 +120,9 @@ struct GroupMassBlock {
 // ---------------------------------------------------------------------------------------------
 // gsd_group_mass op. Grid: one block of BLOCK threads per row.
 //   p, q   [rows, vocab] T (q may be nullptr: one-hot drafts, group_q = 1)
-//   x      [rows] int64 draft ids; one outside [0, vocab) is not dereferenced: its masses are NaN
-//   group_p, group_q [rows] float32 (float64 sums rounded once)
+//   x      [rows] int64 draft ids; one outside [0, vocab) is not dereferenced
+//   group_p, group_q [rows] float32 (float64 sums rounded once); a bad row (methods.h) gets group_p = -code,
+//   group_q = NaN: code 2 for x outside [0, vocab), code 6 for a bad value read (GroupMass flags)
 constexpr int kGsdBlock = 512;
 
 template <int BLOCK, class T>
@@ -126,13 +135,17 @@ __global__ void __launch_bounds__(BLOCK)
   const T* q_row = q != nullptr ? q + row * static_cast<int64_t>(vocab) : nullptr;
   const int64_t xr = x[row];
   if (!valid_id(xr, vocab)) {  // uniform
-    if (threadIdx.x == 0) group_p[row] = group_q[row] = __int_as_float(0x7fc00000);  // NaN
+    if (threadIdx.x == 0) {
+      group_p[row] = static_cast<float>(-kBadId);
+      group_q[row] = __int_as_float(0x7fc00000);  // NaN
+    }
     return;
   }
   const GroupMass m = GroupMassBlock<BLOCK>::run(p_row, q_row, vocab, static_cast<int>(xr), g, storage);
   if (threadIdx.x == 0) {
-    group_p[row] = static_cast<float>(m.p);
-    group_q[row] = static_cast<float>(m.q);
+    const bool ok = m.values_ok && m.embeddings_ok;
+    group_p[row] = ok ? static_cast<float>(m.p) : static_cast<float>(-kBadProbability);
+    group_q[row] = ok ? static_cast<float>(m.q) : __int_as_float(0x7fc00000);
   }
 }
 

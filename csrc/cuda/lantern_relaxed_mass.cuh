@@ -19,8 +19,9 @@ struct ProbRow {
 //   x          [rows] int64 candidates
 //   neighbors  [vocab, k] int32, nearest first, no self entries
 //   p_tilde    [rows] float32 = p(x) + c_{m*} (float64, rounded once); merged [rows] int32 = m*
-// A candidate outside [0, vocab) or a bad neighbour row (methods.h codes 2, 4) is not dereferenced:
-// p_tilde = NaN, merged = -code.
+// A candidate outside [0, vocab) or a bad neighbour row (methods.h codes 2, 4) is not dereferenced, and a
+// NaN / inf / negative p among the entries the scan read (p(x) and n_1 .. n_{min(m* + 1, k)}; code 6) is
+// reported: p_tilde = NaN, merged = -code.
 // budget is delta (use_lambda false) or lam (use_lambda true).
 constexpr int kRelaxedWarps = 4;
 
@@ -41,11 +42,18 @@ __global__ void __launch_bounds__(WARPS * kWarp)
   }
   const int xr = static_cast<int>(candidate);
   int m = 0;
-  const double pt = warp_relaxed_mass(ProbRow<T>{p + row * static_cast<int64_t>(vocab)}, xr,
-                                      neighbors + static_cast<int64_t>(xr) * k, k, cfg, &m);
-  if ((threadIdx.x & (kWarp - 1)) == 0) {
-    p_tilde[row] = static_cast<float>(pt);
-    merged[row] = m;
+  const ProbRow<T> r{p + row * static_cast<int64_t>(vocab)};
+  const int32_t* nb_row = neighbors + static_cast<int64_t>(xr) * k;
+  const double pt = warp_relaxed_mass(r, xr, nb_row, k, cfg, &m);
+  // Code 6 (verify_math.h relaxed_mass_status, spread over the lanes): every entry the scan read is usable.
+  const int lane = static_cast<int>(threadIdx.x) & (kWarp - 1);
+  const int read = min(m + 1, k);
+  bool bad = lane == 0 && !valid_probability(r(xr));
+  for (int i = lane; i < read; i += kWarp) bad = bad || !valid_probability(r(nb_row[i]));
+  const bool any_bad = __any_sync(kFullMask, bad);
+  if (lane == 0) {
+    p_tilde[row] = any_bad ? __int_as_float(0x7fc00000) : static_cast<float>(pt);
+    merged[row] = any_bad ? static_cast<int32_t>(-kBadProbability) : m;
   }
 }
 

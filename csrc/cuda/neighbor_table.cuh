@@ -107,6 +107,17 @@ __global__ void __launch_bounds__(BLOCK)
   }
 }
 
+// Code 6 (methods.h): a code whose raw codebook row holds NaN / inf gets the table row -6 (one O(n * dim)
+// pass, launched after the table on the same stream). Grid: one thread per code.
+//   codebook [n, dim] float32; out [n, k] int32
+template <int BLOCK>
+__global__ void __launch_bounds__(BLOCK) MarkNonFiniteRowsKernel(const float* codebook, int n, int dim, int k,
+                                                                int32_t* out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * BLOCK + threadIdx.x;
+  if (row >= n || !has_non_finite(codebook + row * dim, dim)) return;
+  for (int m = 0; m < k; ++m) out[row * k + m] = static_cast<int32_t>(-kBadProbability);
+}
+
 inline int NeighborTableGrid(int n) { return n < kNeighborMaxGrid ? n : kNeighborMaxGrid; }
 
 // Float32 workspace the launcher needs: per-block distance rows, plus the normalised codebook.
@@ -133,6 +144,11 @@ inline cudaError_t NeighborTable(const float* codebook, int n, int dim, int k, b
   const cudaError_t status = ensure_dynamic_smem(kernel, smem);
   if (status != cudaSuccess) return status;
   kernel<<<NeighborTableGrid(n), kNeighborBlock, smem, stream>>>(emb, n, dim, k, dist, out);
+  const cudaError_t launched = cudaGetLastError();
+  if (launched != cudaSuccess) return launched;
+  constexpr int kMarkBlock = 128;
+  MarkNonFiniteRowsKernel<kMarkBlock><<<(n + kMarkBlock - 1) / kMarkBlock, kMarkBlock, 0, stream>>>(codebook, n, dim,
+                                                                                                  k, out);
   return cudaGetLastError();
 }
 

@@ -43,15 +43,23 @@ def cspd_verify(
         Draft tokens, final-step means/stds (stds > 0) and per-dim sums of log sigma over the earlier
         denoising steps (only ``sum_d (s_q - s_p)`` is used).
     u_accept : ``(num_tokens,)``; u_prop : ``(num_tokens, max_tries, dim)``; u_ar : ``(num_tokens, max_tries)``
-        float32 uniforms in [0, 1) (proposal uniforms are clamped to [2^-24, 1 - 2^-24]).
+        float32 uniforms in [0, 1], 1.0 included (proposal uniforms are clamped to [2^-24, 1 - 2^-24]; the tests
+        are strict, so ``u_accept = 1`` accepts only when rho > 1 and ``u_ar = 1`` never takes a try).
     inner_temperature : float > 0 (1.0 is the paper's form; the released code uses 42); a bool is rejected.
     backend : {"auto", "reference", "cpu", "triton", "cuda"}
     validate : None (default), True or False
         Always: shapes, dtypes, devices and ``inner_temperature`` (every index the kernels use is structural, so
-        no value can make them read out of bounds). ``None`` and ``False`` check no values: NaN / inf inputs or
-        non-positive stds give NaN-driven results (a NaN ``log rho`` rejects, a NaN ratio never accepts a try).
-        ``True`` checks that every input is finite, stds are > 0 and uniforms lie in [0, 1) (one host
-        synchronisation; under ``torch.compile`` device assertions).
+        no value can make them read out of bounds). Every backend reports a token it cannot verify instead of
+        computing on it (docs/ALGORITHMS.md §3.8): code 5 for ``u_accept[i]`` outside [0, 1] or NaN, code 6 for a
+        NaN / inf ``x, mu_q, mu_p, s_q, s_p`` entry or a sigma that is not finite and > 0 in its row (both checked
+        first), code 5 for a bad ``u_prop[i, t]`` / ``u_ar[i, t]`` of a try it computes; such a token comes back
+        with NaN tokens and ``accepted = fallback = False``.
+
+        - ``None``: then a ValueError naming the arguments and the first bad token (CPU: one check over the n
+          codes; CUDA and ``torch.compile``: an asynchronous device assertion, no host synchronisation).
+        - ``True``: additionally, before the kernel, every input finite, stds > 0 and every uniform in [0, 1]
+          (one host synchronisation; under ``torch.compile`` device assertions).
+        - ``False``: nothing raises on values; bad tokens come back as above.
 
     Returns
     -------
@@ -60,8 +68,8 @@ def cspd_verify(
     Raises
     ------
     ValueError
-        Shapes, dtypes, devices, a temperature that is not a number > 0; with ``validate=True`` NaN/inf inputs,
-        non-positive stds, uniforms outside [0, 1).
+        Shapes, dtypes, devices, a temperature that is not a number > 0; a bad token (see ``validate``); with
+        ``validate=True`` NaN/inf inputs anywhere, non-positive stds, uniforms outside [0, 1].
 
     Examples
     --------
@@ -86,10 +94,13 @@ def cspd_verify(
             checks.uniforms(t, name)
         checks.run()
     args = (x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar)
-    return run(
+    tokens, accepted, fallback, status = run(
         "cspd_verify",
         backend,
         x.device,
         lambda: reference.cspd_verify(*args, inner_temperature=float(inner_temperature)),
         args + (float(inner_temperature),),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("cspd_verify", status)
+    return tokens, accepted, fallback

@@ -5,7 +5,6 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _validation as v
-from .._methods import ROW_BAD_ID
 from .. import reference
 from ._dispatch import run
 
@@ -37,14 +36,18 @@ def gsd_group_mass(
     ``vocab_size - 1``: a wider window reaches no further rank); p_thr, d_thr : numbers >= 0 (inf included).
     backend : {"auto", "reference", "cpu", "triton", "cuda"}
     validate : None (default), True or False
-        Every backend reads only in-range entries: a row whose ``x`` is outside [0, V) returns NaN masses.
-        ``None``: shape and parameter checks, plus one check over the R ids (ValueError naming ``x`` and the
-        row; CUDA / compile: a device assertion). ``True`` adds NaN / inf / negative checks of the whole ``p`` and
-        ``q`` and finite embeddings (one host synchronisation). ``False``: bad ids only give NaN masses.
+        Every backend reads only in-range entries and reports a bad row as ``group_p = -code, group_q = NaN``:
+        code 2 for an ``x`` outside [0, V); code 6 for a NaN / inf / negative entry of the ranked row ``p[r]``
+        or of ``q`` at a group member, or a NaN / inf embedding row whose distance is computed (x's and each
+        window member's that passes the probability filter). ``None``: shape and parameter checks, then a
+        ValueError naming the argument and the first bad row (one check over the R outputs; CUDA / compile: a
+        device assertion). ``True`` adds NaN / inf / negative checks of the whole ``p`` and ``q``, every ``x``
+        and finite embeddings before the kernel (one host synchronisation). ``False``: bad rows only come back
+        as above.
 
     Returns
     -------
-    group_p, group_q : ``(rows,)`` float32 (sums accumulated in float64).
+    group_p, group_q : ``(rows,)`` float32 (sums accumulated in float64); ``group_p < 0`` marks a bad row.
 
     Raises
     ------
@@ -76,10 +79,7 @@ def gsd_group_mass(
         if embeddings is not None:
             checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
         checks.run()
-    if validate is not False:
-        bad_x = (x < 0) | (x >= p.shape[1])
-        v.raise_on_bad_rows("gsd_group_mass", torch.where(bad_x, -ROW_BAD_ID, 0))
-    return run(
+    group_p, group_q = run(
         "gsd_group_mass",
         backend,
         p.device,
@@ -88,3 +88,6 @@ def gsd_group_mass(
         ),
         (p, q, x, embeddings, h_lo, h_hi, float(p_thr), float(d_thr)),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("gsd_group_mass", group_p)
+    return group_p, group_q

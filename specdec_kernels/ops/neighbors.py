@@ -27,14 +27,18 @@ def neighbor_table(
     backend : {"auto", "reference", "cpu", "triton", "cuda"}
     validate : None (default), True or False
         Always: a 2-D float32 codebook and k an int in [1, vocab_size - 1] (no backend reads out of bounds,
-        whatever the codebook holds). ``True`` adds a check that every entry is finite (one host
-        synchronisation); with ``None`` or ``False`` a non-finite codebook gives an unspecified (in-range) table.
-        Distances that overflow float32 are inf and still ordered by id; a code is never its own neighbour.
+        whatever the codebook holds). Every backend reports a code whose codebook row holds NaN or inf as a
+        table row of ``-6`` (row status code 6, found in one O(vocab_size * dim) pass). ``None``: then a
+        ValueError naming the first such code (CPU: one check over the vocab_size first entries; CUDA and
+        ``torch.compile``: an asynchronous device assertion). ``True`` checks every entry before the kernel (one
+        host synchronisation). ``False``: the rows come back as ``-6``; the other rows are in range (distances to
+        a bad code are NaN and rank last). Distances that overflow float32 are inf and still ordered by id; a
+        code is never its own neighbour.
 
     Returns
     -------
     ``(vocab_size, k)`` int32: row c lists the k codes nearest to c by ascending Euclidean distance,
-    self excluded, equal distances in ascending id.
+    self excluded, equal distances in ascending id (``-6`` throughout for a code with a non-finite row).
 
     Raises
     ------
@@ -55,13 +59,16 @@ def neighbor_table(
         checks = v.new_checks()
         checks.add(torch.isfinite(codebook), "codebook contains NaN or inf")
         checks.run()
-    return run(
+    table = run(
         "neighbor_table",
         backend,
         codebook.device,
         lambda: reference.neighbor_table(codebook, k, normalize=normalize),
         (codebook, k, bool(normalize)),
     )
+    if validate is not False:
+        v.raise_on_bad_rows("neighbor_table", table[:, 0])
+    return table
 
 
 def lantern_relaxed_mass(
@@ -91,8 +98,10 @@ def lantern_relaxed_mass(
     validate : None (default), True or False
         Every backend, whatever ``validate`` says, reads only in-range entries: a row whose ``x`` is outside
         [0, V) returns ``p_tilde = NaN, merged = -2``; a row whose table row (of x) holds an id outside [0, V)
-        or x itself returns ``p_tilde = NaN, merged = -4``. ``None``: shape checks, then a ValueError naming
-        ``x`` or ``neighbors`` and the row for such a row (one check over the R outputs; CUDA / compile: a
+        or x itself returns ``p_tilde = NaN, merged = -4``; a row where p(x) or p of a neighbour the scan reads
+        (n_1 .. n_{min(m* + 1, k)}: the merged prefix and the entry that ended it) is NaN, inf or negative
+        returns ``p_tilde = NaN, merged = -6``. ``None``: shape checks, then a ValueError naming ``x``,
+        ``neighbors`` or ``p`` and the row for such a row (one check over the R outputs; CUDA / compile: a
         device assertion). ``True`` adds, before the kernel, NaN / negative checks of the whole ``p``, every
         ``x`` and the whole table (one host synchronisation). ``False``: only the outputs report.
 

@@ -6,7 +6,7 @@ from .. import reference
 from ..reference.sample_from_probs import BAD_PROBABILITY, BAD_UNIFORM
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_PROBLEMS = {BAD_UNIFORM: "u is outside [0, 1) (or NaN)",
+_PROBLEMS = {BAD_UNIFORM: "u is outside [0, 1] (or NaN)",
              BAD_PROBABILITY: "p holds a NaN, inf or negative weight, or only zeros"}
 
 
@@ -23,7 +23,7 @@ def sample_from_probs(p: torch.Tensor, u: torch.Tensor, *, backend: str = "auto"
     p : ``(..., vocab_size)`` float32 / float16 / bfloat16 / float64
         Non-negative weights (processed probabilities). Read only.
     u : ``p.shape[:-1]`` float32
-        One uniform in [0, 1) per row.
+        One uniform in [0, 1] per row (1.0 takes the last token with non-zero weight).
     backend : {"auto", "reference"}
         Only the reference exists so far; the kernels follow the per-op layout (docs/CONTRIBUTING.md §4).
     validate : None, True or False

@@ -6,7 +6,8 @@ import torch
 def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Sample one index per row of non-negative weights ``w`` with uniforms ``u``.
 
-    ``w`` is ``(rows, vocab_size)`` (any float dtype), ``u`` is ``(rows,)`` float32 in [0, 1).
+    ``w`` is ``(rows, vocab_size)`` (any float dtype), ``u`` is ``(rows,)`` float32 in [0, 1] (at 1.0 no cumulative
+    sum exceeds the total, so the draw is the last index with non-zero weight: the limit u -> 1).
     Returns the smallest ``j`` with ``cumsum(w)[j] > u * sum(w)`` (accumulated in float64); if rounding
     leaves none, the largest ``j`` with ``w[j] > 0``. No normalisation is needed, and a zero-weight token
     is never returned. Rows whose weights are all zero return 0 (callers never pass such rows).

@@ -27,8 +27,9 @@ def bad_prob(t: torch.Tensor) -> torch.Tensor:
 
 
 def bad_uniform(t: torch.Tensor) -> torch.Tensor:
-    """True where a uniform lies outside [0, 1) (NaN included)."""
-    return ~((t >= 0) & (t < 1))
+    """True where a uniform lies outside [0, 1] (NaN included). 1.0 is valid: every test is strict in u, so it
+    acts as the supremum of [0, 1) (docs/ALGORITHMS.md §3.1)."""
+    return ~((t >= 0) & (t <= 1))
 
 
 def first_code(batch: int, device, conditions: Sequence[Tuple[int, torch.Tensor]]) -> torch.Tensor:

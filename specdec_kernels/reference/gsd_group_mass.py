@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._methods import gsd_window
+from .._methods import ROW_BAD_ID, ROW_BAD_PROB, gsd_window
+from ._status import bad_prob
 
 
 def group_mass64(
@@ -18,6 +19,22 @@ def group_mass64(
     d_thr: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 core shared with the chain reference: ``(P_G [R], Q_G [R])`` in float64."""
+    group_p, group_q, _ = group_mass_checked64(p, q, x, embeddings, rank_window, p_thr, d_thr)
+    return group_p, group_q
+
+
+def group_mass_checked64(
+    p: torch.Tensor,
+    q: Optional[torch.Tensor],
+    x: torch.Tensor,
+    embeddings: Optional[torch.Tensor],
+    rank_window: Tuple[int, int],
+    p_thr: float,
+    d_thr: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_mass64` plus, per row, whether a value it reads is bad (code 6 of ``gsd_group_mass``): a NaN,
+    inf or negative entry of the ranked row p or of q at a group member, or a NaN / inf embedding row whose
+    distance is computed (x's and each window member's that passes the probability filter)."""
     rows, vocab = p.shape
     h_lo, h_hi = gsd_window(*rank_window, vocab)  # a wider window reaches no further rank
     p32 = p.to(torch.float32)
@@ -33,7 +50,12 @@ def group_mass64(
     px = p32.gather(1, x[:, None])
     pm = p32.gather(1, members)
     keep = in_range & ((pm - px).abs() < p_thr)
+    bad = bad_prob(p32).any(-1)
     if embeddings is not None:
+        compared = keep.clone()
+        compared[:, h_hi] = False  # x's own distance is never computed
+        row_bad = ~torch.isfinite(embeddings).all(-1)  # (V,)
+        bad |= ((row_bad[members] | row_bad[x][:, None]) & compared).any(-1)
         emb = embeddings.to(torch.float32)
         diff = emb[members] - emb[x][:, None, :]
         dist = torch.zeros(diff.shape[:2], dtype=torch.float32, device=p.device)
@@ -45,8 +67,10 @@ def group_mass64(
     if q is None:
         group_q = torch.ones_like(group_p)
     else:
-        group_q = (q.to(torch.float64).gather(1, members) * keep).sum(1)
-    return group_p, group_q
+        q_members = q.to(torch.float32).gather(1, members)
+        bad |= (bad_prob(q_members) & keep).any(-1)
+        group_q = torch.where(keep, q_members.to(torch.float64), 0.0).sum(1)  # a q outside G is never read
+    return group_p, group_q, bad
 
 
 def gsd_group_mass(
@@ -66,11 +90,15 @@ def gsd_group_mass(
     ``[rank(x) - h_hi, rank(x) + h_lo]`` for ``rank_window = (h_lo, h_hi)``; a member j != x stays in the
     group iff ``|p(j) - p(x)| < p_thr`` and (with ``embeddings`` ``(V, D)``) ``||e_x - e_j||^2 < d_thr``.
     x is always a member. Returns float32 ``(group_p, group_q)``, each ``(R,)``.
-    An ``x`` outside [0, V) gives NaN for both masses (nothing out of range is read).
+    A bad row is reported as ``group_p = -code, group_q = NaN`` (docs/ALGORITHMS.md §3.8): code 2 for an ``x``
+    outside [0, V) (nothing out of range is read), code 6 for a NaN, inf or negative entry of the ranked row p
+    or of q at a group member, or a NaN / inf embedding row whose distance is computed.
     """
     x = x.long()
     bad_x = (x < 0) | (x >= p.shape[1])
-    group_p, group_q = group_mass64(p, q, torch.where(bad_x, 0, x), embeddings, rank_window, p_thr, d_thr)
-    group_p = torch.where(bad_x, math.nan, group_p)
-    group_q = torch.where(bad_x, math.nan, group_q)
+    group_p, group_q, bad_values = group_mass_checked64(p, q, torch.where(bad_x, 0, x), embeddings, rank_window,
+                                                         p_thr, d_thr)
+    code = torch.where(bad_x, ROW_BAD_ID, torch.where(bad_values, ROW_BAD_PROB, 0))
+    group_p = torch.where(code != 0, -code.to(torch.float64), group_p)
+    group_q = torch.where(code != 0, math.nan, group_q)
     return group_p.to(torch.float32), group_q.to(torch.float32)

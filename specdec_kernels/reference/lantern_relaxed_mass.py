@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._methods import ROW_BAD_ID, ROW_BAD_NEIGHBOR
+from .._methods import ROW_BAD_ID, ROW_BAD_NEIGHBOR, ROW_BAD_PROB
+from ._status import bad_prob
 
 
 def relaxed_mass64(
@@ -49,7 +50,9 @@ def lantern_relaxed_mass(
     of ``delta`` (LANTERN, TV budget in [0, 1]) or ``lam`` (LANTERN++, ratio >= 1) is given.
     Returns ``p_tilde`` float32 ``(R,)`` = p(x) + c_{m*} and ``merged`` int32 ``(R,)`` = m*.
     An ``x`` outside [0, V) gives ``p_tilde = NaN, merged = -2``; a table row of x with an id outside [0, V) or
-    x itself gives ``p_tilde = NaN, merged = -4`` (the row codes of docs/ALGORITHMS.md §3.8).
+    x itself gives ``p_tilde = NaN, merged = -4``; a NaN, inf or negative entry among those the sequential scan
+    reads (p(x) and the neighbours n_1 .. n_{min(m* + 1, k)}: the merged prefix and the entry that ended it) gives
+    ``p_tilde = NaN, merged = -6`` (the row codes of docs/ALGORITHMS.md §3.8).
     """
     vocab = p.shape[1]
     x = x.long()
@@ -58,7 +61,13 @@ def lantern_relaxed_mass(
     table_row = neighbors[safe_x].long()
     bad_nb = ((table_row < 0) | (table_row >= vocab) | (table_row == safe_x[:, None])).any(-1) & ~bad_x
     p_tilde, merged = relaxed_mass64(p, safe_x, neighbors, delta, lam)
-    code = torch.where(bad_x, ROW_BAD_ID, torch.where(bad_nb, ROW_BAD_NEIGHBOR, 0))
+    p32 = p.to(torch.float32)
+    safe_row = table_row.clamp(0, vocab - 1)
+    read = torch.arange(table_row.shape[1], device=p.device) <= merged[:, None]  # n_1 .. n_{m* + 1}
+    bad_values = bad_prob(p32.gather(1, safe_x[:, None]).squeeze(1))
+    bad_values |= (bad_prob(p32.gather(1, safe_row)) & read).any(-1)
+    code = torch.where(bad_values, ROW_BAD_PROB, 0)
+    code = torch.where(bad_x, ROW_BAD_ID, torch.where(bad_nb, ROW_BAD_NEIGHBOR, code))
     p_tilde = torch.where(code != 0, math.nan, p_tilde)
     merged = torch.where(code != 0, -code, merged)
     return p_tilde.to(torch.float32), merged.to(torch.int32)

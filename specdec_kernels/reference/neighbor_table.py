@@ -2,6 +2,8 @@
 
 import torch
 
+from .._methods import ROW_BAD_PROB
+
 _ROW_CHUNK = 128  # rows per distance block: bounds memory at chunk x N x D floats
 
 
@@ -9,7 +11,9 @@ def neighbor_table(codebook: torch.Tensor, k: int, *, normalize: bool = True) ->
     """k nearest codes of every code by ascending Euclidean distance, self excluded.
 
     ``codebook`` is ``(N, D)`` float; rows are L2-normalised first when ``normalize`` (the geometry the
-    VQ decoder sees). Ties go to the lower code id. Returns int32 ``(N, k)``.
+    VQ decoder sees). Ties go to the lower code id. Returns int32 ``(N, k)``. A code whose codebook row holds
+    NaN or inf is reported, not searched: its table row is ``-6`` (row status code 6, docs/ALGORITHMS.md §3.8);
+    the other rows are computed as usual (distances to it are NaN and rank after every number).
     """
     emb = codebook.to(torch.float32)
     if normalize:
@@ -25,7 +29,8 @@ def neighbor_table(codebook: torch.Tensor, k: int, *, normalize: bool = True) ->
         # A stable sort keeps equal distances in ascending id order: the tie rule.
         order = torch.sort(dist, dim=-1, stable=True).indices[:, :k]
         out[start : start + rows.shape[0]] = order.to(torch.int32)
-    return out
+    bad_row = ~torch.isfinite(codebook).all(dim=-1)  # one O(N * D) pass over the raw codebook
+    return torch.where(bad_row[:, None], -ROW_BAD_PROB, out).to(torch.int32)
 
 
 def neighbor_distances(codebook: torch.Tensor, table: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:

@@ -103,9 +103,15 @@ def bad_value(v32):
 
 
 @triton.jit
+def non_finite(v):
+    """True where a float32 value is NaN or +-inf (codebook entries, embeddings: row status code 6)."""
+    return ~((v >= -FLT_MAX) & (v <= FLT_MAX))
+
+
+@triton.jit
 def bad_uniform(u):
-    """True where a uniform lies outside [0, 1), NaN included (row status code 5)."""
-    return ~((u >= 0.0) & (u < 1.0))
+    """True where a uniform lies outside [0, 1], NaN included (row status code 5; 1.0 is valid, §3.1)."""
+    return ~((u >= 0.0) & (u <= 1.0))
 
 
 @triton.jit
@@ -135,7 +141,7 @@ def ids_out_of_range(ptr, count, V, BLOCK: tl.constexpr):
 
 @triton.jit
 def uniforms_out_of_range(ptr, count, BLOCK: tl.constexpr):
-    """Does any of the ``count`` float32 uniforms at ``ptr`` lie outside [0, 1) (NaN included)."""
+    """Does any of the ``count`` float32 uniforms at ``ptr`` lie outside [0, 1] (NaN included)."""
     bad = tl.zeros((), tl.int32)
     for i0 in range(0, count, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
@@ -258,6 +264,20 @@ def relaxed_mass(p_row, s_row, s_div, from_p, nbr_row, K, rx, budget_param, USE_
     return rx + c, merged, c
 
 
+@triton.jit
+def neighbors_read_bad(p_row, nbr_row, count, BLOCK_K: tl.constexpr):
+    """Does p hold a NaN, inf or negative value at one of the first ``count`` ids of ``nbr_row`` (the entries a
+    relaxed-mass scan read: code 6 of ``lantern_relaxed_mass``)."""
+    bad = tl.zeros((), tl.int32)
+    for k0 in range(0, count, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        m = ks < count
+        ids = tl.load(nbr_row + ks, mask=m, other=0).to(tl.int64)
+        vals = tl.load(p_row + ids, mask=m, other=0.0).to(tl.float32)
+        bad = tl.maximum(bad, tl.max((m & bad_value(vals)).to(tl.int32), 0))
+    return bad != 0
+
+
 # ---------------------------------------------------------------------------------------------- GSD
 
 
@@ -274,21 +294,37 @@ def gsd_member(p_row, q_row, key, take, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS
                HAS_EMB: tl.constexpr):
     """(p, q) that window member ``key`` adds to the group: zero unless ``take`` and it passes the filters
     |p(j) - p(x)| < p_thr and (with embeddings) a sequential float32 squared distance < d_thr."""
+    dp, dq, _ = gsd_member_checked(p_row, q_row, key, take, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q, HAS_EMB)
+    return dp, dq
+
+
+@triton.jit
+def gsd_member_checked(p_row, q_row, key, take, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q: tl.constexpr,
+                       HAS_EMB: tl.constexpr):
+    """:func:`gsd_member` plus whether a value it reads is bad (code 6 of ``gsd_group_mass``): q of a kept member
+    NaN / inf / negative, or a NaN / inf entry in the embedding row of j or x when their distance is computed."""
     j = LOW32 - (key & LOW32)  # a sentinel key decodes to id 0: in range, and masked by `take`
     pj = tl.load(p_row + j, mask=take, other=0.0).to(tl.float32)
     keep = take & (tl.abs(pj - px) < p_thr)
+    bad = tl.zeros((), tl.int1)
     if HAS_EMB:
+        compared = keep
         dist = tl.zeros((), tl.float32)
         for d in range(D_EMB):
-            diff = tl.load(emb_ptr + j * D_EMB + d, mask=take, other=0.0) - tl.load(emb_ptr + x * D_EMB + d)
+            e_j = tl.load(emb_ptr + j * D_EMB + d, mask=take, other=0.0)
+            e_x = tl.load(emb_ptr + x * D_EMB + d)
+            bad = bad | (compared & (non_finite(e_j) | non_finite(e_x)))
+            diff = e_j - e_x
             dist = dist + diff * diff
         keep = keep & (dist < d_thr)
     dp = tl.where(keep, pj.to(tl.float64), 0.0)
     if HAS_Q:
-        dq = tl.where(keep, tl.load(q_row + j, mask=keep, other=0.0).to(tl.float32).to(tl.float64), 0.0)
+        q32 = tl.load(q_row + j, mask=keep, other=0.0).to(tl.float32)
+        bad = bad | (keep & bad_value(q32))
+        dq = tl.where(keep, q32.to(tl.float64), 0.0)
     else:
         dq = tl.zeros((), tl.float64)
-    return dp, dq
+    return dp, dq, bad
 
 
 @triton.jit
@@ -297,11 +333,25 @@ def gsd_group_mass(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr,
     """GSD's (P_G, Q_G) in float64 for draft ``x`` of one row. Step i selects, in one pass over the row, the
     (i+1)-th token ranked just above x (smallest key above the previous one) and just below it; cost
     O(max(h_lo, h_hi) * V). Q_G = 1 without q."""
+    group_p, group_q, _ = gsd_group_mass_checked(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr, HAS_Q,
+                                                 HAS_EMB, BLOCK_V)
+    return group_p, group_q
+
+
+@triton.jit
+def gsd_group_mass_checked(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr, HAS_Q: tl.constexpr,
+                           HAS_EMB: tl.constexpr, BLOCK_V: tl.constexpr):
+    """:func:`gsd_group_mass` plus whether a value read at a group member is bad (q of a member, x included, or an
+    embedding row whose distance is computed; see :func:`gsd_member_checked`). The ranked row p is checked by the
+    caller (:func:`row_has_bad`)."""
     px = tl.load(p_row + x).to(tl.float32)
     kx = rank_key(px, x)
     group_p = px.to(tl.float64)
+    bad = tl.zeros((), tl.int1)
     if HAS_Q:
-        group_q = tl.load(q_row + x).to(tl.float32).to(tl.float64)
+        qx = tl.load(q_row + x).to(tl.float32)
+        bad = bad | bad_value(qx)
+        group_q = qx.to(tl.float64)
     else:
         group_q = tl.full((), 1.0, tl.float64)
     above = kx
@@ -320,16 +370,18 @@ def gsd_group_mass(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr,
         next_below = tl.max(lane_below, 0)
         take_above = (i < h_hi) & (next_above != INT64_MAX)
         take_below = (i < h_lo) & (next_below >= 0)
-        dp, dq = gsd_member(p_row, q_row, next_above, take_above, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q,
-                            HAS_EMB)
+        dp, dq, bad_m = gsd_member_checked(p_row, q_row, next_above, take_above, x, px, emb_ptr, D_EMB, p_thr, d_thr,
+                                           HAS_Q, HAS_EMB)
         group_p += dp
+        bad = bad | bad_m
         if HAS_Q:
             group_q += dq
-        dp, dq = gsd_member(p_row, q_row, next_below, take_below, x, px, emb_ptr, D_EMB, p_thr, d_thr, HAS_Q,
-                            HAS_EMB)
+        dp, dq, bad_m = gsd_member_checked(p_row, q_row, next_below, take_below, x, px, emb_ptr, D_EMB, p_thr, d_thr,
+                                           HAS_Q, HAS_EMB)
         group_p += dp
+        bad = bad | bad_m
         if HAS_Q:
             group_q += dq
         above = tl.where(take_above, next_above, above)
         below = tl.where(take_below, next_below, below)
-    return group_p, group_q
+    return group_p, group_q, bad

@@ -68,7 +68,8 @@ def neighbor_table(codebook: Tensor, k: int, normalize: bool) -> Tensor:
 
 @_op("cspd_verify")
 def cspd_verify(x: Tensor, mu_q: Tensor, sigma_q: Tensor, mu_p: Tensor, sigma_p: Tensor, s_q: Tensor, s_p: Tensor,
-                u_accept: Tensor, u_prop: Tensor, u_ar: Tensor, inner_temperature: float) -> Tuple[Tensor, Tensor, Tensor]:
+                u_accept: Tensor, u_prop: Tensor, u_ar: Tensor,
+                inner_temperature: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     from .cspd_verify import cspd_verify_triton
 
     return cspd_verify_triton(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar, inner_temperature)

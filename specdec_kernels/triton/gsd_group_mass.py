@@ -4,7 +4,9 @@ Grid: one program per row r. Pointers: p [R, V] (fp32/fp16/bf16), q [R, V] or a 
 embeddings [V, D_EMB] f32 or a dummy (HAS_EMB), group_p / group_q [R] f32 (written). Rank order is p descending,
 ties to the lower id, through a packed int64 key; window step i finds the next member above and below x in one
 chunked pass over the row (O(max(h_lo, h_hi) * V) per row); members are filtered in float32 and summed in float64.
-An x outside [0, V) reads nothing at x and writes NaN masses. The window is capped at V - 1 by the launcher.
+A bad row writes group_p = -code, group_q = NaN: an x outside [0, V) (2) reads nothing at x; a NaN / inf / negative
+entry of the ranked row p or of q at a member, or a NaN / inf embedding row whose distance is computed (6).
+The window is capped at V - 1 by the launcher.
 """
 
 import torch
@@ -21,11 +23,14 @@ def _gsd_group_mass_kernel(p_ptr, q_ptr, x_ptr, emb_ptr, group_p_ptr, group_q_pt
     x = tl.load(x_ptr + r)
     ok = (x >= 0) & (x < V)
     x = tl.where(ok, x, 0)
-    group_p, group_q = c.gsd_group_mass(p_ptr + r * V, q_ptr + r * V, x, V, emb_ptr, D_EMB, tl.where(ok, h_lo, 0),
-                                        tl.where(ok, h_hi, 0), p_thr, d_thr, HAS_Q, HAS_EMB, BLOCK_V)
+    group_p, group_q, bad = c.gsd_group_mass_checked(p_ptr + r * V, q_ptr + r * V, x, V, emb_ptr, D_EMB,
+                                                     tl.where(ok, h_lo, 0), tl.where(ok, h_hi, 0), p_thr, d_thr, HAS_Q,
+                                                     HAS_EMB, BLOCK_V)
+    bad = bad | c.row_has_bad(p_ptr + r * V, ok, V, BLOCK_V)  # GSD ranks the whole row
+    code = tl.where(ok, tl.where(bad, c.ROW_BAD_PROB, 0), c.ROW_BAD_ID)
     nan = tl.full((), float("nan"), tl.float32)
-    tl.store(group_p_ptr + r, tl.where(ok, group_p.to(tl.float32), nan))
-    tl.store(group_q_ptr + r, tl.where(ok, group_q.to(tl.float32), nan))
+    tl.store(group_p_ptr + r, tl.where(code == 0, group_p.to(tl.float32), -code.to(tl.float32)))
+    tl.store(group_q_ptr + r, tl.where(code == 0, group_q.to(tl.float32), nan))
 
 
 def gsd_group_mass_triton(p, q, x, embeddings, h_lo, h_hi, p_thr, d_thr):

@@ -4,7 +4,8 @@ Grid: one program per row r. Pointers: p [R, V] (fp32/fp16/bf16), x [R] int64, n
 p_tilde [R] f32 and merged [R] int32 (written). The program walks x's neighbour row in chunks of BLOCK_K with a
 float64 prefix sum (carry folded into each chunk) and stops at the first chunk where the prefix exceeds the budget
 (delta, or (lam - 1) * p(x); passed as float64 bits). Row codes: an x outside [0, V) (2) or a table row of x with
-an id outside [0, V) or x itself (4) reads nothing more and writes p_tilde = NaN, merged = -code.
+an id outside [0, V) or x itself (4) reads nothing more; a NaN / inf / negative p(x) or p of a neighbour the scan
+read (n_1 .. n_{min(m* + 1, K)}; 6) is reported; each writes p_tilde = NaN, merged = -code.
 """
 
 import torch
@@ -24,10 +25,15 @@ def _lantern_relaxed_mass_kernel(p_ptr, x_ptr, nbr_ptr, p_tilde_ptr, merged_ptr,
     x = tl.where(status == 0, x, 0)
     if status == 0:
         status = tl.where(c.neighbor_row_bad(nbr_ptr, x, K, V, BLOCK_K), c.ROW_BAD_NEIGHBOR, 0)
-    px = tl.load(p_row + x).to(tl.float32).to(tl.float64)
+    px32 = tl.load(p_row + x).to(tl.float32)
+    px = px32.to(tl.float64)
     budget = budget_bits.to(tl.int64).to(tl.float64, bitcast=True)
     p_tilde, merged, _ = c.relaxed_mass(p_row, p_tilde_ptr, 1.0, 1, nbr_ptr + x * K, tl.where(status == 0, K, 0), px,
                                         budget, USE_LAMBDA, False, BLOCK_K)
+    if status == 0:
+        read = tl.minimum(merged + 1, K)  # the merged prefix and the entry that ended it
+        bad = c.bad_value(px32) | c.neighbors_read_bad(p_row, nbr_ptr + x * K, read, BLOCK_K)
+        status = tl.where(bad, c.ROW_BAD_PROB, 0)
     nan = tl.full((), float("nan"), tl.float32)
     tl.store(p_tilde_ptr + r, tl.where(status == 0, p_tilde.to(tl.float32), nan))
     tl.store(merged_ptr + r, tl.where(status == 0, merged, -status))

@@ -8,7 +8,12 @@ Two launches (the table is built once per model, never per step):
     (float bits << 32 | id: for distances >= 0 the key order is distance, then lower id) with self and padding set to
     INT64_MAX; the tile is sorted and merged into the running sorted buffer of the BLOCK_K smallest keys by
     min(buffer, reversed tile) (a bitonic merge step) and a re-sort. Writes table [N, K] int32 (the first K ids).
-Invariants: 1 <= K <= N - 1 <= BLOCK_K * tiles; all entries finite.
+    A NaN distance gets the canonical positive NaN bits, so it ranks after inf (a NaN with the sign bit set, as
+    inf - inf gives on x86, would otherwise make a negative key that ranks first).
+  _mark_non_finite_rows_kernel: one program per BLOCK_R codes; a code whose raw codebook row holds NaN / inf gets the
+    table row -6 (row status code 6; one O(N * D) pass).
+Invariants: 1 <= K <= N - 1 <= BLOCK_K * tiles. Every loop runs a trip count fixed by N, D and K (no loop condition
+reads a value), so no codebook value can keep the kernels from ending.
 """
 
 import torch
@@ -16,6 +21,8 @@ import triton
 import triton.language as tl
 
 from . import _common as c
+
+NAN_BITS: tl.constexpr = tl.constexpr(0x7FC00000)  # the canonical (positive) float32 NaN
 
 
 @triton.jit(do_not_specialize=["N", "D"])
@@ -47,12 +54,26 @@ def _neighbor_table_kernel(emb_ptr, out_ptr, N, D, K, BLOCK_I: tl.constexpr, BLO
             ej = tl.load(emb_ptr + cols * D + d, mask=cm, other=0.0)
             diff = ei[:, None] - ej[None, :]
             dist = dist + diff * diff
-        key = (dist.to(tl.int32, bitcast=True).to(tl.int64) << 32) | cols[None, :]
+        bits = tl.where(dist == dist, dist.to(tl.int32, bitcast=True), NAN_BITS)
+        key = (bits.to(tl.int64) << 32) | cols[None, :]
         valid = rm[:, None] & cm[None, :] & (rows[:, None] != cols[None, :])
         key = tl.where(valid, key, c.INT64_MAX)
         best = tl.sort(tl.minimum(best, tl.flip(tl.sort(key, 1), 1)), 1)
     ids = (best & c.LOW32).to(tl.int32)
     tl.store(out_ptr + rows[:, None] * K + cols0[None, :], ids, mask=rm[:, None] & (cols0[None, :] < K))
+
+
+@triton.jit(do_not_specialize=["N", "D", "K"])
+def _mark_non_finite_rows_kernel(codebook_ptr, out_ptr, N, D, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rm = rows < N
+    bad = tl.zeros([BLOCK_R], tl.int1)
+    for d in range(D):
+        bad = bad | (rm & c.non_finite(tl.load(codebook_ptr + rows * D + d, mask=rm, other=0.0)))
+    code = tl.full([BLOCK_R, BLOCK_K], -c.ROW_BAD_PROB, tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        tl.store(out_ptr + rows[:, None] * K + ks[None, :], code, mask=bad[:, None] & (ks[None, :] < K))
 
 
 def neighbor_table_triton(codebook, k, normalize):
@@ -77,4 +98,9 @@ def neighbor_table_triton(codebook, k, normalize):
         block_i = max(1, min(2048 // block_k, 128, c.next_pow2(n)))
         _neighbor_table_kernel[(triton.cdiv(n, block_i),)](emb, table, n, dim, k, BLOCK_I=block_i, BLOCK_K=block_k,
                                                            **c.launch_options(block_i * block_k))
+        block_r = min(c.next_pow2(n), 64)
+        mark_k = min(block_k, 64)
+        _mark_non_finite_rows_kernel[(triton.cdiv(n, block_r),)](codebook.contiguous(), table, n, dim, k,
+                                                                 BLOCK_R=block_r, BLOCK_K=mark_k,
+                                                                 **c.launch_options(block_r * mark_k))
     return table
