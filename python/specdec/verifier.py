@@ -34,6 +34,20 @@ ACCEPTANCE_RULES = {"exact": "exact", "ar": "exact", "sd": "exact", "sjd": "exac
                     "lantern": "lantern"}
 
 
+def uniforms_to_float32(u: torch.Tensor) -> torch.Tensor:
+    """Uniforms as the kernels' float32, rounded toward zero (docs/ALGORITHMS.md §3.1).
+
+    A float64 uniform U in [0, 1) rounded to nearest lands on 1.0 for U >= 1 - 2^-25 (about one draw in 2^25) and
+    is biased by half a float32 step; rounded down it stays below 1 and, for every float32 threshold r,
+    ``u32 < r`` holds exactly when ``U < r``: the float32 test then takes the decision of the float64 uniform.
+    float32 input is returned as is; float16 / bfloat16 convert exactly.
+    """
+    if u.dtype != torch.float64:
+        return u.float()
+    nearest = u.float()
+    return torch.where(nearest.double() > u, torch.nextafter(nearest, torch.zeros_like(nearest)), nearest)
+
+
 def _reference_process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
                               top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
     """FALLBACK for ``specdec_kernels.process_logits`` (used only while the library does not export it):
@@ -257,7 +271,7 @@ class SpeculativeVerifier:
             gen_device = generator.device if generator is not None else device
             u_accept = torch.rand(batch, count, generator=generator, device=gen_device).to(device)
             u_sample = torch.rand(batch, generator=generator, device=gen_device).to(device)
-        return u_accept.float().contiguous(), u_sample.float().contiguous()
+        return uniforms_to_float32(u_accept).contiguous(), uniforms_to_float32(u_sample).contiguous()
 
     def _draft_q(self, draft_probs, draft_logits):
         if draft_probs is not None and draft_logits is not None:
@@ -279,7 +293,8 @@ class SpeculativeVerifier:
         drafts : ``(B, L)`` int64. num_drafts : ``(B,)`` int64 drafts per row (ragged; default L).
         draft_probs : ``(B, L, V)`` q the drafts were drawn from, or None (one-hot drafts: Jacobi, greedy);
             or draft_logits ``(B, L, V)`` processed like the target (temperature, top-k, top-p; no CFG).
-        u_accept ``(B, L)``, u_sample ``(B,)`` : uniforms in [0, 1); or ``generator`` to draw them.
+        u_accept ``(B, L)``, u_sample ``(B,)`` : uniforms in [0, 1] (float32, or float64 as vLLM draws them:
+            cast by :func:`uniforms_to_float32`); or ``generator`` to draw them.
         lengths : ``(B,)`` cache length of each row before the step (to get ``new_length``).
         probs : already processed ``(B, L + 1, V)`` target probabilities instead of ``logits`` (pass None
             as logits).

@@ -39,9 +39,9 @@ def verify_tree(
     p[b, cur]. Accepting moves to the child with r = p[b, child]. The bonus token is sampled from
     p[b, cur] at a childless node, the recovered token from r after the last rejection.
 
-    Bad rows (``reference/_status.py``): codes 1-5 before the walk; code 6 when a tested entry p[b, cur, t] /
-    q[b, cur, t] or the final node's row p[b, cur] (with q[b, cur] after a rejection) holds a NaN, inf or
-    negative value, or p[b, cur] has no mass. They return ``accepted_nodes[b] = -1``, ``accept_len[b] = 0``,
+    Bad rows (``reference/_status.py``): codes 1-5 before the walk; code 6 (``csrc/methods.h``, as the CPU kernel)
+    when a row p[b, n] the walk loads (the root, each accepted node) holds a NaN, inf or negative value or has no
+    mass, or a row q[b, cur] whose children are tested holds one (also: a tested entry, the final node's rows). They return ``accepted_nodes[b] = -1``, ``accept_len[b] = 0``,
     ``next_token[b] = -code``.
     """
     batch, m, vocab = p.shape
@@ -67,6 +67,8 @@ def verify_tree(
         cur = 0
         r = p64[b, 0].clone()
         bad_read = False  # code 6: a tested entry p(t) / q(t), or the row finally sampled from
+        # code 6: every p row the walk loads (root, accepted nodes), every q row of a node whose children are tested
+        bad_read |= bool(bad64[b, 0].any()) or not bool(p64[b, 0].sum() > 0)
         rejected_last = False
         while True:
             kids = [c for c in range(1, n_b) if par[b][c] == cur]
@@ -90,6 +92,7 @@ def verify_tree(
                     q_t = float(q_prime[t])
                 tried.append(t)
                 bad_read |= bool(bad64[b, cur, t]) or (bad_q64 is not None and bool(bad_q64[b, cur, t]))
+                bad_read |= bad_q64 is not None and bool(bad_q64[b, cur].any())
                 u = float(u_acc[b, c])
                 if method == "lantern":
                     p_tilde, merged = relaxed_mass64(r[None], torch.tensor([t]), neighbors, delta, lam)
@@ -102,6 +105,7 @@ def verify_tree(
                     accept_len[b] += 1
                     cur = c
                     r = p64[b, c].clone()
+                    bad_read |= bool(bad64[b, c].any()) or not bool(p64[b, c].sum() > 0)
                     accepted = True
                     break
                 relaxed = r.clone()

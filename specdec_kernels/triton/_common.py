@@ -128,6 +128,22 @@ def row_has_bad(row, use, V, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
+def row_bad_or_empty(row, use, V, BLOCK_V: tl.constexpr):
+    """One pass over ``row`` [V] (when ``use``): does it hold a NaN, inf or negative value, or no mass (float64 sum
+    <= 0): the code-6 test of a p row a tree walk loads."""
+    bad = tl.zeros((), tl.int32)
+    total = tl.zeros((), tl.float64)
+    if use:
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + tl.arange(0, BLOCK_V)
+            m = offs < V
+            vals = tl.load(row + offs, mask=m, other=0.0).to(tl.float32)
+            bad = tl.maximum(bad, tl.max((m & bad_value(vals)).to(tl.int32), 0))
+            total += tl.sum(vals.to(tl.float64), 0)
+    return use & ((bad != 0) | ((total > 0.0) == 0))
+
+
+@triton.jit
 def ids_out_of_range(ptr, count, V, BLOCK: tl.constexpr):
     """Does any of the ``count`` int64 ids at ``ptr`` lie outside [0, V)."""
     bad = tl.zeros((), tl.int32)

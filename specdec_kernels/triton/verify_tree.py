@@ -13,9 +13,10 @@ re-sums). Every write to scratch/marker sits between block barriers: the one bef
 reading the old values (their decisions must agree), the one after it publishes the new ones.
 Row status codes (docs/ALGORITHMS.md §3.8): before the walk the program checks num_nodes (1), the valid nodes'
 tokens (2), parents (3), the tokens' neighbour rows (4, lantern) and uniforms (5); a bad row is walked as a lone
-root (in-range reads only) and written as accepted_nodes -1, accept_len 0, next_token -code. Code 6: a tested entry
-p[b, cur, t] / q[b, cur, t], or the final node's row p[b, cur] (q[b, cur] after a rejection), is NaN / inf /
-negative, or that row has no mass. Every walk advances a node id per step: at most M steps.
+root (in-range reads only) and written as accepted_nodes -1, accept_len 0, next_token -code. Code 6 (methods.h, as
+the CPU kernel): a row p[b, n] loaded for the root or an accepted node n is NaN / inf / negative somewhere or has no
+mass, or a row q[b, cur] whose children are tested holds a NaN / inf / negative value (also: a tested entry, the final
+node's rows). Every walk advances a node id per step: at most M steps.
 """
 
 import torch
@@ -59,6 +60,7 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
     status = tl.where((n_b < 1) | (n_b > M), c.ROW_BAD_COUNT, status)
     n_b = tl.where(status == 0, n_b, 1)
     bad_read = tl.zeros((), tl.int1)  # code 6 on a tested entry
+    bad_read = bad_read | c.row_bad_or_empty(p_ptr + b * M * V, True, V, BLOCK_V)  # code 6: the root's p row
     s_row = scratch_ptr + b * V
     mk_row = marker_ptr + b * V
     for v0 in range(0, V, BLOCK_V):
@@ -84,6 +86,7 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
             bad_read = bad_read | c.bad_value(tl.load(p_cur + t).to(tl.float32))
             if HAS_Q:
                 bad_read = bad_read | c.bad_value(tl.load(q_cur + t).to(tl.float32))
+                bad_read = bad_read | c.row_has_bad(q_cur, True, V, BLOCK_V)  # code 6: the whole q row of cur
             if HAS_Q:  # q' = q[cur] without the earlier-tried tokens, renormalised (zero if nothing is left)
                 z = tl.zeros((), tl.float64)
                 for v0 in range(0, V, BLOCK_V):
@@ -111,6 +114,7 @@ def _verify_tree_kernel(p_ptr, q_ptr, tok_ptr, par_ptr, u_accept_ptr, u_sample_p
                 c_star = tl.zeros((), tl.float64)
                 ok = u * q_t < r_t
             if ok:  # descend: r = p[b, node]
+                bad_read = bad_read | c.row_bad_or_empty(p_ptr + (b * M + node) * V, True, V, BLOCK_V)  # code 6
                 tl.store(accepted_ptr + b * (M - 1) + count, node)
                 count += 1
                 cur = node
