@@ -6,9 +6,14 @@ parameters. Each batch runs in a forked child with a time limit (``_isolate``), 
 failure; a failed batch is re-run case by case to name the culprit. Properties, per call:
 
 - never a signal or a hang;
-- ``validate=False``: the reference's result (row codes included; docs/ALGORITHMS.md §3.8). Where the inputs hold
-  NaN / inf / negative probabilities, a backend may also report such a row as code 6, since which entries a kernel
-  reads (and so checks) differs between backends: only the tested entries and the sampled row are pinned;
+- ``validate=False``: the reference's result (row codes included; docs/ALGORITHMS.md §3.8). Where the inputs of
+  ``verify_chain`` / ``verify_tree`` hold NaN / inf / negative probabilities, a backend may also report such a row as
+  code 6, since which entries a kernel reads (and so checks) differs between backends: only the tested entries and
+  the sampled row are pinned. The auxiliary ops (``neighbor_table``, ``lantern_relaxed_mass``, ``gsd_group_mass``,
+  ``cspd_verify``) define exactly which values they read, so every backend must report the reference's bad rows;
+- value classes per op: NaN / inf / negative probabilities (p, q rows), NaN / inf / -NaN codebook rows, NaN / inf
+  embeddings, NaN / inf / zero / negative sigmas and NaN / inf means, log-sigma sums and tokens (CSpD), and
+  uniforms at and past the edges (0, 1.0, the largest float32 below 1, -0.1, NaN, inf: 1.0 is valid, §3.1);
 - ``validate=None`` / ``True``: a ValueError naming an argument, or the reference's result; any row the reference
   reports bad must raise;
 - a structural error of the oracle (``backend="reference", validate=False``) is a ValueError on every backend;
@@ -125,6 +130,8 @@ def _ids(shape, vocab, data, gen):
 
 
 def _uniforms(shape, data, gen):
+    """Uniforms with an edge value mixed in: 1.0, 0.0 and the largest float32 below 1 are valid; -0.1, NaN, inf
+    are not (docs/ALGORITHMS.md §3.1)."""
     u = torch.rand(*shape, generator=gen)
     if u.numel() and data.draw(st.booleans(), label="bad uniforms"):
         u.view(-1)[data.draw(st.integers(0, u.numel() - 1))] = data.draw(
@@ -265,6 +272,9 @@ def group_mass_cases(draw):
                   p_thr=draw(st.sampled_from([0.0, 0.15, 1e39])), d_thr=draw(st.sampled_from([0.0, 0.5, 1e300])))
     if draw(st.booleans()):
         kwargs["embeddings"] = torch.randn(vocab, 2, generator=gen)
+        if draw(st.booleans(), label="non-finite embeddings"):
+            kwargs["embeddings"][draw(st.integers(0, vocab - 1)), draw(st.integers(0, 1))] = draw(
+                st.sampled_from([math.nan, math.inf, -math.inf]))
     return "gsd_group_mass", (_strided(p, data), q, _ids((rows,), vocab, data, gen)), kwargs
 
 
@@ -278,6 +288,10 @@ def neighbor_table_cases(draw):
     book = torch.randn(n, dim, generator=gen) * scale
     if n > 1 and draw(st.booleans()):
         book[1] = book[0]  # an exact tie
+    if draw(st.booleans(), label="non-finite codebook"):  # rows holding NaN / inf / -NaN (sign bit set)
+        for _ in range(draw(st.integers(1, 2))):
+            row, col = draw(st.integers(0, n - 1)), draw(st.integers(0, dim - 1))
+            book[row, col] = draw(st.sampled_from([math.nan, math.inf, -math.inf, -torch.tensor(math.nan).item()]))
     k = draw(st.sampled_from([1, 2, n - 1, n, 0, -1]))
     return "neighbor_table", (_strided(book, data), k), dict(normalize=draw(st.booleans()))
 
@@ -297,9 +311,10 @@ def cspd_cases(draw):
     s_q = torch.randn(n, dim, generator=gen) * 0.1
     s_p = torch.zeros(n, dim)
     if n and dim and draw(st.booleans()):
-        target = draw(st.sampled_from(["x", "sigma_p", "mu_q"]))
-        value = draw(st.sampled_from([math.nan, math.inf, -1.0, 0.0, 1e30]))
-        {"x": x, "sigma_p": sigma_p, "mu_q": mu_q}[target][0, 0] = value
+        inputs = {"x": x, "mu_q": mu_q, "sigma_q": sigma_q, "mu_p": mu_p, "sigma_p": sigma_p, "s_q": s_q, "s_p": s_p}
+        target = draw(st.sampled_from(sorted(inputs)))
+        value = draw(st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, 1e30]))
+        inputs[target][draw(st.integers(0, n - 1)), draw(st.integers(0, dim - 1))] = value
     args = (x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, _uniforms((n,), data, gen),
             _uniforms((n, tries, dim), data, gen), _uniforms((n, tries), data, gen))
     return "cspd_verify", args, dict(inner_temperature=draw(st.sampled_from([1.0, 42.0, 1e-3])))
@@ -508,21 +523,27 @@ def _same_rows(op, got, want, lenient_rows: bool) -> str:
 
 
 def _neighbor_tables_match(case, got, want) -> bool:
+    """The same reported rows (all -6: a non-finite codebook row) and, elsewhere, the same distances (ties may
+    list other codes; distances to a bad code are NaN and rank last)."""
     if torch.equal(got, want):
         return True
+    reported = (want == -6).all(-1)
+    if not torch.equal((got == -6).all(-1), reported):
+        return False
+    got, want = got[~reported], want[~reported]
     (book, k), kwargs = case[1], case[2]
     emb = book.to(torch.float64)
     if kwargs.get("normalize", True):
         emb = torch.nn.functional.normalize(book.float(), dim=-1).to(torch.float64)
-    rows = torch.arange(book.shape[0])[:, None]
+    rows = torch.arange(book.shape[0])[~reported][:, None]
     own = got.long() == rows
     if bool(own.any()) or bool((got < 0).any()) or bool((got >= book.shape[0]).any()):
         return False
-    dist = lambda t: ((emb[:, None, :] - emb[t.long()]) ** 2).sum(-1).to(torch.float32)  # noqa: E731
-    return torch.allclose(dist(got), dist(want), rtol=1e-5, atol=0.0)
+    dist = lambda t: ((emb[rows.squeeze(1)][:, None, :] - emb[t.long()]) ** 2).sum(-1).to(torch.float32)  # noqa: E731
+    return torch.allclose(dist(got), dist(want), rtol=1e-5, atol=0.0, equal_nan=True)
 
 
-def _bad_rows(op, out) -> bool:
+def _bad_rows(op, out, args) -> bool:
     """Does the oracle's output report a bad row (so that None / True must raise)."""
     if op in ("verify_chain", "verify_tree", "verify_chain_logits", "verify_tree_logits"):
         return bool((out[-1] < 0).any())
@@ -530,7 +551,17 @@ def _bad_rows(op, out) -> bool:
         return bool((out[1][:, :1] < 0).any())
     if op == "lantern_relaxed_mass":
         return bool((out[1] < 0).any())
+    if op == "gsd_group_mass":
+        return bool((out[0] < 0).any())
+    if op == "neighbor_table":
+        return bool((out < 0).any())
+    if op == "cspd_verify":  # the public op returns no status: ask the reference for it
+        return bool((reference.cspd_verify(*args)[3] < 0).any())
     return False
+
+
+#: Ops whose bad rows every backend reports exactly as the reference (they define which values they read).
+STRICT_OPS = ("neighbor_table", "lantern_relaxed_mass", "gsd_group_mass", "cspd_verify")
 
 
 def judge(case, outcomes) -> list:
@@ -543,10 +574,10 @@ def judge(case, outcomes) -> list:
     if op.endswith("_logits"):  # logits are signed: only NaN / inf logits or bad draft_probs make a row bad
         lenient = any(not bool(torch.isfinite(t).all()) for t in (args[0], kwargs.get("draft_logits")) if
                       t is not None and t.numel()) or _bad_values(kwargs.get("draft_probs"))
+    elif op in STRICT_OPS:
+        lenient = False
     else:
         lenient = _bad_values(*args, *[v for v in kwargs.values() if isinstance(v, torch.Tensor)])
-    if op == "gsd_group_mass":  # x outside the vocabulary: NaN masses are the report
-        lenient = lenient or bool(((args[2] < 0) | (args[2] >= args[0].shape[1])).any()) if args[0].dim() == 2 else lenient
     for (backend, validate), (kind, value) in outcomes.items():
         where = f"{backend}/validate={validate}"
         if backend == "composed":  # the definition: same result as the oracle wherever the oracle has one
@@ -569,11 +600,11 @@ def judge(case, outcomes) -> list:
                          for a in ARGUMENTS[op]):
                 problems.append(f"{where}: ValueError names no argument: {value}")
             continue
-        if validate is not False and _bad_rows(op, oracle):
+        if validate is not False and _bad_rows(op, oracle, args):
             problems.append(f"{where}: returned although the reference reports a bad row: {oracle}")
             continue
         if op == "neighbor_table":
-            if not _neighbor_tables_match(case, value, oracle) and not lenient:
+            if not _neighbor_tables_match(case, value, oracle):
                 problems.append(f"{where}: table {value.tolist()}, want {oracle.tolist()}")
             continue
         diff = _same_rows(op, value, oracle, lenient)

@@ -85,17 +85,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
         report(first);
         continue;
       }
-      // Compensated (Neumaier) float64 sums: the decisions then match the other backends' pairwise sums at
-      // D up to 2^20 (docs/ALGORITHMS.md §3.6).
-      CompensatedSum log_c, log_rho;
-      for (int64_t d = 0; d < dim; ++d) log_c.add(static_cast<double>(SQS[o + d]) - static_cast<double>(SPS[o + d]));
+      // One compensated (Neumaier) float64 sum over d of each dim's whole term, log c's share included: the
+      // decisions then match the other backends' pairwise sums at D up to 2^20 (docs/ALGORITHMS.md §3.6).
+      CompensatedSum log_rho;
       for (int64_t d = 0; d < dim; ++d) {
         const double zp = (double(X[o + d]) - MP[o + d]) / (tau * SP[o + d]);
         const double zq = (double(X[o + d]) - MQ[o + d]) / (tau * SQ[o + d]);
-        log_rho.add(-0.5 * zp * zp + 0.5 * zq * zq + std::log(double(SQ[o + d])) - std::log(double(SP[o + d])));
+        log_rho.add(-0.5 * zp * zp + 0.5 * zq * zq + std::log(double(SQ[o + d])) - std::log(double(SP[o + d])) +
+                    (static_cast<double>(SQS[o + d]) - static_cast<double>(SPS[o + d])));
       }
-      const double log_c_sum = log_c.value();
-      ACC[i] = std::log(static_cast<double>(UA[i])) < log_rho.value() + log_c_sum;
+      ACC[i] = std::log(static_cast<double>(UA[i])) < log_rho.value();
       FB[i] = false;
       ST[i] = 0;
       if (ACC[i]) {
@@ -110,14 +109,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cspd_verify_cpu(
           code = kBadUniform;
           break;
         }
-        CompensatedSum log_ratio;  // log q0(y) - log p0(y), term by term (the 0.5 log 2pi terms cancel)
+        CompensatedSum log_ratio;  // log q0(y) - log c - log p0(y), by dim (the 0.5 log 2pi terms cancel)
         for (int64_t d = 0; d < dim; ++d) {
           const double u = std::min(std::max(static_cast<double>(u_t[d]), kUMin), 1.0 - kUMin);
           y[d] = MP[o + d] + SP[o + d] * (std::sqrt(2.0) * erfinv(2.0 * u - 1.0));
           const double zq = (y[d] - MQ[o + d]) / SQ[o + d], zp = (y[d] - MP[o + d]) / SP[o + d];
-          log_ratio.add(-0.5 * zq * zq + 0.5 * zp * zp - std::log(double(SQ[o + d])) + std::log(double(SP[o + d])));
+          log_ratio.add(-0.5 * zq * zq + 0.5 * zp * zp - std::log(double(SQ[o + d])) + std::log(double(SP[o + d])) -
+                        (static_cast<double>(SQS[o + d]) - static_cast<double>(SPS[o + d])));
         }
-        found = static_cast<double>(UAR[i * tries + t]) < -std::expm1(log_ratio.value() - log_c_sum);
+        found = static_cast<double>(UAR[i * tries + t]) < -std::expm1(log_ratio.value());
       }
       if (code != kRowOk) {
         report(code);

@@ -23,7 +23,8 @@ __device__ __forceinline__ double cspd_proposal(double u, double mu_p, double si
 //   u_ar [n, tries] float32; tokens [n, dim] float32; accepted, fallback [n] bool; status [n] int32.
 // log c = sum_d (s_q - s_p); x is accepted iff log u_accept < log rho (tempered by tau); otherwise the
 // first proposal y_t with u_ar[t] < 1 - q0(y_t) / (c p0(y_t)) is taken, else y_K with fallback set.
-// Sums are compensated (verify_math.h CompensatedSum), as on the CPU. Row status (methods.h): a bad
+// Sums run by dim over each dim's whole term (log c's share s_q - s_p included) and are compensated
+// (verify_math.h CompensatedSum), as on the CPU. Row status (methods.h): a bad
 // u_accept or a NaN / inf input / sigma <= 0 (before any arithmetic), or a bad u_prop / u_ar of a try it
 // computes, ends the row with tokens NaN, accepted = fallback = false, status = -code (no host sync).
 // Proposals are recomputed for the chosen try instead of being stored (dim is a runtime size).
@@ -48,16 +49,15 @@ __global__ void __launch_bounds__(BLOCK)
     report(first);
     return;
   }
-  CompensatedSum log_c, log_rho;
-  for (int d = 0; d < dim; ++d) log_c.add(static_cast<double>(s_q[o + d]) - static_cast<double>(s_p[o + d]));
+  CompensatedSum log_rho;  // by dim, log c's share (s_q - s_p) included
   for (int d = 0; d < dim; ++d) {
     const double xd = x[o + d], mp = mu_p[o + d], sp = sigma_p[o + d], mq = mu_q[o + d], sq = sigma_q[o + d];
     const double zp = (xd - mp) / (tau * sp);
     const double zq = (xd - mq) / (tau * sq);
-    log_rho.add(-0.5 * zp * zp + 0.5 * zq * zq + log(sq) - log(sp));
+    log_rho.add(-0.5 * zp * zp + 0.5 * zq * zq + log(sq) - log(sp) +
+                (static_cast<double>(s_q[o + d]) - static_cast<double>(s_p[o + d])));
   }
-  const double log_c_sum = log_c.value();
-  const bool acc = log(static_cast<double>(u_accept[i])) < log_rho.value() + log_c_sum;
+  const bool acc = log(static_cast<double>(u_accept[i])) < log_rho.value();
   accepted[i] = acc;
   status[i] = 0;
   if (acc) {
@@ -73,14 +73,15 @@ __global__ void __launch_bounds__(BLOCK)
       report(kBadUniform);
       return;
     }
-    CompensatedSum log_ratio;  // log q0(y) - log p0(y), term by term (the 0.5 log 2pi terms cancel)
+    CompensatedSum log_ratio;  // log q0(y) - log c - log p0(y), by dim (the 0.5 log 2pi terms cancel)
     for (int d = 0; d < dim; ++d) {
       const double mp = mu_p[o + d], sp = sigma_p[o + d], mq = mu_q[o + d], sq = sigma_q[o + d];
       const double y = cspd_proposal(u_t[d], mp, sp);
       const double zq = (y - mq) / sq, zp = (y - mp) / sp;
-      log_ratio.add(-0.5 * zq * zq + 0.5 * zp * zp - log(sq) + log(sp));
+      log_ratio.add(-0.5 * zq * zq + 0.5 * zp * zp - log(sq) + log(sp) -
+                    (static_cast<double>(s_q[o + d]) - static_cast<double>(s_p[o + d])));
     }
-    if (static_cast<double>(u_ar[i * tries + t]) < -expm1(log_ratio.value() - log_c_sum)) {
+    if (static_cast<double>(u_ar[i * tries + t]) < -expm1(log_ratio.value())) {
       chosen = t;
       found = true;
     }

@@ -11,11 +11,11 @@ from ._status import bad_uniform, first_code
 _U_MIN = 2.0**-24  # proposals' uniforms are clamped to [2^-24, 1 - 2^-24] before the inverse normal CDF
 
 
-def _log_ratio_sum(y: torch.Tensor, mu_q, sigma_q, mu_p, sigma_p) -> torch.Tensor:
-    """Sum over the last dim of log q0(y) - log p0(y), term by term (the 0.5 log 2 pi terms cancel)."""
+def _log_ratio_sum(y: torch.Tensor, mu_q, sigma_q, mu_p, sigma_p, log_c_terms) -> torch.Tensor:
+    """Sum over the last dim of log q0(y) - log c - log p0(y), dim by dim (the 0.5 log 2 pi terms cancel)."""
     zq = (y - mu_q) / sigma_q
     zp = (y - mu_p) / sigma_p
-    return (-0.5 * zq * zq + 0.5 * zp * zp - torch.log(sigma_q) + torch.log(sigma_p)).sum(-1)
+    return (-0.5 * zq * zq + 0.5 * zp * zp - torch.log(sigma_q) + torch.log(sigma_p) - log_c_terms).sum(-1)
 
 
 def cspd_status(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept) -> torch.Tensor:
@@ -67,11 +67,12 @@ def cspd_verify(
     clean = lambda t, fill: torch.where(ok[:, None], t, fill)  # noqa: E731
     x64, mq, mp = f(clean(x, 0.0)), f(clean(mu_q, 0.0)), f(clean(mu_p, 0.0))
     sq, sp = f(clean(sigma_q, 1.0)), f(clean(sigma_p, 1.0))
-    log_c = (f(clean(s_q, 0.0)) - f(clean(s_p, 0.0))).sum(-1)
+    # Each sum runs over d of a dim's whole term, log c's share s_q - s_p included: no two large sums cancel.
+    log_c_terms = f(clean(s_q, 0.0)) - f(clean(s_p, 0.0))
     tau = float(inner_temperature)
     zp = (x64 - mp) / (tau * sp)
     zq = (x64 - mq) / (tau * sq)
-    log_rho = (-0.5 * zp * zp + 0.5 * zq * zq + torch.log(sq) - torch.log(sp)).sum(-1) + log_c
+    log_rho = (-0.5 * zp * zp + 0.5 * zq * zq + torch.log(sq) - torch.log(sp) + log_c_terms).sum(-1)
     accepted = ok & (torch.log(f(torch.where(ok, u_accept, 0.5))) < log_rho)
 
     # Tries: try t is computed iff the token was rejected and no earlier try was taken; a bad uniform in a
@@ -79,7 +80,7 @@ def cspd_verify(
     bad_try = bad_uniform(u_ar) | bad_uniform(u_prop).any(-1)  # (n, K)
     u = f(u_prop).nan_to_num(0.5).clamp(_U_MIN, 1.0 - _U_MIN)
     y = mp[:, None, :] + sp[:, None, :] * (math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0))  # (n, K, D)
-    log_ratio = _log_ratio_sum(y, mq[:, None], sq[:, None], mp[:, None], sp[:, None]) - log_c[:, None]
+    log_ratio = _log_ratio_sum(y, mq[:, None], sq[:, None], mp[:, None], sp[:, None], log_c_terms[:, None])
     take = ~bad_try & (f(u_ar) < -torch.expm1(log_ratio))  # u < 1 - q0 / (c p0)
     tries = take.shape[1]
     steps = torch.arange(tries, device=x.device)

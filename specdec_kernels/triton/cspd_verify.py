@@ -110,12 +110,13 @@ def _cspd_verify_kernel(x_ptr, mu_q_ptr, sigma_q_ptr, mu_p_ptr, sigma_p_ptr, s_q
     sq = tl.where(g2, sq32, 1.0).to(tl.float64)
     mp = tl.where(g2, mp32, 0.0).to(tl.float64)
     sp = tl.where(g2, sp32, 1.0).to(tl.float64)
-    log_c = tl.sum(tl.where(g2, s_q32, 0.0).to(tl.float64) - tl.where(g2, s_p32, 0.0).to(tl.float64), 1)
+    # log c's share per dim: each sum runs over d of a dim's whole term (no two large sums cancel)
+    log_c_terms = tl.where(g2, s_q32, 0.0).to(tl.float64) - tl.where(g2, s_p32, 0.0).to(tl.float64)
     log_sq = tl.log(sq)
     log_sp = tl.log(sp)
     zp = (x - mp) / (tau * sp)
     zq = (x - mq) / (tau * sq)
-    log_rho = tl.sum(tl.where(m2, -0.5 * zp * zp + 0.5 * zq * zq + log_sq - log_sp, 0.0), 1) + log_c
+    log_rho = tl.sum(tl.where(m2, -0.5 * zp * zp + 0.5 * zq * zq + log_sq - log_sp + log_c_terms, 0.0), 1)
     u_acc = tl.where(good, u_acc32, 1.0).to(tl.float64)
     accepted = rm & good & (tl.log(u_acc) < log_rho)
 
@@ -134,10 +135,11 @@ def _cspd_verify_kernel(x_ptr, mu_q_ptr, sigma_q_ptr, mu_p_ptr, sigma_p_ptr, s_q
         y = mp + sp * (SQRT2 * _erfinv(2.0 * u - 1.0))
         zq_y = (y - mq) / sq
         zp_y = (y - mp) / sp
-        # log q0(y) - log p0(y), term by term (the 0.5 log 2 pi terms cancel), as every backend sums it
-        log_ratio = tl.sum(tl.where(m2, -0.5 * zq_y * zq_y + 0.5 * zp_y * zp_y - log_sq + log_sp, 0.0), 1)
+        # log q0(y) - log c - log p0(y), dim by dim (the 0.5 log 2 pi terms cancel), as every backend sums it
+        log_ratio = tl.sum(tl.where(m2, -0.5 * zq_y * zq_y + 0.5 * zp_y * zp_y - log_sq + log_sp - log_c_terms, 0.0),
+                           1)
         u_ar = u_ar32.to(tl.float64)
-        take = active & (u_ar < -_expm1(log_ratio - log_c))
+        take = active & (u_ar < -_expm1(log_ratio))
         y_pick = tl.where(active[:, None], y, y_pick)  # the latest proposal: y_K if no try is taken
         found = found | take
         active = active & (take == 0)
