@@ -35,7 +35,7 @@ def test_follows_the_weights():
 
 def test_bad_rows_are_reported():
     p = torch.tensor([[0.5, 0.5], [0.0, 0.0], [float("nan"), 1.0], [-0.1, 1.0], [0.5, 0.5], [0.0, 0.0]])
-    u = torch.tensor([0.3, 0.3, 0.3, 0.3, 1.0, float("nan")])
+    u = torch.tensor([0.3, 0.3, 0.3, 0.3, 1.0 + 2.0**-23, float("nan")])  # 1.0 itself is valid (§3.1)
     assert sk.sample_from_probs(p, u, validate=False).tolist() == [0, -6, -6, -6, -5, -5]  # code 5 checked first
     with pytest.raises(ValueError, match="row 1: p holds"):
         sk.sample_from_probs(p, u)

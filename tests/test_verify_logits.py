@@ -372,7 +372,7 @@ def _bad_chain(code, backend):
         table[token, 1] = -5
         extra = {"method": "lantern", "neighbors": table, "delta": 0.1}
     elif code == 5:
-        case["u_accept"][1, 1] = 1.0
+        case["u_accept"][1, 1] = 1.0 + 2.0**-23  # the float32 just above 1 (1.0 itself is valid, §3.1)
     elif code == 6:
         case["logits"][1, 0, 3] = math.nan
     return case, kw, extra
