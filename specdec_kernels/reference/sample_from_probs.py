@@ -15,8 +15,8 @@ def sample_from_probs(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
     ``p`` is ``(..., vocab_size)`` float (unnormalised weights >= 0), ``u`` has ``p``'s leading shape, float32 in
     [0, 1] (1.0 takes the last token with non-zero weight). Returns int64 of ``u``'s shape. A row is not sampled but
-    reported as ``-code`` (docs/ALGORITHMS.md §3.8) when its uniform lies outside [0, 1] or is NaN (code 5), or when a weight is NaN, inf or negative, or all
-    weights are zero (code 6); code 5 is checked first.
+    reported as ``-code`` (docs/ALGORITHMS.md §3.8) when its uniform lies outside [0, 1] or is NaN (code 5), or when
+    a weight is NaN, inf or negative, or all weights are zero (code 6); code 5 is checked first.
     """
     lead = p.shape[:-1]
     rows = p.reshape(-1, p.shape[-1]).to(torch.float64)

@@ -41,8 +41,8 @@ def verify_tree(
 
     Bad rows (``reference/_status.py``): codes 1-5 before the walk; code 6 (``csrc/methods.h``, as the CPU kernel)
     when a row p[b, n] the walk loads (the root, each accepted node) holds a NaN, inf or negative value or has no
-    mass, or a row q[b, cur] whose children are tested holds one (also: a tested entry, the final node's rows). They return ``accepted_nodes[b] = -1``, ``accept_len[b] = 0``,
-    ``next_token[b] = -code``.
+    mass, or a row q[b, cur] whose children are tested holds one (also: a tested entry, the final node's rows).
+    They return ``accepted_nodes[b] = -1``, ``accept_len[b] = 0``, ``next_token[b] = -code``.
     """
     batch, m, vocab = p.shape
     if num_nodes is None:
