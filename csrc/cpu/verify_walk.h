@@ -210,12 +210,13 @@ int64_t jacobi_refresh(P& p, Q* q_old, int64_t b, int64_t a, int64_t n, int64_t 
     auto q_new = [&](int64_t v) { return static_cast<double>(out[v]); };
     bool unusable = false;
     int64_t token = -1;
-    const bool coupled = row.u_keep != nullptr && src < drafts;  // the bonus position has no old draft
+    // Only a used (so checked) old draft is coupled; the bonus position and unused entries are drawn plainly.
+    const bool coupled = row.u_keep != nullptr && src < n;
     if (coupled) {
       const int64_t x = row.window[src];
       if (q_old && !q_old->load(b, src)) return -1;
       const double qx_old = q_old ? static_cast<double>((*q_old)(x)) : 1.0;
-      if (!valid_id(x, vocab) || !valid_probability(qx_old)) return -1;
+      if (!valid_probability(qx_old)) return -1;
       if (exact_accepts(row.u_keep[j], qx_old, q_new(x))) {
         token = x;
       } else if (q_old) {
