@@ -45,10 +45,6 @@ inline void check_lantern_budget(std::optional<double> delta, std::optional<doub
   TORCH_CHECK(delta.has_value() != lam.has_value(), "exactly one of delta and lam must be given");
 }
 
-inline const char* method_name(int64_t method) {
-  return method == kExact ? "exact" : (method == kGsd ? "gsd" : (method == kLantern ? "lantern" : "unknown"));
-}
-
 // The packed parameter list of verify_chain / verify_tree (methods.h): its length for the method, and the
 // entries whose meaning needs a particular form (window sides: integers >= 0; use_lambda: 0 or 1).
 inline void check_params(int64_t method, c10::ArrayRef<double> params) {
@@ -64,6 +60,14 @@ inline void check_params(int64_t method, c10::ArrayRef<double> params) {
     const double flag = params[lantern_param::kUseLambda];
     TORCH_CHECK(flag == 0.0 || flag == 1.0, "lantern params: use_lambda must be 0 or 1, got ", flag);
   }
+}
+
+// The method code is one the op takes (methods.h traits), with a well-formed params list.
+inline void check_method(int64_t method, c10::ArrayRef<double> params, bool chain) {
+  const MethodTraits traits = method_traits(method);
+  TORCH_CHECK(chain ? traits.chain : traits.tree, "method code ", method, " (", method_name(method),
+              ") is not a ", chain ? "chain" : "tree", " verification rule");
+  check_params(method, params);
 }
 
 inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q, const at::Tensor& draft,
@@ -87,13 +91,12 @@ inline void check_chain(const at::Tensor& p, const std::optional<at::Tensor>& q,
   check_shape(num_drafts, {batch}, "num_drafts");
   check_dtype(num_drafts, at::kLong, "num_drafts");
   for (const at::Tensor* t : {&draft, &u_accept, &u_sample, &num_drafts}) check_same(*t, p, "chain inputs");
-  TORCH_CHECK(chain_supports(method), "verify_chain method code must be in [0, ", kNumMethods, "), got ", method);
-  check_params(method, params);
-  if (method == kLantern) {
-    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+  check_method(method, params, /*chain=*/true);
+  if (needs_neighbors(method)) {
+    TORCH_CHECK(neighbors.has_value(), "method ", method_name(method), " needs neighbors");
     check_neighbors(*neighbors, vocab, p);
   }
-  if (method == kGsd && embeddings) {
+  if (method_traits(method).takes_embeddings && embeddings) {
     check_dtype(*embeddings, at::kFloat, "embeddings");
     check_same(*embeddings, p, "embeddings");
     TORCH_CHECK(embeddings->dim() == 2 && embeddings->size(0) == vocab, "embeddings must be (", vocab,
@@ -124,10 +127,9 @@ inline void check_tree(const at::Tensor& p, const std::optional<at::Tensor>& q, 
   check_shape(num_nodes, {batch}, "num_nodes");
   check_dtype(num_nodes, at::kLong, "num_nodes");
   for (const at::Tensor* t : {&tree_tokens, &parents, &u_accept, &u_sample, &num_nodes}) check_same(*t, p, "tree inputs");
-  TORCH_CHECK(tree_supports(method), "verify_tree method code must be 0 or 2, got ", method);
-  check_params(method, params);
-  if (method == kLantern) {
-    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+  check_method(method, params, /*chain=*/false);
+  if (needs_neighbors(method)) {
+    TORCH_CHECK(neighbors.has_value(), "method ", method_name(method), " needs neighbors");
     check_neighbors(*neighbors, vocab, p);
   }
 }

@@ -14,14 +14,54 @@
 
 namespace specdec {
 
-// ---- Method codes (the `int method` argument of verify_chain / verify_tree).
+// ---- Method codes (the `int method` argument of verify_chain / verify_tree and the logits / Jacobi ops).
 enum Method : int64_t { kExact = 0, kGsd = 1, kLantern = 2, kTypical = 3 };
 constexpr int64_t kNumMethods = 4;
 
-SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method >= kExact && method <= kTypical; }
-// The fused logits -> verification ops implement the first three.
-SPECDEC_HD constexpr bool chain_logits_supports(int64_t method) { return method >= kExact && method <= kLantern; }
-SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExact || method == kLantern; }
+// ---- Traits: what a kernel needs to know about a rule. Kernels branch on these, never on a rule's name, so a
+// rule is one row of this table plus its acceptance test (verify_math.h). Mirrored by specdec_kernels/_methods.py
+// (a test compares the two through the method_info op).
+enum class Residual : int64_t {
+  kOverQ = 0,        // recovered token ~ max(0, p - q)               (exact, GSD)
+  kOverRelaxed = 1,  // recovered token ~ max(0, p~_x - q), p~_x: p with the merged neighbours' mass on x (LANTERN)
+  kTarget = 2,       // recovered token ~ p itself; q is never read     (typical)
+};
+struct MethodTraits {
+  bool known;            // a code this build implements (an unknown code is a row error, kBadMethod)
+  bool chain;            // verify_chain / verify_chain_logits / jacobi_step take it
+  bool tree;             // verify_tree / verify_tree_logits take it
+  int64_t num_params;    // length of the packed params list
+  bool reads_whole_row;  // the test reads the whole target row (GSD's ranking, typical's entropy)
+  bool uses_uniform;     // the test compares u_accept (typical's test is deterministic)
+  bool needs_neighbors;  // a neighbour table is required (and checked for the used tokens)
+  bool takes_embeddings; // an optional embedding table (GSD's distance filter)
+  Residual residual;
+};
+
+SPECDEC_HD constexpr MethodTraits method_traits(int64_t method) {
+  switch (method) {
+    case kExact:   return {true, true, true, 0, false, true, false, false, Residual::kOverQ};
+    case kGsd:     return {true, true, false, 4, true, true, false, true, Residual::kOverQ};
+    case kLantern: return {true, true, true, 2, false, true, true, false, Residual::kOverRelaxed};
+    case kTypical: return {true, true, false, 2, true, false, false, false, Residual::kTarget};
+    default:       return {false, false, false, 0, false, false, false, false, Residual::kOverQ};
+  }
+}
+
+// The rule's name in messages (specdec_kernels._methods spells the same names).
+SPECDEC_HD constexpr const char* method_name(int64_t method) {
+  switch (method) {
+    case kExact: return "exact";
+    case kGsd: return "gsd";
+    case kLantern: return "lantern";
+    case kTypical: return "typical";
+    default: return "unknown";
+  }
+}
+
+SPECDEC_HD constexpr bool chain_supports(int64_t method) { return method_traits(method).chain; }
+SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method_traits(method).tree; }
+SPECDEC_HD constexpr bool needs_neighbors(int64_t method) { return method_traits(method).needs_neighbors; }
 
 // ---- Packed parameters (`float[] params`, one list whatever the method, so a new parameter never changes
 // a schema). Layout by method:
@@ -29,9 +69,7 @@ SPECDEC_HD constexpr bool tree_supports(int64_t method) { return method == kExac
 //   gsd      [h_lo, h_hi, p_thr, d_thr]      rank window (integers >= 0) and the two filter thresholds
 //   lantern  [use_lambda, budget]            use_lambda is 0 (budget = delta) or 1 (budget = lam)
 //   typical  [epsilon, alpha]                Medusa's typical acceptance thresholds
-SPECDEC_HD constexpr int64_t param_count(int64_t method) {
-  return method == kGsd ? 4 : ((method == kLantern || method == kTypical) ? 2 : 0);
-}
+SPECDEC_HD constexpr int64_t param_count(int64_t method) { return method_traits(method).num_params; }
 // The longest params list: kernels carry the raw list in a fixed array and decode it where a method uses it.
 constexpr int64_t kMaxParams = 4;
 constexpr bool params_fit(int64_t method = 0) {
@@ -114,6 +152,8 @@ enum RowStatus : int64_t {
                         //          p[b, a] (and q[b, a] when a draft was rejected) the token is sampled from;
                         //   tree:  every row p[b, n] loaded for a node n on the accepted path and every row
                         //          q[b, n] of a node whose children were tested.
+  kBadMethod = 7,       // a method code this kernel does not implement: the glue refuses it first; a kernel
+                        // reached with one reports every row instead of guessing a rule
   // The auxiliary ops report code 6 for the values they read: neighbor_table a code whose codebook row
   // holds NaN / inf; lantern_relaxed_mass p(x) and the scanned neighbours' p; gsd_group_mass the ranked row
   // p, q of the group members and the embedding rows whose distance is computed; cspd_verify a NaN / inf

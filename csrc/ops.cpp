@@ -4,6 +4,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "methods.h"
+
 TORCH_LIBRARY(specdec_kernels, m) {
   m.def("neighbor_table(Tensor codebook, int k, bool normalize) -> Tensor");
   m.def("lantern_relaxed_mass(Tensor p, Tensor x, Tensor neighbors, float? delta, float? lam) -> (Tensor, Tensor)");
@@ -31,6 +37,21 @@ TORCH_LIBRARY(specdec_kernels, m) {
       "verify_tree_logits(Tensor logits, Tensor? draft_probs, Tensor tree_tokens, Tensor parents, Tensor u_accept, "
       "Tensor u_sample, Tensor num_nodes, float? cfg_scale, float temperature, int top_k, float top_p, int method, "
       "Tensor? neighbors, float[] params) -> (Tensor, Tensor, Tensor)");
+  // One Jacobi step from raw logits: verify_chain_logits of the window, then the Jacobi refresh of the drafts
+  // after the accepted prefix from the same processed rows (independent or coupled draws; random inits).
+  m.def(
+      "jacobi_step(Tensor logits, Tensor window, Tensor? q, Tensor u_accept, Tensor u_sample, Tensor u_draft, "
+      "Tensor? u_keep, Tensor? u_init, Tensor num_drafts, Tensor update, float? cfg_scale, float temperature, "
+      "int top_k, float top_p, int method, Tensor? neighbors, Tensor? embeddings, float[] params) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The rule table of this build (methods.h): name and traits of a method code, for the cross-check with Python.
+  m.def("method_info(int method) -> (str, int[])", [](int64_t method) {
+    const specdec::MethodTraits t = specdec::method_traits(method);
+    return std::make_tuple(std::string(specdec::method_name(method)),
+                           std::vector<int64_t>{t.known, t.chain, t.tree, t.num_params, t.reads_whole_row,
+                                                t.uses_uniform, t.needs_neighbors, t.takes_embeddings,
+                                                static_cast<int64_t>(t.residual)});
+  });
 }
 
 // A module with no functions: it exists so that `import specdec_kernels._C` loads this library.

@@ -14,27 +14,53 @@
 
 namespace specdec::logits {
 
-// Method parameters decoded from the packed float[] params (methods.h); the table pointers are filled by the
-// caller from the contiguous tensors.
+// A rule's parameters decoded from the packed float[] params (methods.h), built by decode_params for every chain
+// and tree op (probabilities, logits, Jacobi); the table pointers are filled by the caller from the contiguous
+// tensors.
 struct MethodParams {
   int64_t method = kExact;
   const int32_t* neighbors = nullptr;
   int64_t k = 0;
   LanternConfig lantern{false, 0.0};
   GsdConfig gsd{0, 0, 0.0f, 0.0f};
+  TypicalConfig typical{0.0, 0.0};
   const float* embeddings = nullptr;
   int64_t emb_dim = 0;
+
+  // The neighbour table when the rule reads one (row status checks use it), else nullptr.
+  const int32_t* status_neighbors() const { return needs_neighbors(method) ? neighbors : nullptr; }
 };
 
+// Checks the code against the op (chain or tree) and the params list, then decodes every parameter the rule has.
 inline MethodParams decode_params(int64_t method, c10::ArrayRef<double> params, bool chain, int64_t vocab) {
-  TORCH_CHECK(chain ? chain_logits_supports(method) : tree_supports(method), "method code ", method,
-              " is not supported by verify_", chain ? "chain" : "tree", "_logits");
-  check_params(method, params);
+  check_method(method, params, chain);
   MethodParams mp;
   mp.method = method;
   if (method == kGsd) mp.gsd = GsdConfig::decode(params.data(), vocab);
   if (method == kLantern) mp.lantern = LanternConfig::decode(params.data());
+  if (method == kTypical) mp.typical = TypicalConfig::decode(params.data());
   return mp;
+}
+
+// The table tensors of a rule, made contiguous, with their pointers set in *mp (undefined where unused).
+struct MethodTables {
+  at::Tensor neighbors, embeddings;
+};
+inline MethodTables bind_tables(MethodParams* mp, const std::optional<at::Tensor>& neighbors,
+                                const std::optional<at::Tensor>& embeddings) {
+  MethodTables t;
+  const MethodTraits traits = method_traits(mp->method);
+  if (traits.needs_neighbors && neighbors) {
+    t.neighbors = neighbors->contiguous();
+    mp->neighbors = t.neighbors.data_ptr<int32_t>();
+    mp->k = t.neighbors.size(1);
+  }
+  if (traits.takes_embeddings && embeddings) {
+    t.embeddings = embeddings->contiguous();
+    mp->embeddings = t.embeddings.data_ptr<float>();
+    mp->emb_dim = t.embeddings.size(1);
+  }
+  return t;
 }
 
 struct LogitsShape {
@@ -83,11 +109,11 @@ inline void check_draft_probs(const std::optional<at::Tensor>& draft_probs, int6
 inline void check_method_tensors(const MethodParams& mp, const std::optional<at::Tensor>& neighbors,
                                  const std::optional<at::Tensor>& embeddings, int64_t vocab,
                                  const at::Tensor& logits) {
-  if (mp.method == kLantern) {
-    TORCH_CHECK(neighbors.has_value(), "method lantern needs neighbors");
+  if (needs_neighbors(mp.method)) {
+    TORCH_CHECK(neighbors.has_value(), "method ", method_name(mp.method), " needs neighbors");
     check_neighbors(*neighbors, vocab, logits);
   }
-  if (mp.method == kGsd && embeddings) {
+  if (method_traits(mp.method).takes_embeddings && embeddings) {
     check_dtype(*embeddings, at::kFloat, "embeddings");
     check_same(*embeddings, logits, "embeddings");
     TORCH_CHECK(embeddings->dim() == 2 && embeddings->size(0) == vocab, "embeddings must be (", vocab,

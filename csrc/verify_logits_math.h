@@ -71,33 +71,8 @@ SPECDEC_HD inline double exp_nonpositive(double x) {
   return in_range ? poly * scale : 0.0;
 }
 
-// ---- Row status codes (methods.h RowStatus) checked before any verification, built from the per-element checks
-// of verify_math.h: the smallest failing code of the row wins.
-
-// Chain row: n = num_drafts[b]; drafts / u_accept point at the row's L entries; neighbors [V, k] or nullptr.
-SPECDEC_HD inline int64_t chain_row_status(int64_t n, int64_t max_drafts, const int64_t* drafts,
-                                           const float* u_accept, float u_sample, int64_t vocab,
-                                           const int32_t* neighbors, int64_t k) {
-  if (n < 0 || n > max_drafts) return kBadCount;
-  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
-  for (int64_t i = 0; i < n; ++i) {
-    status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
-  }
-  return status;
-}
-
-// Tree row: the valid nodes are n < num_nodes[b], the root included; tokens / parents / u_accept point at the
-// row's M entries.
-SPECDEC_HD inline int64_t tree_row_status(int64_t num_nodes, int64_t max_nodes, const int64_t* tokens,
-                                          const int64_t* parents, const float* u_accept, float u_sample,
-                                          int64_t vocab, const int32_t* neighbors, int64_t k) {
-  if (num_nodes < 1 || num_nodes > max_nodes) return kBadCount;
-  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
-  for (int64_t n = 0; n < num_nodes; ++n) {
-    status = first_failure(status, token_status(tokens[n], vocab, u_accept[n], neighbors, k));
-    if (!valid_parent(n, parents[n])) status = first_failure(status, kBadParent);
-  }
-  return status;
-}
+// The row status checks are shared with the probability kernels (verify_math.h).
+using specdec::chain_row_status;
+using specdec::tree_row_status;
 
 }  // namespace specdec::logits

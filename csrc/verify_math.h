@@ -68,6 +68,36 @@ SPECDEC_HD inline bool valid_parent(int64_t node, int64_t parent) {
   return node == 0 ? parent == -1 : (parent >= 0 && parent < node);
 }
 
+// ---- Row status codes (methods.h RowStatus) checked before any verification, built from the per-element checks
+// above: the smallest failing code of the row wins. Every chain and tree kernel (probabilities, logits, Jacobi)
+// calls these; `neighbors` is the table of a rule that needs one (methods.h traits), else nullptr.
+
+// Chain row: n = num_drafts[b]; drafts / u_accept point at the row's L entries; neighbors [V, k] or nullptr.
+SPECDEC_HD inline int64_t chain_row_status(int64_t n, int64_t max_drafts, const int64_t* drafts,
+                                           const float* u_accept, float u_sample, int64_t vocab,
+                                           const int32_t* neighbors, int64_t k) {
+  if (n < 0 || n > max_drafts) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
+  for (int64_t i = 0; i < n; ++i) {
+    status = first_failure(status, token_status(drafts[i], vocab, u_accept[i], neighbors, k));
+  }
+  return status;
+}
+
+// Tree row: the valid nodes are n < num_nodes[b], the root included; tokens / parents / u_accept point at the
+// row's M entries.
+SPECDEC_HD inline int64_t tree_row_status(int64_t num_nodes, int64_t max_nodes, const int64_t* tokens,
+                                          const int64_t* parents, const float* u_accept, float u_sample,
+                                          int64_t vocab, const int32_t* neighbors, int64_t k) {
+  if (num_nodes < 1 || num_nodes > max_nodes) return kBadCount;
+  int64_t status = valid_uniform(u_sample) ? kRowOk : kBadUniform;
+  for (int64_t n = 0; n < num_nodes; ++n) {
+    status = first_failure(status, token_status(tokens[n], vocab, u_accept[n], neighbors, k));
+    if (!valid_parent(n, parents[n])) status = first_failure(status, kBadParent);
+  }
+  return status;
+}
+
 // ---- Acceptance tests (division-free; u in [0, 1], strict in u; q(x) := 1 for one-hot drafts).
 
 // Exact speculative sampling: u < min(1, p/q)  <=>  u * q(x) < p(x); q(x) = 0 accepts iff p(x) > 0.

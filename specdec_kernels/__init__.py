@@ -20,6 +20,7 @@ from .ops import (
     verify_chain,
     verify_tree,
 )
+from .ops.jacobi_step import JacobiStep, jacobi_step
 from .ops.verify_logits import process_logits, verify_chain_logits, verify_tree_logits
 
 from . import _fake
@@ -35,6 +36,8 @@ __all__ = [
     "build_tree",
     "cspd_verify",
     "gsd_group_mass",
+    "jacobi_step",
+    "JacobiStep",
     "lantern_relaxed_mass",
     "neighbor_table",
     "process_logits",

@@ -85,8 +85,17 @@ def verify_tree_logits(logits, draft_probs, tree_tokens, parents, u_accept, u_sa
     )
 
 
-#: Ops only the C++ extension defines (the Triton logits path launches its own kernels around verify_chain).
-EXTENSION_ONLY_FAKES = {"verify_chain_logits": verify_chain_logits, "verify_tree_logits": verify_tree_logits}
+def jacobi_step(logits, window, q, u_accept, u_sample, u_draft, u_keep, u_init, num_drafts, update, cfg_scale,
+                temperature, top_k, top_p, method, neighbors, embeddings, params):
+    _method_params("verify_chain", method, params)
+    batch, width = window.shape
+    vocab = logits.shape[-1]
+    return (window.new_empty((batch,)), window.new_empty((batch,)), window.new_empty((batch, width)),
+            logits.new_empty((batch, width, vocab), dtype=torch.float32), window.new_empty((batch,)))
+
+
+#: Ops only the C++ extension defines so far (the Triton backend gains them as its kernels land).
+EXTENSION_ONLY_FAKES = {"jacobi_step": jacobi_step}
 
 
 #: Op name -> its fake kernel (one per schema, shared by both namespaces).
@@ -98,6 +107,8 @@ FAKES = {
     "build_tree": build_tree,
     "verify_tree": verify_tree,
     "cspd_verify": cspd_verify,
+    "verify_chain_logits": verify_chain_logits,
+    "verify_tree_logits": verify_tree_logits,
 }
 
 

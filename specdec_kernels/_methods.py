@@ -18,8 +18,8 @@ Row status codes (``ROW_*``, docs/ALGORITHMS.md §3.8 and the kernel contract) a
 wrappers translate them into error messages. The Triton kernels read codes from this module as ``tl.constexpr``
 globals (``specdec_kernels/triton/_common.py``); nothing else spells a method code as a number.
 
-Adding a method: one :class:`Method` entry with its :class:`Param` list and a ``pack`` function, the kernels'
-branch for its code, and its row in ``csrc/methods.h``.
+Adding a method: one :class:`Method` entry (parameters, ``pack``, traits), its row in ``csrc/methods.h``'s traits
+table, and its acceptance test in each backend's walk (docs/CONTRIBUTING.md counts the files).
 """
 
 import math
@@ -75,6 +75,14 @@ class Method:
     #: Tensor inputs the method needs (``"neighbors"``) or may take (``"embeddings"``, chain only).
     needs: Tuple[str, ...] = ()
     optional: Tuple[str, ...] = ()
+    #: Traits the kernels branch on (``csrc/methods.h`` MethodTraits; a test compares the two tables):
+    #: the test reads the whole target row (GSD's ranking, typical's entropy) ...
+    reads_whole_row: bool = False
+    #: ... the test compares ``u_accept`` (typical's test is deterministic) ...
+    uses_uniform: bool = True
+    #: ... and what the recovered token is sampled from: ``"over_q"`` max(0, p - q), ``"over_relaxed"``
+    #: max(0, p~_x - q) with the merged neighbours' mass moved onto x, or ``"target"`` p itself.
+    residual: str = "over_q"
 
     @property
     def param_names(self) -> Tuple[str, ...]:
@@ -111,6 +119,7 @@ GSD = Method(
     ),
     pack=_gsd_pack,
     optional=("embeddings",),
+    reads_whole_row=True,
 )
 LANTERN = Method(
     "lantern", 2, chain=True, tree=True,
@@ -121,6 +130,7 @@ LANTERN = Method(
     pack=_lantern_pack,
     check_all=_lantern_rule,
     needs=("neighbors",),
+    residual="over_relaxed",
 )
 
 TYPICAL = Method(
@@ -130,6 +140,9 @@ TYPICAL = Method(
         Param("alpha", 0.3, lambda v: check_number(v, "alpha", 0.0), "entropy-scaled threshold factor (Medusa's 0.3)"),
     ),
     pack=lambda values, vocab: [float(values["epsilon"]), float(values["alpha"])],
+    reads_whole_row=True,
+    uses_uniform=False,
+    residual="target",
 )
 
 #: Every method by name, in code order.
@@ -145,8 +158,26 @@ GSD_CODE = GSD.code
 LANTERN_CODE = LANTERN.code
 TYPICAL_CODE = TYPICAL.code
 
-#: Methods the fused logits -> verification ops (``verify_chain_logits``) implement.
-CHAIN_LOGITS_METHODS: Tuple[str, ...] = ("exact", "gsd", "lantern")
+#: Residual kinds in ``csrc/methods.h`` order (``Residual``).
+RESIDUALS: Tuple[str, ...] = ("over_q", "over_relaxed", "target")
+
+
+def traits_vector(method: Optional[Method]) -> List[int]:
+    """The traits of ``method`` in the order the C++ ``method_info`` op reports them (None: an unknown code):
+    known, chain, tree, num_params, reads_whole_row, uses_uniform, needs_neighbors, takes_embeddings, residual."""
+    if method is None:
+        return [0] * 9
+    return [1, int(method.chain), int(method.tree), method.num_params, int(method.reads_whole_row),
+            int(method.uses_uniform), int("neighbors" in method.needs), int("embeddings" in method.optional),
+            RESIDUALS.index(method.residual)]
+
+
+def default(method: Method, name: str):
+    """The default of parameter ``name`` of ``method`` (the one place defaults live)."""
+    for param in method.params:
+        if param.name == name:
+            return param.default
+    raise KeyError(f"method {method.name!r} has no parameter {name!r}")
 
 # ------------------------------------------------------------------------------------------ row status codes
 
@@ -157,6 +188,7 @@ ROW_BAD_PARENTS = 3  # tree: parents[b, 0] != -1 or parents[b, n] outside [0, n)
 ROW_BAD_NEIGHBOR = 4  # lantern: a neighbour id of a used token outside [0, V) or equal to the token
 ROW_BAD_UNIFORM = 5  # a uniform the row uses outside [0, 1] (NaN included; 1.0 is valid)
 ROW_BAD_PROB = 6  # a probability read is NaN / inf / negative, or the sampled row has zero mass
+ROW_BAD_METHOD = 7  # a method code the kernel does not implement (the wrappers refuse it before any kernel runs)
 
 #: What each code means, phrased for an error message: (argument, problem).
 ROW_CODES: Dict[int, Tuple[str, str]] = {
@@ -168,6 +200,7 @@ ROW_CODES: Dict[int, Tuple[str, str]] = {
     ROW_BAD_UNIFORM: ("u_accept / u_sample", "holds a value outside [0, 1] (or NaN) that the row uses"),
     ROW_BAD_PROB: ("p / q", "holds a NaN, inf or negative probability that the row reads, or the row sampled from "
                    "has zero total mass"),
+    ROW_BAD_METHOD: ("method", "is a code this kernel does not implement"),
 }
 
 

@@ -199,13 +199,17 @@ def gsd_params(rank_window, p_thr, d_thr, vocab: int) -> Tuple[int, int, float, 
 # ---------------------------------------------------------------- row status codes (validate=None and True)
 
 _COUNT_NAME = {"verify_chain": "num_drafts", "verify_tree": "num_nodes", "build_tree": "num_nodes",
-               "verify_chain_logits": "num_drafts", "verify_tree_logits": "num_nodes"}
+               "verify_chain_logits": "num_drafts", "verify_tree_logits": "num_nodes", "jacobi_step": "num_drafts"}
 _ID_NAME = {"verify_chain": "draft", "verify_tree": "tree_tokens", "lantern_relaxed_mass": "x",
-            "gsd_group_mass": "x", "verify_chain_logits": "draft", "verify_tree_logits": "tree_tokens"}
+            "gsd_group_mass": "x", "verify_chain_logits": "draft", "verify_tree_logits": "tree_tokens",
+            "jacobi_step": "window"}
 #: The logits ops take no ``p`` / ``q``: code 6 names the arguments the bad processed row comes from.
 _PROB_NAME = {"verify_chain_logits": ("logits / draft_logits / draft_probs",
                                       "gives a row that is not a distribution (NaN or +inf logits, all -inf "
                                       "after processing) or a NaN, inf or negative draft probability the row reads"),
+              "jacobi_step": ("logits / q",
+                              "gives a row that is not a distribution (NaN or +inf logits, all -inf after "
+                              "processing) or a NaN, inf or negative q value the row reads"),
               "verify_tree_logits": ("logits / draft_probs",
                                      "gives a row that is not a distribution (NaN or +inf logits, all -inf "
                                      "after processing) or a NaN, inf or negative draft probability the row reads"),

@@ -17,6 +17,8 @@ def run(name: str, backend: str, device: torch.device, reference: Callable[[], o
     if chosen == "reference":
         return reference()
     if chosen == "triton":
+        if name not in TRITON_OPS:
+            raise NotImplementedError(f"{name} has no Triton kernel yet; use backend='cpu', 'cuda' or 'reference'")
         return TRITON_OPS[name](*op_args)
     return torch_op(name)(*op_args)
 

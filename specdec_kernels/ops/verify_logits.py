@@ -8,7 +8,8 @@ They equal :func:`verify_chain` / :func:`verify_tree` applied to :func:`process_
 """
 
 import math
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -16,6 +17,7 @@ from .. import _validation as v
 from .._backend import resolve_backend, torch_op
 from .. import _methods
 from ..reference import verify_logits as ref
+from ._dispatch import run
 
 _LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -67,22 +69,19 @@ def _guidance(logits, cfg_scale, batch: int) -> Optional[float]:
                      f"then uncond rows), got {rows}")
 
 
-def _method(method, op, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr, vocab, device):
+def _method(method, op, vocab, device, neighbors=None, embeddings=None, **given):
     """Validate the method arguments against the method table; return the op's method code, the reference's
     keyword arguments and the packed ``params`` list of the op schema (``specdec_kernels._methods``)."""
-    if op == "verify_chain" and method not in _methods.CHAIN_LOGITS_METHODS:
-        raise ValueError(f"method must be one of {_methods.CHAIN_LOGITS_METHODS} for verify_chain_logits, got "
-                         f"{method!r} (verify_chain(process_logits(...)) takes every chain method)")
-    code, params = v.method_params(method, op, vocab, neighbors=neighbors, embeddings=embeddings, delta=delta,
-                                   lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
+    code, params = v.method_params(method, op, vocab, neighbors=neighbors, embeddings=embeddings, **given)
     if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, device)
     if embeddings is not None:
         v.embedding_shapes(embeddings, vocab, device)
-    kwargs = {"method": method, **_methods.unpack_params(_methods.METHODS[method], params)}
-    if method == "lantern":
+    chosen = _methods.METHODS[method]
+    kwargs = {"method": method, **_methods.unpack_params(chosen, params)}
+    if "neighbors" in chosen.needs:
         kwargs["neighbors"] = neighbors
-    if method == "gsd":
+    if "embeddings" in chosen.optional:
         kwargs["embeddings"] = embeddings
     return code, kwargs, params
 
@@ -128,6 +127,87 @@ def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, t
     return ref.process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
+@dataclass
+class ChainLogitsCall:
+    """The checked inputs of a chain op from logits (``verify_chain_logits``, ``jacobi_step``)."""
+
+    logits: torch.Tensor
+    draft_logits: Optional[torch.Tensor]
+    draft_probs: Optional[torch.Tensor]
+    u_accept: torch.Tensor
+    u_sample: torch.Tensor
+    num_drafts: torch.Tensor
+    cfg_scale: Optional[float]
+    temperature: float
+    top_k: int
+    top_p: float
+    code: int
+    kwargs: dict
+    params: List[float]
+    batch: int
+    drafts: int
+    vocab: int
+
+
+def prepare_chain_logits(logits, draft, u_accept, u_sample, num_drafts, draft_probs, draft_logits, cfg_scale,
+                         temperature, top_k, top_p, method, backend, validate, method_args,
+                         extra_checks=None) -> ChainLogitsCall:
+    """Every check of a chain op from logits, written once: processing arguments, shapes, the method's parameters
+    (``method_args``: its keyword values, None = not given) and, with ``validate=True`` (or on the reference, which
+    does not report bad rows itself), the value checks (plus ``extra_checks(checks)``, an op's own)."""
+    cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
+    logits, draft_logits, draft_probs = (_float32_if_double(t) for t in (logits, draft_logits, draft_probs))
+    v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
+    v._tensor(draft, "draft", 2, (torch.int64,), logits.device)
+    cfg_scale = _guidance(logits, cfg_scale, draft.shape[0])
+    batch, slots, vocab = _logits_shape(logits, cfg_scale)
+    drafts = slots - 1
+    device = logits.device
+    if num_drafts is None:
+        num_drafts = torch.full((batch,), drafts, dtype=torch.int64, device=device)
+    for name, t, shape, dtype in (("draft", draft, (batch, drafts), torch.int64),
+                                  ("u_accept", u_accept, (batch, drafts), torch.float32),
+                                  ("u_sample", u_sample, (batch,), torch.float32),
+                                  ("num_drafts", num_drafts, (batch,), torch.int64)):
+        v._tensor(t, name, len(shape), (dtype,), device)
+        v._shape(t, name, shape)
+    if draft_probs is not None and draft_logits is not None:
+        raise ValueError("pass at most one of draft_probs and draft_logits")
+    if draft_probs is not None:
+        v._tensor(draft_probs, "draft_probs", 3, _LOGITS_DTYPES, device)
+        v._shape(draft_probs, "draft_probs", (batch, drafts, vocab))
+    if draft_logits is not None:
+        v._tensor(draft_logits, "draft_logits", 3, (logits.dtype,), device)
+        rows_ok = draft_logits.shape[0] == batch or (cfg_scale is not None and draft_logits.shape[0] == 2 * batch)
+        if not rows_ok or tuple(draft_logits.shape[1:]) != (drafts, vocab):
+            raise ValueError(f"draft_logits must be ({batch}{' or ' + str(2 * batch) if cfg_scale is not None else ''}"
+                             f", {drafts}, {vocab}), got {tuple(draft_logits.shape)}")
+    code, method_kwargs, params = _method(method, "verify_chain", vocab, device, **method_args)
+    neighbors, embeddings = method_args.get("neighbors"), method_args.get("embeddings")
+    chosen = resolve_backend(backend, device)
+    if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
+        checks = v.new_checks()
+        checks.add((num_drafts >= 0) & (num_drafts <= drafts), f"num_drafts must lie in [0, {drafts}]")
+        used = torch.arange(drafts, device=device) < num_drafts[:, None]
+        checks.ids(draft, "draft", vocab, valid=used)
+        checks.uniforms(u_accept, "u_accept")
+        checks.uniforms(u_sample, "u_sample")
+        _finite_logits(checks, logits, "logits")
+        if draft_logits is not None:
+            _finite_logits(checks, draft_logits, "draft_logits")
+        if draft_probs is not None:
+            checks.probabilities(draft_probs, "draft_probs")
+        if neighbors is not None:
+            v.check_neighbor_values(checks, neighbors, vocab)
+        if embeddings is not None:
+            checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
+        if extra_checks is not None:
+            extra_checks(checks)
+        checks.run()
+    return ChainLogitsCall(logits, draft_logits, draft_probs, u_accept, u_sample, num_drafts, cfg_scale, temperature,
+                           top_k, top_p, code, method_kwargs, params, batch, drafts, vocab)
+
+
 def verify_chain_logits(
     logits: torch.Tensor,
     draft: torch.Tensor,
@@ -149,6 +229,8 @@ def verify_chain_logits(
     rank_window: Optional[Tuple[int, int]] = None,
     p_thr: Optional[float] = None,
     d_thr: Optional[float] = None,
+    epsilon: Optional[float] = None,
+    alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -200,68 +282,22 @@ def verify_chain_logits(
     >>> verify_chain_logits(logits, torch.tensor([[1]]), torch.tensor([[0.5]]), torch.tensor([0.3]))
     (tensor([1]), tensor([0]))
     """
-    cfg_scale, temperature, top_k, top_p = _processing_args(cfg_scale, temperature, top_k, top_p)
-    logits, draft_logits, draft_probs = (_float32_if_double(t) for t in (logits, draft_logits, draft_probs))
-    v._tensor(logits, "logits", 3, _LOGITS_DTYPES)
-    v._tensor(draft, "draft", 2, (torch.int64,), logits.device)
-    cfg_scale = _guidance(logits, cfg_scale, draft.shape[0])
-    batch, slots, vocab = _logits_shape(logits, cfg_scale)
-    drafts = slots - 1
-    device = logits.device
-    if num_drafts is None:
-        num_drafts = torch.full((batch,), drafts, dtype=torch.int64, device=device)
-    for name, t, shape, dtype in (("draft", draft, (batch, drafts), torch.int64),
-                                  ("u_accept", u_accept, (batch, drafts), torch.float32),
-                                  ("u_sample", u_sample, (batch,), torch.float32),
-                                  ("num_drafts", num_drafts, (batch,), torch.int64)):
-        v._tensor(t, name, len(shape), (dtype,), device)
-        v._shape(t, name, shape)
-    if draft_probs is not None and draft_logits is not None:
-        raise ValueError("pass at most one of draft_probs and draft_logits")
-    if draft_probs is not None:
-        v._tensor(draft_probs, "draft_probs", 3, _LOGITS_DTYPES, device)
-        v._shape(draft_probs, "draft_probs", (batch, drafts, vocab))
-    if draft_logits is not None:
-        v._tensor(draft_logits, "draft_logits", 3, (logits.dtype,), device)
-        rows_ok = draft_logits.shape[0] == batch or (cfg_scale is not None and draft_logits.shape[0] == 2 * batch)
-        if not rows_ok or tuple(draft_logits.shape[1:]) != (drafts, vocab):
-            raise ValueError(f"draft_logits must be ({batch}{' or ' + str(2 * batch) if cfg_scale is not None else ''}"
-                             f", {drafts}, {vocab}), got {tuple(draft_logits.shape)}")
-    code, method_kwargs, params = _method(method, "verify_chain", neighbors, delta, lam, embeddings, rank_window,
-                                          p_thr, d_thr, vocab, device)
-    chosen = resolve_backend(backend, device)
-    if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
-        checks = v.new_checks()
-        checks.add((num_drafts >= 0) & (num_drafts <= drafts), f"num_drafts must lie in [0, {drafts}]")
-        used = torch.arange(drafts, device=device) < num_drafts[:, None]
-        checks.ids(draft, "draft", vocab, valid=used)
-        checks.uniforms(u_accept, "u_accept")
-        checks.uniforms(u_sample, "u_sample")
-        _finite_logits(checks, logits, "logits")
-        if draft_logits is not None:
-            _finite_logits(checks, draft_logits, "draft_logits")
-        if draft_probs is not None:
-            checks.probabilities(draft_probs, "draft_probs")
-        if neighbors is not None:
-            v.check_neighbor_values(checks, neighbors, vocab)
-        if embeddings is not None:
-            checks.add(torch.isfinite(embeddings), "embeddings contains NaN or inf")
-        checks.run()
-    if chosen == "reference":
-        accept_len, next_token = ref.verify_chain_logits(
-            logits, draft, u_accept, u_sample, num_drafts=num_drafts, draft_probs=draft_probs,
-            draft_logits=draft_logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-            **method_kwargs)
-    else:
-        args = (logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts, cfg_scale, temperature,
-                top_k, top_p, code, method_kwargs.get("neighbors"), method_kwargs.get("embeddings"),
-                params)
-        if chosen == "triton":
-            from ..triton.verify_logits import verify_chain_logits_triton
+    call = prepare_chain_logits(logits, draft, u_accept, u_sample, num_drafts, draft_probs, draft_logits, cfg_scale,
+                                temperature, top_k, top_p, method, backend, validate,
+                                dict(neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
+                                     rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, epsilon=epsilon,
+                                     alpha=alpha))
+    args = (call.logits, call.draft_logits, call.draft_probs, draft, call.u_accept, call.u_sample, call.num_drafts,
+            call.cfg_scale, call.temperature, call.top_k, call.top_p, call.code, call.kwargs.get("neighbors"),
+            call.kwargs.get("embeddings"), call.params)
 
-            accept_len, next_token = verify_chain_logits_triton(*args)
-        else:
-            accept_len, next_token = torch_op("verify_chain_logits")(*args)
+    def reference():
+        return ref.verify_chain_logits(
+            call.logits, draft, call.u_accept, call.u_sample, num_drafts=call.num_drafts, draft_probs=call.draft_probs,
+            draft_logits=call.draft_logits, cfg_scale=call.cfg_scale, temperature=call.temperature, top_k=call.top_k,
+            top_p=call.top_p, **call.kwargs)
+
+    accept_len, next_token = run("verify_chain_logits", backend, call.logits.device, reference, args)
     if validate is not False:
         v.raise_on_bad_rows("verify_chain_logits", next_token)
     return accept_len, next_token
@@ -333,8 +369,8 @@ def verify_tree_logits(
     if draft_probs is not None:
         v._tensor(draft_probs, "draft_probs", 3, _LOGITS_DTYPES, device)
         v._shape(draft_probs, "draft_probs", (batch, nodes, vocab))
-    code, method_kwargs, params = _method(method, "verify_tree", neighbors, delta, lam, None, None, None, None,
-                                          vocab, device)
+    code, method_kwargs, params = _method(method, "verify_tree", vocab, device, neighbors=neighbors, delta=delta,
+                                          lam=lam)
     chosen = resolve_backend(backend, device)
     if validate or (validate is None and chosen == "reference"):  # the reference does not report bad rows itself
         checks = v.new_checks()
@@ -350,19 +386,15 @@ def verify_tree_logits(
         if neighbors is not None:
             v.check_neighbor_values(checks, neighbors, vocab)
         checks.run()
-    if chosen == "reference":
-        out = ref.verify_tree_logits(
+    args = (logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg_scale, temperature,
+            top_k, top_p, code, method_kwargs.get("neighbors"), params)
+
+    def reference():
+        return ref.verify_tree_logits(
             logits, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, draft_probs=draft_probs,
             cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, **method_kwargs)
-    else:
-        args = (logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg_scale, temperature,
-                top_k, top_p, code, method_kwargs.get("neighbors"), params)
-        if chosen == "triton":
-            from ..triton.verify_logits import verify_tree_logits_triton
 
-            out = verify_tree_logits_triton(*args)
-        else:
-            out = torch_op("verify_tree_logits")(*args)
+    out = run("verify_tree_logits", backend, device, reference, args)
     if validate is not False:
         v.raise_on_bad_rows("verify_tree_logits", out[2])
     return out

@@ -8,6 +8,7 @@ inputs and dispatch to a backend, and ``backend="reference"`` routes here.
 from .build_tree import build_tree
 from .cspd_verify import cspd_verify
 from .gsd_group_mass import gsd_group_mass
+from .jacobi_step import jacobi_step
 from .lantern_relaxed_mass import lantern_relaxed_mass
 from .neighbor_table import neighbor_table
 from .sample_from_probs import sample_from_probs
@@ -20,6 +21,7 @@ __all__ = [
     "cspd_verify",
     "gsd_group_mass",
     "inverse_cdf",
+    "jacobi_step",
     "lantern_relaxed_mass",
     "neighbor_table",
     "sample_from_probs",

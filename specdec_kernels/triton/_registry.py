@@ -75,6 +75,28 @@ def cspd_verify(x: Tensor, mu_q: Tensor, sigma_q: Tensor, mu_p: Tensor, sigma_p:
     return cspd_verify_triton(x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p, u_accept, u_prop, u_ar, inner_temperature)
 
 
+@_op("verify_chain_logits")
+def verify_chain_logits(logits: Tensor, draft_logits: Optional[Tensor], draft_probs: Optional[Tensor], draft: Tensor,
+                        u_accept: Tensor, u_sample: Tensor, num_drafts: Tensor, cfg_scale: Optional[float],
+                        temperature: float, top_k: int, top_p: float, method: int, neighbors: Optional[Tensor],
+                        embeddings: Optional[Tensor], params: List[float]) -> Tuple[Tensor, Tensor]:
+    from .verify_logits import verify_chain_logits_triton
+
+    return verify_chain_logits_triton(logits, draft_logits, draft_probs, draft, u_accept, u_sample, num_drafts,
+                                      cfg_scale, temperature, top_k, top_p, method, neighbors, embeddings, params)
+
+
+@_op("verify_tree_logits")
+def verify_tree_logits(logits: Tensor, draft_probs: Optional[Tensor], tree_tokens: Tensor, parents: Tensor,
+                       u_accept: Tensor, u_sample: Tensor, num_nodes: Tensor, cfg_scale: Optional[float],
+                       temperature: float, top_k: int, top_p: float, method: int, neighbors: Optional[Tensor],
+                       params: List[float]) -> Tuple[Tensor, Tensor, Tensor]:
+    from .verify_logits import verify_tree_logits_triton
+
+    return verify_tree_logits_triton(logits, draft_probs, tree_tokens, parents, u_accept, u_sample, num_nodes,
+                                     cfg_scale, temperature, top_k, top_p, method, neighbors, params)
+
+
 #: Op name -> the registered Triton op (the dispatch table of ``specdec_kernels/ops/_dispatch.py``).
 OPS = {
     "verify_chain": verify_chain,
@@ -84,4 +106,6 @@ OPS = {
     "gsd_group_mass": gsd_group_mass,
     "neighbor_table": neighbor_table,
     "cspd_verify": cspd_verify,
+    "verify_chain_logits": verify_chain_logits,
+    "verify_tree_logits": verify_tree_logits,
 }
