@@ -101,16 +101,17 @@ def measure(label: str, run: int, rounds: int, budget_s: float) -> str:
     return path
 
 
-def report(labels) -> str:
+def report(labels, machine: str) -> str:
     runs: Dict[str, list] = {}
     for label in labels:
-        for path in sorted(glob.glob(os.path.join(RESULTS, f"checks-{machine_name()}-{label}-*.json"))):
+        for path in sorted(glob.glob(os.path.join(RESULTS, f"checks-{machine}-{label}-*.json"))):
             with open(path) as f:
                 runs.setdefault(label, []).append(json.load(f)["median_us"])
+        if label not in runs:
+            raise SystemExit(f"no runs labelled {label!r} for machine {machine!r} in {RESULTS}")
     merged = {label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in runs.items()}
     base, new = labels[0], labels[-1]
-    lines = [f"# Cost of the auxiliary ops' value checks on {machine_name()} (cpu backend, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} thread(s))", "",
+    lines = [f"# Cost of the auxiliary ops' value checks on {machine} (cpu backend, torch {torch.__version__})", "",
              f"Median µs per call over interleaved rounds, median of {len(runs[base])} / {len(runs[new])} alternating "
              f"runs; `{base}` is the tree without the checks, `{new}` the tree with them "
              f"(`benchmarks/bench_checks.py`). Change = {new} / {base} - 1.", "",
@@ -119,7 +120,7 @@ def report(labels) -> str:
         op, shape, level = key.split(" | ")
         b, n = merged[base][key], merged[new][key]
         lines.append(f"| {op} | {shape} | {level} | {b:.1f} | {n:.1f} | {(n / b - 1) * 100:+.1f} % |")
-    path = os.path.join(RESULTS, f"checks-{machine_name()}.md")
+    path = os.path.join(RESULTS, f"checks-{machine}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -132,11 +133,12 @@ def main():
     parser.add_argument("--report", nargs="+", help="labels to compare (the first is the baseline)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--budget", type=float, default=0.05, help="seconds per case per round")
+    parser.add_argument("--machine", default=None, help="machine name of the runs to report (default: this one)")
     args = parser.parse_args()
     if args.label:
         print("wrote", measure(args.label, args.run, args.rounds, args.budget))
     if args.report:
-        print("wrote", report(args.report))
+        print("wrote", report(args.report, args.machine or machine_name()))
 
 
 if __name__ == "__main__":
