@@ -18,6 +18,15 @@ __device__ __forceinline__ double cspd_proposal(double u, double mu_p, double si
   return mu_p + sigma_p * (kSqrt2 * erfinv(2.0 * uc - 1.0));
 }
 
+// A token that is not verified: NaN tokens, accepted = fallback = false, status = -code.
+__device__ __forceinline__ void cspd_report(int64_t i, int64_t o, int dim, int64_t code, float* tokens, bool* accepted,
+                                            bool* fallback, int32_t* status) {
+  accepted[i] = false;
+  fallback[i] = false;
+  status[i] = static_cast<int32_t>(-code);
+  for (int d = 0; d < dim; ++d) tokens[o + d] = __int_as_float(0x7fc00000);  // NaN
+}
+
 // Grid: one thread per token i (tokens are independent: no prefix truncation).
 //   x, mu_q, sigma_q, mu_p, sigma_p, s_q, s_p [n, dim] float32; u_accept [n]; u_prop [n, tries, dim];
 //   u_ar [n, tries] float32; tokens [n, dim] float32; accepted, fallback [n] bool; status [n] int32.
@@ -37,16 +46,10 @@ __global__ void __launch_bounds__(BLOCK)
   const int64_t i = static_cast<int64_t>(blockIdx.x) * BLOCK + threadIdx.x;
   if (i >= n) return;
   const int64_t o = i * dim;
-  auto report = [&](int64_t code) {
-    accepted[i] = false;
-    fallback[i] = false;
-    status[i] = static_cast<int32_t>(-code);
-    for (int d = 0; d < dim; ++d) tokens[o + d] = __int_as_float(0x7fc00000);  // NaN
-  };
   const int64_t first = cspd_row_status(u_accept[i], x + o, mu_q + o, sigma_q + o, mu_p + o, sigma_p + o, s_q + o,
                                         s_p + o, dim);
   if (first != kRowOk) {
-    report(first);
+    cspd_report(i, o, dim, first, tokens, accepted, fallback, status);
     return;
   }
   CompensatedSum log_rho;  // by dim, log c's share (s_q - s_p) included
@@ -70,7 +73,7 @@ __global__ void __launch_bounds__(BLOCK)
   for (int t = 0; t < tries && !found; ++t) {
     const float* u_t = u_prop + (i * tries + t) * dim;
     if (!valid_uniform(u_ar[i * tries + t]) || !all_uniform(u_t, dim)) {
-      report(kBadUniform);
+      cspd_report(i, o, dim, kBadUniform, tokens, accepted, fallback, status);
       return;
     }
     CompensatedSum log_ratio;  // log q0(y) - log c - log p0(y), by dim (the 0.5 log 2pi terms cancel)
