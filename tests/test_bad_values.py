@@ -246,3 +246,12 @@ def test_verify_tree_reports_bad_rows_it_loads(backend, where):
     assert out[2].tolist() == [-6] and out[1].tolist() == [0]
     with pytest.raises(ValueError, match="status code 6"):
         sk.verify_tree(*args, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_neighbor_table_never_lists_self_next_to_nan_distances(backend):
+    """Found by the fuzz suite: with a NaN distance in the row (to a non-finite code), the reference's self marker
+    (a NaN distance too) tied with it and, by id order, listed the code as its own neighbour."""
+    book = torch.tensor([[-1.3754044771194458], [-INF], [-0.9555367231369019]])
+    got = _cpu(sk.neighbor_table(*_on(backend, book), 2, backend=backend, validate=False))
+    assert got.tolist() == [[2, 1], [-6, -6], [0, 1]]

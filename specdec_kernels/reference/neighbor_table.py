@@ -24,10 +24,11 @@ def neighbor_table(codebook: torch.Tensor, k: int, *, normalize: bool = True) ->
         rows = emb[start : start + _ROW_CHUNK]
         dist = ((rows[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
         own = torch.arange(start, start + rows.shape[0], device=codebook.device)
-        # Self goes last, behind every real distance, even one that overflowed float32 to inf: NaN sorts after inf.
-        dist[torch.arange(rows.shape[0]), own] = float("nan")
-        # A stable sort keeps equal distances in ascending id order: the tie rule.
-        order = torch.sort(dist, dim=-1, stable=True).indices[:, :k]
+        # A stable sort keeps equal distances in ascending id order (the tie rule; NaN distances, to a non-finite
+        # code, rank after inf); then a stable sort on "is self" moves self behind everything, NaN included.
+        order = torch.sort(dist, dim=-1, stable=True).indices
+        is_self = order == own[:, None]
+        order = order.gather(1, torch.sort(is_self.to(torch.int8), dim=-1, stable=True).indices)[:, :k]
         out[start : start + rows.shape[0]] = order.to(torch.int32)
     bad_row = ~torch.isfinite(codebook).all(dim=-1)  # one O(N * D) pass over the raw codebook
     return torch.where(bad_row[:, None], -ROW_BAD_PROB, out).to(torch.int32)
