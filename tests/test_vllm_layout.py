@@ -239,7 +239,8 @@ def test_all_greedy_batch_needs_no_uniforms_and_follows_the_argmax():
     for b, n in enumerate(NUM_DRAFTS):
         accepted = min(b, n)
         assert outs[0][b, :accepted].tolist() == drafts[start:start + accepted].tolist()
-        next_row = metadata.target_logits_indices[start + accepted] if accepted < n else metadata.bonus_logits_indices[b]
+        next_row = (metadata.target_logits_indices[start + accepted] if accepted < n
+                    else metadata.bonus_logits_indices[b])
         assert int(outs[0][b, accepted]) == int(argmax[next_row])
         start += n
 
@@ -306,3 +307,68 @@ def test_parse_output_and_sampler_errors():
         SpeculativeRejectionSampler(SpeculativeVerifier("exact", cfg_scale=3.0))
     with pytest.raises(ValueError, match="not both"):
         SpeculativeRejectionSampler(SpeculativeVerifier("exact"), method="gsd")
+
+
+# -- the documented snippets, executed as written --------------------------------------------------------------
+
+
+def _python_block(path, containing):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / path).read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if containing in b]
+    assert len(blocks) == 1, (path, containing)
+    return blocks[0]
+
+
+def test_readme_serving_snippet_runs_as_written():
+    metadata, logits, inputs = _vllm_batch(4)
+    codebook = _codebook()
+    scope = dict(codebook=codebook, spec_decode_metadata=metadata, draft_probs=inputs["draft_probs"], logits=logits,
+                 sampling_metadata=_sampling_metadata(TEMPERATURES, TOP_KS, TOP_PS,
+                                                      {b: b + 1 for b in range(len(NUM_DRAFTS))}))
+    exec(compile(_python_block("README.md", "SpeculativeRejectionSampler("), "README.md", "exec"), scope)
+    expected = SpeculativeRejectionSampler(method="lantern", codebook=codebook, delta=0.1)(
+        metadata, inputs["draft_probs"], logits, scope["sampling_metadata"]).sampled_token_ids
+    assert torch.equal(scope["output"].sampled_token_ids, expected)
+    assert scope["accepted"] == [row[row >= 0].tolist() for row in expected]
+
+
+def test_serving_doc_subclass_of_vllms_sampler_runs_as_written(monkeypatch):
+    """docs/SERVING.md's subclass, against stand-ins for the two vLLM modules it imports (vLLM is not a
+    dependency): the stand-ins have vLLM's names and constructor / field names only."""
+    import dataclasses
+    import sys
+    import types
+
+    class RejectionSampler(torch.nn.Module):  # vLLM: RejectionSampler(sampler), an nn.Module
+        def __init__(self, sampler):
+            super().__init__()
+            self.sampler = sampler
+
+    @dataclasses.dataclass
+    class SamplerOutput:  # vLLM: vllm.v1.outputs.SamplerOutput
+        sampled_token_ids: torch.Tensor
+        logprobs_tensors: object
+
+    modules = {"vllm": types.ModuleType("vllm"), "vllm.v1": types.ModuleType("vllm.v1"),
+               "vllm.v1.outputs": types.ModuleType("vllm.v1.outputs"),
+               "vllm.v1.sample": types.ModuleType("vllm.v1.sample"),
+               "vllm.v1.sample.rejection_sampler": types.ModuleType("vllm.v1.sample.rejection_sampler")}
+    modules["vllm.v1.outputs"].SamplerOutput = SamplerOutput
+    modules["vllm.v1.sample.rejection_sampler"].RejectionSampler = RejectionSampler
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    scope = {}
+    snippet = _python_block("docs/SERVING.md", "class ImageTokenRejectionSampler")
+    exec(compile(snippet, "docs/SERVING.md", "exec"), scope)
+    codebook = _codebook()
+    sampler = scope["ImageTokenRejectionSampler"](sampler=None, codebook=codebook)
+    metadata, logits, inputs = _vllm_batch(5)
+    settings = _sampling_metadata(TEMPERATURES, TOP_KS, TOP_PS, {b: b for b in range(len(NUM_DRAFTS))})
+    out = sampler(metadata, inputs["draft_probs"], logits, settings)
+    assert isinstance(out, SamplerOutput) and out.logprobs_tensors is None
+    expected = SpeculativeRejectionSampler(method="lantern", codebook=codebook, delta=0.1)(
+        metadata, inputs["draft_probs"], logits, settings).sampled_token_ids
+    assert torch.equal(out.sampled_token_ids, expected)

@@ -206,7 +206,8 @@ class SpeculativeRejectionSampler(torch.nn.Module):
             temperature = temperature.clamp_min(0.0)  # vLLM's greedy marker (0 or -1) -> 0
         top_k = getattr(sampling_metadata, "top_k", None)
         top_p = getattr(sampling_metadata, "top_p", None)
-        top_k = 0 if top_k is None else top_k.to(device=device, dtype=torch.int64)
+        # vLLM writes V (older versions: -1) for "no top-k"; both keep every token here
+        top_k = 0 if top_k is None else top_k.to(device=device, dtype=torch.int64).clamp_min(0)
         top_p = 1.0 if top_p is None else top_p.to(device=device, dtype=torch.float32)
         return temperature, top_k, top_p
 

@@ -55,7 +55,8 @@ class _AttnBlock(nn.Module):
     def forward(self, x):
         batch, channels, height, width = x.shape
         h = self.norm(x)
-        q, k, v = (conv(h).reshape(batch, channels, height * width).transpose(1, 2) for conv in (self.q, self.k, self.v))
+        q, k, v = (conv(h).reshape(batch, channels, height * width).transpose(1, 2)
+                   for conv in (self.q, self.k, self.v))
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v
         return x + self.proj_out(h.transpose(1, 2).reshape(batch, channels, height, width))
 
@@ -158,7 +159,8 @@ class ChameleonVQGANDecoder(nn.Module):
         expected = model.state_dict()
         missing = sorted(set(expected) - set(wanted))
         unexpected = sorted(set(wanted) - set(expected))
-        wrong = sorted(key for key in set(expected) & set(wanted) if tuple(expected[key].shape) != tuple(wanted[key].shape))
+        wrong = sorted(key for key in set(expected) & set(wanted)
+                       if tuple(expected[key].shape) != tuple(wanted[key].shape))
         if missing or unexpected or wrong:
             raise ValueError(f"vqgan_checkpoint: {_describe(checkpoint)} does not fit the model's VQ config "
                              f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]})")
