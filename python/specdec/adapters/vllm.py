@@ -288,8 +288,10 @@ class SpeculativeRejectionSampler(torch.nn.Module):
             if tuple(draft_probs.shape) != (num_tokens, vocab):
                 raise ValueError(f"draft_probs must be [num_tokens, V] = [{num_tokens}, {vocab}], "
                                  f"got {tuple(draft_probs.shape)}")
-            q = (torch.where(draft_pos[:, :, None], draft_probs[flat[:, :width]], 0.0).float() if num_tokens
-                 else torch.zeros(batch, width, vocab, device=device))
+            if num_tokens:  # one gather; the padding positions are zeroed in place
+                q = draft_probs[flat[:, :width]].float().masked_fill_(~draft_pos[:, :, None], 0.0)
+            else:
+                q = torch.zeros(batch, width, vocab, device=device)
         if (uniform_probs is None) != (uniform_bonus is None):
             raise ValueError("pass both uniform_probs and uniform_bonus, or neither")
         if uniform_probs is not None:
