@@ -55,25 +55,33 @@ def _per_row_column(value, batch: int, dtype, device, view, name: str) -> torch.
     return column.reshape(view)
 
 
-def check_sampling(temperature, top_k, top_p, *, check_values: bool = True) -> None:
-    """Clear errors for bad sampling parameters, scalars or ``(B,)`` tensors. ``check_values=False`` skips the
-    value checks of tensors (each is a device -> host sync; a serving loop validates its requests once)."""
+def check_sampling(temperature, top_k, top_p, *, validate: Optional[bool] = None) -> None:
+    """Clear errors for bad sampling parameters, scalars or ``(B,)`` tensors: shapes and dtypes always, values of
+    scalars always. Values of tensors (each check a device -> host sync off the CPU) with ``validate=True``, or
+    with ``validate=None`` (the kernels' default) when the tensor is on the CPU; with ``validate=False``, or on an
+    accelerator with ``None``, they are trusted (a serving engine validates each request once, on arrival)."""
     for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
         if isinstance(value, torch.Tensor) and value.dim() > 1:
             raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {tuple(value.shape)}")
     if isinstance(top_k, torch.Tensor) and top_k.is_floating_point():
         raise ValueError(f"top_k per row must be an integer tensor, got {top_k.dtype}")
-    if not check_values and any(isinstance(v, torch.Tensor) for v in (temperature, top_k, top_p)):
-        return
-    t = torch.as_tensor(_as_scalar(temperature) if not _is_per_row(temperature) else temperature, dtype=torch.float64)
-    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+
+    def values(value, dtype=None):
+        """The values to check, or None when a tensor's values are trusted."""
+        if _is_per_row(value):
+            if validate is False or (validate is None and value.device.type != "cpu"):
+                return None
+            return value.to(dtype) if dtype is not None else value
+        return torch.as_tensor(_as_scalar(value), dtype=dtype)
+
+    t = values(temperature, torch.float64)
+    if t is not None and (not bool(torch.isfinite(t).all()) or bool((t < 0).any())):
         raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None:
-        k = torch.as_tensor(_as_scalar(top_k) if not _is_per_row(top_k) else top_k)
-        if bool((k < 0).any()):
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-    p = torch.as_tensor(_as_scalar(top_p) if not _is_per_row(top_p) else top_p, dtype=torch.float64)
-    if not bool(((p > 0) & (p <= 1)).all()):
+    k = None if top_k is None else values(top_k)
+    if k is not None and bool((k < 0).any()):
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    p = values(top_p, torch.float64)
+    if p is not None and not bool(((p > 0) & (p <= 1)).all()):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
@@ -272,7 +280,7 @@ class SpeculativeVerifier:
         self.rule = ACCEPTANCE_RULES[method]
         self.backend = backend
         self.validate = validate
-        check_sampling(temperature, top_k, top_p, check_values=validate is not False)
+        check_sampling(temperature, top_k, top_p, validate=validate)
         self.sampling = _Sampling(cfg_scale, _scalar_or_rows(temperature, float), _scalar_or_rows(top_k, int),
                                   _scalar_or_rows(top_p, float))
         self._kwargs = self._relaxation(codebook, neighbors, embeddings, k, delta, lam, rank_window, p_thr, d_thr)
@@ -328,7 +336,7 @@ class SpeculativeVerifier:
         other.__dict__.update(self.__dict__)
         if validate != "unchanged":
             other.validate = validate
-        check_sampling(temperature, top_k, top_p, check_values=other.validate is not False)
+        check_sampling(temperature, top_k, top_p, validate=other.validate)
         other.sampling = replace(self.sampling, cfg_scale=cfg_scale, temperature=_scalar_or_rows(temperature, float),
                                  top_k=_scalar_or_rows(top_k, int), top_p=_scalar_or_rows(top_p, float))
         return other

@@ -169,9 +169,10 @@ class SpeculativeRejectionSampler(torch.nn.Module):
 
     Build it once per engine, with a :class:`SpeculativeVerifier` (``verifier=``) or from ``method`` ("exact",
     "gsd", "lantern"), the VQ ``codebook`` (GSD / LANTERN) and the method's parameters (delta, k, lam,
-    rank_window, p_thr, d_thr); the neighbour table or embeddings are built then, once. A verifier built here
-    has ``validate=False``: the kernels' input checks and the value checks of per-request settings each cost a
-    device -> host sync, which a serving step avoids (vLLM validates requests when they arrive).
+    rank_window, p_thr, d_thr); the neighbour table or embeddings are built then, once. Checking is the
+    verifier's ``validate`` (default None: on CUDA the kernels report a bad row by an asynchronous device
+    assertion, and per-request settings on the GPU are not value-checked, both without a host sync; vLLM
+    validates requests when they arrive). ``validate=True`` checks every value, at the price of host syncs.
 
     Per call the host touches only what vLLM already holds on the host: ``num_draft_tokens`` (list),
     ``max_spec_len``, the tensors' shapes and the keys of ``generators``. The combined logits are read once into
@@ -183,7 +184,7 @@ class SpeculativeRejectionSampler(torch.nn.Module):
                  codebook: Optional[torch.Tensor] = None, **method_params):
         super().__init__()
         if verifier is None:
-            verifier = SpeculativeVerifier(method, codebook=codebook, validate=False, **method_params)
+            verifier = SpeculativeVerifier(method, codebook=codebook, **method_params)
         elif codebook is not None or method_params or method != "exact":
             raise ValueError("pass a built verifier, or method / codebook / method parameters, not both")
         if verifier.uses_cfg:

@@ -6,12 +6,12 @@ from typing import Optional, Tuple
 
 import torch
 
+import specdec_kernels as sk
+
 from ...decoding import SamplingConfig, generate
 from ...decoding.defaults import LANTERN_DELTA, lantern_k
 from ...decoding.methods import AR, GSD, SJD
 from ...decoding.metrics import GenerationMetrics
-import specdec_kernels as sk
-
 from ...verifier import SpeculativeVerifier
 from .families import family_of
 from .target import HFImageTarget
@@ -37,8 +37,8 @@ class LanternSJD(SJD):
                                             neighbors=neighbors, k=self.k, delta=delta)
 
 
-# Neighbour tables per model and k, built once (a 16384-code table with k = 1024 takes seconds to tens of seconds
-# on a CPU) and reused by later calls on the same model.
+# Neighbour tables per model, k and geometry (normalised or raw codes), built once (a 16384-code table with
+# k = 1024 takes seconds to tens of seconds on a CPU) and reused by later calls on the same model.
 _NEIGHBOR_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
