@@ -248,7 +248,8 @@ def speculative_generate(
     num_return_sequences : images per prompt (rows repeated, each with its own randomness key).
     normalize_codebook : geometry of LANTERN's neighbour table: L2-normalised codes (cosine order) or raw
         Euclidean. Default per family: Janus normalised (its quantiser normalises codes), Emu3 / Chameleon raw
-        (their decoders use the raw code vectors; normalising a 4-d Emu3 code discards its norm). GSD's distance
+        (their decoders use the raw code vectors; normalising a 4-d Emu3 code discards its norm). On the testbed
+        the choice did not move acceptance beyond seed noise (benchmarks/codebook_geometry.py). GSD's distance
         filter always uses normalised codes (its threshold d < 0.5 is cos > 0.75, scale-free).
     vqgan_checkpoint : Chameleon family: a local VQGAN checkpoint (``.ckpt`` / ``.pt`` / ``.safetensors``; the
         taming-transformers VQGAN of Chameleon, Anole and Lumina-mGPT) whose decoder turns codes into ``images``
