@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import specdec_kernels as sk
 from specdec import SpeculativeVerifier
-from specdec.verifier import _process as process_logits
+from specdec.verifier import sampling_probs as process_logits
 
 B, L, V = 5, 6, 64
 
