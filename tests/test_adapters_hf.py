@@ -23,7 +23,7 @@ from specdec.decoding import SamplingConfig, generate  # noqa: E402
 from specdec.decoding.feed import attention_mask  # noqa: E402
 from specdec.decoding.methods import SJD  # noqa: E402
 
-METHODS = ["ar", "sjd", "gsd", "lantern"]
+METHODS = ["ar", "sjd", "mc-sjd", "gsd", "lantern"]
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 
 

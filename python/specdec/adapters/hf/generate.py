@@ -16,7 +16,7 @@ from ...verifier import SpeculativeVerifier
 from .families import family_of
 from .target import HFImageTarget
 
-METHODS = ("ar", "sjd", "gsd", "lantern")
+METHODS = ("ar", "sjd", "mc-sjd", "gsd", "mc-gsd", "lantern")
 
 
 class LanternSJD(SJD):
@@ -77,11 +77,11 @@ class HFImageOutput:
 def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr, normalize):
     if name == "ar":
         return AR()
-    if name == "sjd":
-        return SJD(window=window, init=init, grid_width=grid_width)
-    if name == "gsd":
+    if name in ("sjd", "mc-sjd"):  # mc-: the coupled (MC-SJD) Jacobi refresh
+        return SJD(window=window, init=init, grid_width=grid_width, coupled=name == "mc-sjd")
+    if name in ("gsd", "mc-gsd"):
         return GSD(codebook, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, window=window, init=init,
-                   grid_width=grid_width)
+                   grid_width=grid_width, coupled=name == "mc-gsd")
     if name == "lantern":
         return LanternSJD(codebook, delta=delta, k=k, window=window, init=init, grid_width=grid_width,
                           neighbors=_neighbors(model, codebook, k, normalize))
@@ -232,9 +232,10 @@ def speculative_generate(
         Chameleon: after the image-start and size tokens), left-padded with ``attention_mask`` ``(B, P)``
         (right padding is an error). ``speculative_generate(model, **processor_output)`` works: Emu3's
         ``image_sizes`` (``[[rows, columns]] * B`` in tokens) gives the grid.
-    method : "ar" (baseline, one token per forward), "sjd" (exact), "gsd" (grouped, lossy), "lantern"
-        (LANTERN-relaxed SJD, TV budget ``delta``, lossy). All draft with SJD's Jacobi window (``window`` - 1
-        drafts, ``init`` "random" or "repeat_left").
+    method : "ar" (baseline, one token per forward), "sjd" (exact), "mc-sjd" (exact, SJD with the coupled
+        MC-SJD refresh), "gsd" / "mc-gsd" (grouped, lossy), "lantern" (LANTERN-relaxed SJD, TV budget ``delta``,
+        lossy). All draft with SJD's Jacobi window (``window`` - 1 drafts, ``init`` "random" or "repeat_left"),
+        verified and refreshed by one fused call per step (``specdec_kernels.jacobi_step``).
     negative_input_ids, negative_attention_mask : the unconditional prompts ``(B, P')`` for CFG (HF's names
         ``negative_prompt_ids`` / ``negative_prompt_attention_mask`` are accepted). Janus builds them as its own
         ``generate`` does (all but BOS / BOI replaced by pad); Emu3 / Chameleon need them.
