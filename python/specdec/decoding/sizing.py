@@ -31,7 +31,7 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,12 +48,17 @@ class CostCurve:
 
     tokens: Tuple[int, ...]
     seconds: Tuple[float, ...]
+    #: Relative timing noise of the measurement (median over the points of each point's interquartile half-range
+    #: over its median); 0 for synthetic curves and for caches written before it was recorded.
+    noise: float = 0.0
 
     def __post_init__(self):
         if len(self.tokens) != len(self.seconds) or not self.tokens:
             raise ValueError("tokens and seconds must be non-empty and of equal length")
         if list(self.tokens) != sorted(set(self.tokens)):
             raise ValueError(f"tokens must be strictly increasing, got {self.tokens}")
+        if not self.noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
 
     def __call__(self, tokens: float) -> float:
         xs, ys = self.tokens, self.seconds
@@ -68,11 +73,12 @@ class CostCurve:
         raise AssertionError  # unreachable
 
     def to_json(self) -> Dict:
-        return {"tokens": list(self.tokens), "seconds": list(self.seconds)}
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "noise": self.noise}
 
     @classmethod
     def from_json(cls, d: Dict) -> "CostCurve":
-        return cls(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]))
+        return cls(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]),
+                   float(d.get("noise", 0.0)))
 
 
 @dataclass
@@ -96,19 +102,25 @@ class Calibration:
     def has(self, role: str, rows: int) -> bool:
         return (role, rows) in self.curves
 
+    def noise(self, roles, rows: int) -> float:
+        """The largest relative timing noise of the curves of ``roles`` at ``rows`` rows."""
+        return max((self.curves[(r, rows)].noise for r in roles if (r, rows) in self.curves), default=0.0)
+
     @classmethod
     def for_models(cls, models: Dict[str, object], rows: int, device, *, sampling=None,
-                   cache_dir: Optional[Path] = None, previous: Optional["Calibration"] = None) -> "Calibration":
+                   cache_dir: Optional[Path] = None, previous: Optional["Calibration"] = None,
+                   force: bool = False) -> "Calibration":
         """Curves for every ``role -> model`` at ``rows`` rows: from ``previous``, else the per-machine cache file
-        of each model, else measured now (and cached)."""
+        of each model, else measured now (and cached). ``force``: measure now (and overwrite the cache) even
+        where a curve is known: what :class:`AutoSizer` does when measured steps drift from the model."""
         calib = previous if previous is not None else cls(source="measured")
         for role, model in models.items():
-            if model is None or calib.has(role, rows):
+            if model is None or (calib.has(role, rows) and not force):
                 continue
             path = _cache_path(model, device, cache_dir)
             stored = json.loads(path.read_text()) if path.exists() else {}
             key = str(rows)
-            fresh = os.environ.get("SPECDEC_RECALIBRATE") and (path, key) not in _MEASURED_IN_THIS_PROCESS
+            fresh = force or (os.environ.get("SPECDEC_RECALIBRATE") and (path, key) not in _MEASURED_IN_THIS_PROCESS)
             if key not in stored or fresh:
                 _MEASURED_IN_THIS_PROCESS.add((path, key))
                 stored[key] = calibrate_feed(model, rows, device, head=(role == "head"), sampling=sampling).to_json()
@@ -158,7 +170,8 @@ def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
                    tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 5) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
-    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features.
+    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features. The curve's ``noise``
+    is the median over the points of the reps' interquartile half-range relative to their median.
 
     The first feeds of a process run slow (allocator, thread pool), so the widest and the narrowest feed are run
     twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
@@ -190,7 +203,7 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
 
     for t in (max(tokens), min(tokens)) * 2:
         feed(t)
-    seconds = []
+    seconds, spreads = [], []
     for t in tokens:
         feed(t)
         times = []
@@ -200,19 +213,38 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
             feed(t)
             sync()
             times.append(time.perf_counter() - t0)
-        seconds.append(sorted(times)[len(times) // 2])
+        times.sort()
+        median = times[len(times) // 2]
+        seconds.append(median)
+        spreads.append((times[(3 * len(times)) // 4] - times[len(times) // 4]) / (2 * median) if median > 0 else 0.0)
     for i in range(len(seconds) - 2, -1, -1):
         seconds[i] = min(seconds[i], seconds[i + 1])
-    return CostCurve(tuple(int(t) for t in tokens), tuple(seconds))
+    return CostCurve(tuple(int(t) for t in tokens), tuple(seconds), sorted(spreads)[len(spreads) // 2])
 
 
 # -- acceptance statistics -------------------------------------------------------------------------------------
 class ChainStats:
-    """Accepted drafts of chain steps: counts of (drafts offered, accepted, fully-accepted full window)."""
+    """Accepted drafts of chain steps, by the window width the step ran: counts of (drafts offered, accepted,
+    fully-accepted full window) per width.
 
-    def __init__(self):
+    Two estimates of what a window of ``L'`` drafts accepts:
+
+    * **pooled** (``per_width=False``, SD's gamma): every record of every width, ``min(a, L')`` of a record that
+      offered at least ``L'`` drafts (a shorter draft is the first ``L'`` drafts of the same draft model with the
+      same uniforms, so the truncation is exact in distribution), a geometric extension past a fully accepted
+      window, ``a`` otherwise;
+    * **per width** (``per_width=True``, Jacobi windows): a width that has run is estimated from its own records
+      only. A Jacobi draft far into a long window has been refined by more target passes than the same position
+      of a short window, so a long window's records truncated to ``L'`` overstate a short window and a short
+      window's records understate a long one. A width that has not run borrows the nearest run width above it
+      (truncated, an optimistic guess: choosing it runs it, and its own records then replace the guess) or, with
+      none above, the nearest below (extended geometrically).
+    """
+
+    def __init__(self, per_width: bool = False):
+        self.per_width = per_width
         self._pending: List[Tuple[torch.Tensor, torch.Tensor, int]] = []
-        self.counts: Dict[Tuple[int, int, bool], float] = {}
+        self.by_width: Dict[int, Dict[Tuple[int, int, bool], float]] = {}
 
     def observe(self, offered: torch.Tensor, accepted: torch.Tensor, active: torch.Tensor, width: int) -> None:
         """One step: ``offered`` / ``accepted`` ``(batch,)`` for the ``active`` rows of a window of ``width``
@@ -221,32 +253,58 @@ class ChainStats:
 
     def fold(self) -> None:
         for offered, accepted, width in self._pending:
+            counts = self.by_width.setdefault(int(width), {})
             n, a = offered.cpu(), accepted.cpu()
             for ni, ai in zip(n.tolist(), a.tolist()):
                 if ni < 0:
                     continue
                 key = (ni, ai, ni == width and ai == ni)
-                self.counts[key] = self.counts.get(key, 0.0) + 1.0
+                counts[key] = counts.get(key, 0.0) + 1.0
         self._pending.clear()
 
     @property
+    def counts(self) -> Dict[Tuple[int, int, bool], float]:
+        """Records of every width together."""
+        out: Dict[Tuple[int, int, bool], float] = {}
+        for counts in self.by_width.values():
+            for key, c in counts.items():
+                out[key] = out.get(key, 0.0) + c
+        return out
+
+    @property
     def num_records(self) -> float:
-        return sum(self.counts.values())
+        return sum(sum(c.values()) for c in self.by_width.values())
 
     def acceptance_rate(self) -> float:
-        """Per-draft acceptance (accepted trials / trials, Beta(1, 1) prior): extends fully accepted windows."""
-        acc = sum(c * a for (n, a, _), c in self.counts.items())
-        rej = sum(c for (n, a, _), c in self.counts.items() if a < n)
+        """Per-draft acceptance (accepted trials / trials, Beta(1, 1) prior, every width): extends fully accepted
+        windows."""
+        counts = self.counts
+        acc = sum(c * a for (n, a, _), c in counts.items())
+        rej = sum(c for (n, a, _), c in counts.items() if a < n)
         return (acc + 1.0) / (acc + rej + 2.0)
 
+    def observed(self, drafts: int) -> bool:
+        """Whether a window of ``drafts`` drafts has run (its estimate is its own records')."""
+        return sum(self.by_width.get(int(drafts), {}).values()) > 0
+
     def expected_accepted(self, drafts: int) -> float:
-        """Mean accepted drafts per step with a window of ``drafts`` drafts."""
-        total = self.num_records
+        """Mean accepted drafts per step with a window of ``drafts`` drafts (0 before any record)."""
+        if not self.per_width:
+            return self._estimate(self.counts, drafts)
+        run = sorted(w for w, c in self.by_width.items() if sum(c.values()) > 0)
+        if not run:
+            return 0.0
+        above = [w for w in run if w >= drafts]
+        source = above[0] if above else run[-1]
+        return self._estimate(self.by_width[source], drafts)
+
+    def _estimate(self, counts: Dict[Tuple[int, int, bool], float], drafts: int) -> float:
+        total = sum(counts.values())
         if total == 0:
             return 0.0
         alpha = self.acceptance_rate()
         out = 0.0
-        for (n, a, censored), c in self.counts.items():
+        for (n, a, censored), c in counts.items():
             if drafts <= n:
                 est = min(a, drafts)
             elif censored:  # the whole window passed: what more drafts would have added, geometrically
@@ -327,15 +385,38 @@ class StaticTreeStats:
 
 
 # -- the sizer -------------------------------------------------------------------------------------------------
+#: The least relative margin by which a size must beat AR steps, on top of the calibration's measured noise.
+MIN_MARGIN = 0.02
+#: A measured step this far (relative) from its prediction, ``DRIFT_CALLS`` calls in a row, triggers a
+#: re-calibration (at most once every ``RECALIBRATION_COOLDOWN`` measured calls).
+DRIFT_TOLERANCE = 0.25
+DRIFT_CALLS = 3
+RECALIBRATION_COOLDOWN = 10
+
+
 @dataclass
 class Choice:
+    """A candidate size and what the sizer predicts for it: tokens per step (per row), seconds per step of the
+    calibrated feeds (``model_seconds_per_step``) and with the per-step overhead measured on this machine's calls
+    (``seconds_per_step``; the same without measurements). ``reason``: ``"explore"``, ``"probe"`` (AR steps timed
+    once so that AR's own overhead is known), ``"fastest"``, or ``"ar"`` (no size beat AR by ``margin``)."""
+
     size: object
     tokens_per_step: float
     seconds_per_step: float
+    model_seconds_per_step: float = float("nan")
+    reason: str = "fastest"
+    margin: float = 0.0
+    ar_tokens_per_second: float = float("nan")
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_per_step / self.seconds_per_step if self.seconds_per_step > 0 else 0.0
+
+    @property
+    def model_tokens_per_second(self) -> float:
+        s = self.model_seconds_per_step
+        return self.tokens_per_step / s if s > 0 else 0.0
 
 
 def best(choices: Sequence[Choice]) -> Choice:
@@ -347,19 +428,54 @@ def best(choices: Sequence[Choice]) -> Choice:
     return top
 
 
+def decide(choices: Sequence[Choice], margin: float) -> Choice:
+    """The size to run. ``choices[0]`` is the no-draft size (AR steps). A drafting size is eligible when it beats
+    AR by more than ``margin`` (relative) both on the calibrated feeds alone and with the measured overheads; the
+    fastest eligible one wins (ties to the smaller), and AR steps run when none is eligible."""
+    ar = choices[0]
+    eligible = [c for c in choices[1:]
+                if c.model_tokens_per_second > ar.model_tokens_per_second * (1 + margin)
+                and c.tokens_per_second > ar.tokens_per_second * (1 + margin)]
+    top = best(eligible) if eligible else ar
+    return replace(top, reason="fastest" if eligible else "ar", margin=margin,
+                   ar_tokens_per_second=ar.tokens_per_second)
+
+
+def _key(size):
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
 class AutoSizer:
-    """Chooses a method's size at the start of every call (``method.begin``), from a :class:`Calibration` and
-    the method's running acceptance statistics. ``calibration=None`` measures (or loads the cached one) for the
-    call's models and rows; ``explore`` overrides the method's exploration size."""
+    """Chooses a method's size at the start of every call (``method.begin``), from a :class:`Calibration`, the
+    method's running acceptance statistics and, with ``feedback``, the step times measured on its own calls.
+
+    ``calibration=None`` measures (or loads the cached one) for the call's models and rows; ``explore`` overrides
+    the method's exploration size. ``feedback`` (default: on for a measured calibration, off for a synthetic one):
+    after every call but the first (a process's first call runs cold), the measured seconds per step of the size
+    it ran, less the calibrated feeds' prediction, is that size's per-step overhead (verification, drafting
+    bookkeeping, Python), which the model adds to the size's prediction; a size not run yet borrows the overhead
+    of the run size whose calibrated step time is nearest (ties to the smaller overhead). The second call runs
+    AR steps once (a probe) so that AR's own overhead is measured. When a size's measured step drifts from its
+    prediction by more than :data:`DRIFT_TOLERANCE` for :data:`DRIFT_CALLS` calls in a row, the cost curves are
+    measured again and the overheads forgotten. ``clock``: the timer of the calls (tests pass a fake one)."""
 
     def __init__(self, calibration: Optional[Calibration] = None, *, cache_dir: Optional[Path] = None,
-                 explore=None):
+                 explore=None, feedback: Optional[bool] = None, clock=time.perf_counter):
         self.calibration = calibration
         self.cache_dir = cache_dir
         self.explore = explore
+        self.feedback = feedback
+        self.clock = clock
         self.stats = None
         self.history: List[Choice] = []  # one per call
-        self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while no new statistics came in
+        self.recalibrations = 0
+        self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while nothing new was observed
+        #: (rows, size) -> [sum of measured per-step overheads, calls]
+        self._overheads: Dict[Tuple[int, object], List[float]] = {}
+        self._current = None  # (choice, rows, roles, start time) of the call in flight
+        self._drift_calls = 0
+        self._since_recalibration = 0
+        self._recalibrate = False
 
     def choose(self, method, model, batch_size: int, sampling, device) -> object:
         copies = 2 if sampling.uses_cfg else 1
@@ -368,25 +484,97 @@ class AutoSizer:
         if self.calibration is None or not all(self.calibration.has(r, rows) for r, m in roles.items() if m is not None):
             self.calibration = Calibration.for_models(roles, rows, device, sampling=sampling,
                                                       cache_dir=self.cache_dir, previous=self.calibration)
+        if self.feedback is None:
+            self.feedback = self.calibration.source != "synthetic"
+        if self._recalibrate:
+            self._recalibrate = False
+            self.recalibrations += 1
+            self.calibration = Calibration.for_models(roles, rows, device, sampling=sampling, cache_dir=self.cache_dir,
+                                                      previous=self.calibration, force=True)
+            self._overheads = {k: v for k, v in self._overheads.items() if k[0] != rows}
+            self._choices.clear()
         if self.stats is None:
             explore = self.explore if self.explore is not None else method.explore_size()
             self.stats = method.new_size_stats(explore)
-            choice = Choice(explore, float("nan"), float("nan"))
+            choice = Choice(explore, float("nan"), float("nan"), reason="explore")
         else:
-            # The choice is a function of the statistics, the calibration and the rows: evaluating every candidate
-            # (hundreds for a tree) is skipped while no step has been observed since (a method that settled on
-            # no drafts observes nothing, so its calls stay as cheap as AR's).
+            # The choice is a function of the statistics, the calibration, the measured overheads and the rows:
+            # evaluating every candidate (hundreds for a tree) is skipped while nothing was observed since (a method
+            # that settled on no drafts observes nothing, so its calls stay as cheap as AR's).
             if self.stats._pending:
                 self._choices.clear()
             self.stats.fold()
             choice = self._choices.get(rows)
             if choice is None:
-                choices = [Choice(size, 1.0 + method.expected_accepted(self.stats, size),
-                                  method.step_seconds(self.calibration, rows, size, self.stats))
-                           for size in method.size_candidates(self.stats)]
-                choice = self._choices[rows] = best(choices)
+                candidates = method.size_candidates(self.stats)
+                if self.feedback and (rows, _key(candidates[0])) not in self._overheads:
+                    seconds = method.step_seconds(self.calibration, rows, candidates[0], self.stats)
+                    choice = Choice(candidates[0], 1.0, seconds, seconds, reason="probe")
+                else:
+                    choice = self._choices[rows] = self._decide(method, rows, roles, candidates)
         self.history.append(choice)
+        self._current = (choice, rows, roles, self.clock())
         return choice.size
+
+    def _decide(self, method, rows: int, roles, candidates) -> Choice:
+        margin = max(MIN_MARGIN, 2.0 * self.calibration.noise([r for r, m in roles.items() if m is not None], rows))
+        model = [(size, 1.0 + method.expected_accepted(self.stats, size),
+                  method.step_seconds(self.calibration, rows, size, self.stats)) for size in candidates]
+        measured = [(seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
+        measured = [(seconds, o[0] / o[1]) for seconds, o in measured if o is not None]
+        choices = []
+        for size, tokens, seconds in model:
+            overhead = self._overhead(rows, size, seconds, measured)
+            choices.append(Choice(size, tokens, seconds + overhead, seconds))
+        return decide(choices, margin)
+
+    def _overhead(self, rows: int, size, seconds: float, measured) -> float:
+        own = self._overheads.get((rows, _key(size)))
+        if own is not None:
+            return own[0] / own[1]
+        if not measured:
+            return 0.0
+        return min(measured, key=lambda m: (abs(m[0] - seconds), m[1]))[1]
+
+    def end(self, method, metrics) -> None:
+        """Called by :func:`~specdec.decoding.generate` after a call: puts the call's size and its predicted vs
+        measured speed into ``metrics.sizing`` and, with feedback, learns the size's per-step overhead and watches
+        for drift."""
+        from .metrics import SizeReport
+
+        if self._current is None:
+            return
+        choice, rows, roles, start = self._current
+        self._current = None
+        seconds = self.clock() - start
+        steps = int(metrics.accept_lens.shape[1])  # loop iterations (the prefill excluded)
+        prefill = self.calibration.cost("target", rows, 1) if self.calibration.has("target", rows) else 0.0
+        measured_step = max(seconds - prefill, 0.0) / steps if steps else float("nan")
+        tokens = float(metrics.tokens_per_step.mean()) if metrics.row_steps.numel() else float("nan")
+        metrics.sizing = SizeReport(size=choice.size, label=method.size_label(), reason=choice.reason,
+                                    predicted_tokens_per_step=choice.tokens_per_step,
+                                    predicted_seconds_per_step=choice.seconds_per_step,
+                                    measured_tokens_per_step=tokens, measured_seconds_per_step=measured_step,
+                                    margin=choice.margin, ar_tokens_per_second=choice.ar_tokens_per_second)
+        if not self.feedback or choice.reason == "explore" or not steps:
+            return
+        self.observe_step_time(choice, rows, measured_step)
+
+    def observe_step_time(self, choice: Choice, rows: int, measured_step: float) -> None:
+        """Learn ``choice``'s per-step overhead from one call's measured seconds per step at ``rows`` rows, and
+        schedule a re-calibration when measured steps keep drifting from the predictions."""
+        key = (rows, _key(choice.size))
+        predicted = choice.seconds_per_step
+        if key in self._overheads and predicted > 0:
+            drifted = abs(measured_step - predicted) > DRIFT_TOLERANCE * predicted
+            self._drift_calls = self._drift_calls + 1 if drifted else 0
+        entry = self._overheads.setdefault(key, [0.0, 0])
+        entry[0] += measured_step - choice.model_seconds_per_step
+        entry[1] += 1
+        self._since_recalibration += 1
+        self._choices.clear()
+        if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
+            self._recalibrate, self._drift_calls, self._since_recalibration = True, 0, 0
 
 
 @contextmanager
