@@ -14,7 +14,7 @@ class SizeReport:
     size / label: the size and its words (``"window 8"``); reason: why it ran (``"explore"``: the first call,
     collecting statistics; ``"probe"``: AR steps timed once; ``"fastest"``: the fastest predicted size; ``"ar"``: no
     size beat AR steps by ``margin``). Tokens per step are per row; seconds per step per batched step, measured
-    from the size choice to the call's end, less the prefill's calibrated cost, over the loop's steps.
+    from the size choice to the call's end over the loop's steps and the prefill (counted as one step).
     ar_tokens_per_second: AR steps' predicted speed when the size was chosen (NaN for explore / probe calls).
     """
 

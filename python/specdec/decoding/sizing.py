@@ -548,8 +548,9 @@ class AutoSizer:
         self._current = None
         seconds = self.clock() - start
         steps = int(metrics.accept_lens.shape[1])  # loop iterations (the prefill excluded)
-        prefill = self.calibration.cost("target", rows, 1) if self.calibration.has("target", rows) else 0.0
-        measured_step = max(seconds - prefill, 0.0) / steps if steps else float("nan")
+        # The prefill (a one-token feed) counts as one step: about an AR step, within a few percent of any step
+        # over the dozens of steps of a call.
+        measured_step = seconds / (steps + 1)
         tokens = float(metrics.tokens_per_step.mean()) if metrics.row_steps.numel() else float("nan")
         metrics.sizing = SizeReport(size=choice.size, label=method.size_label(), reason=choice.reason,
                                     predicted_tokens_per_step=choice.tokens_per_step,
@@ -565,7 +566,7 @@ class AutoSizer:
         schedule a re-calibration when measured steps keep drifting from the predictions."""
         key = (rows, _key(choice.size))
         predicted = choice.seconds_per_step
-        if key in self._overheads and predicted > 0:
+        if predicted > 0 and any(k[0] == rows for k in self._overheads):  # a prediction with measured overheads
             drifted = abs(measured_step - predicted) > DRIFT_TOLERANCE * predicted
             self._drift_calls = self._drift_calls + 1 if drifted else 0
         entry = self._overheads.setdefault(key, [0.0, 0])
