@@ -3,6 +3,7 @@ calibration, and that auto-sized methods are the fixed-size methods at the sizes
 exact and runs are reproducible)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -429,3 +430,11 @@ def test_fresh_cache_calibrates_and_never_picks_a_size_the_curve_says_loses(name
             assert rate > ar_rate * (1 + c.margin) and c.tokens_per_second > c.ar_tokens_per_second * (1 + c.margin)
         else:
             assert _key(c.size) == _key(ar)
+
+
+def test_an_untried_size_displaces_a_tried_one_only_beyond_the_margin():
+    ar = Choice(0, 1.0, 1.0, 1.0, measured=True)
+    tried, untried = Choice(1, 2.0, 1.0, 1.0, measured=True), Choice(2, 2.03, 1.0, 1.0)
+    assert decide([ar, tried, untried], 0.02).size == 1  # 1.5 % faster on paper: stay
+    assert decide([ar, tried, replace(untried, tokens_per_step=2.1)], 0.02).size == 2  # 5 %: try it
+    assert decide([ar, untried], 0.02).size == 2  # nothing tried yet

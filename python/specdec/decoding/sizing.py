@@ -408,6 +408,7 @@ class Choice:
     reason: str = "fastest"
     margin: float = 0.0
     ar_tokens_per_second: float = float("nan")
+    measured: bool = False  # whether this size's per-step overhead is its own (it has run), not borrowed
 
     @property
     def tokens_per_second(self) -> float:
@@ -431,12 +432,19 @@ def best(choices: Sequence[Choice]) -> Choice:
 def decide(choices: Sequence[Choice], margin: float) -> Choice:
     """The size to run. ``choices[0]`` is the no-draft size (AR steps). A drafting size is eligible when it beats
     AR by more than ``margin`` (relative) both on the calibrated feeds alone and with the measured overheads; the
-    fastest eligible one wins (ties to the smaller), and AR steps run when none is eligible."""
+    fastest eligible one wins (ties to the smaller), and AR steps run when none is eligible. A size that has not
+    run (its overhead borrowed) displaces the fastest size that has only when it is faster by more than
+    ``margin`` too, so that timing noise does not send the sizer from one untried size to the next."""
     ar = choices[0]
     eligible = [c for c in choices[1:]
                 if c.model_tokens_per_second > ar.model_tokens_per_second * (1 + margin)
                 and c.tokens_per_second > ar.tokens_per_second * (1 + margin)]
     top = best(eligible) if eligible else ar
+    tried = [c for c in eligible if c.measured]
+    if eligible and not top.measured and tried:
+        incumbent = best(tried)
+        if top.tokens_per_second <= incumbent.tokens_per_second * (1 + margin):
+            top = incumbent
     return replace(top, reason="fastest" if eligible else "ar", margin=margin,
                    ar_tokens_per_second=ar.tokens_per_second)
 
@@ -470,6 +478,7 @@ class AutoSizer:
         self.history: List[Choice] = []  # one per call
         self.recalibrations = 0
         self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while nothing new was observed
+        self._model: Dict[int, list] = {}  # rows -> (size, tokens per step, calibrated seconds) per candidate
         #: (rows, size) -> [sum of measured per-step overheads, calls]
         self._overheads: Dict[Tuple[int, object], List[float]] = {}
         self._current = None  # (choice, rows, roles, start time) of the call in flight
@@ -493,6 +502,7 @@ class AutoSizer:
                                                       previous=self.calibration, force=True)
             self._overheads = {k: v for k, v in self._overheads.items() if k[0] != rows}
             self._choices.clear()
+            self._model.clear()
         if self.stats is None:
             explore = self.explore if self.explore is not None else method.explore_size()
             self.stats = method.new_size_stats(explore)
@@ -503,29 +513,37 @@ class AutoSizer:
             # that settled on no drafts observes nothing, so its calls stay as cheap as AR's).
             if self.stats._pending:
                 self._choices.clear()
+                self._model.clear()
             self.stats.fold()
             choice = self._choices.get(rows)
             if choice is None:
-                candidates = method.size_candidates(self.stats)
-                if self.feedback and (rows, _key(candidates[0])) not in self._overheads:
-                    seconds = method.step_seconds(self.calibration, rows, candidates[0], self.stats)
-                    choice = Choice(candidates[0], 1.0, seconds, seconds, reason="probe")
+                model = self._model.get(rows)
+                if model is None:  # the statistics' and the curves' part, kept while neither changes
+                    model = self._model[rows] = [(size, 1.0 + method.expected_accepted(self.stats, size),
+                                                  method.step_seconds(self.calibration, rows, size, self.stats))
+                                                 for size in method.size_candidates(self.stats)]
+                ar_size, _, ar_seconds = model[0]
+                if self.feedback and (rows, _key(ar_size)) not in self._overheads:
+                    choice = Choice(ar_size, 1.0, ar_seconds, ar_seconds, reason="probe")
                 else:
-                    choice = self._choices[rows] = self._decide(method, rows, roles, candidates)
+                    choice = self._choices[rows] = self._decide(rows, roles, model)
         self.history.append(choice)
         self._current = (choice, rows, roles, self.clock())
         return choice.size
 
-    def _decide(self, method, rows: int, roles, candidates) -> Choice:
+    def _decide(self, rows: int, roles, model) -> Choice:
+        """:func:`decide` over ``model``'s candidates ``(size, tokens per step, calibrated seconds per step)``
+        (the no-draft size first), each with its measured (or borrowed) per-step overhead."""
+        # The noise is an interquartile half-range (about 0.67 sigma of one timing); a ratio of two timings has
+        # sqrt(2) sigma: twice the noise is about that.
         margin = max(MIN_MARGIN, 2.0 * self.calibration.noise([r for r, m in roles.items() if m is not None], rows))
-        model = [(size, 1.0 + method.expected_accepted(self.stats, size),
-                  method.step_seconds(self.calibration, rows, size, self.stats)) for size in candidates]
         measured = [(seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
         measured = [(seconds, o[0] / o[1]) for seconds, o in measured if o is not None]
         choices = []
         for size, tokens, seconds in model:
             overhead = self._overhead(rows, size, seconds, measured)
-            choices.append(Choice(size, tokens, seconds + overhead, seconds))
+            own = (rows, _key(size)) in self._overheads
+            choices.append(Choice(size, tokens, seconds + overhead, seconds, measured=own))
         return decide(choices, margin)
 
     def _overhead(self, rows: int, size, seconds: float, measured) -> float:

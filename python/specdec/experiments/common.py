@@ -119,6 +119,19 @@ class MethodRun:
     accept_lens: List[torch.Tensor]  # per batch (rows, steps), -1 padded
     num_tokens: int
     seconds: float  # wall-clock of all generate calls (after one untimed warm-up call)
+    batch_seconds: Optional[List[float]] = None  # wall-clock of each call, in row order (when recorded)
+
+    def head(self, rows: int) -> "MethodRun":
+        """This run over its first ``rows`` rows (whole calls): what it spent on the rows a shorter run timed
+        side by side with it covered."""
+        if self.batch_seconds is None:
+            raise ValueError(f"{self.name}: per-call times were not recorded")
+        calls = n = 0
+        while calls < len(self.accept_lens) and n < rows:
+            n += self.accept_lens[calls].shape[0]
+            calls += 1
+        return MethodRun(self.name, self.tokens[:n], self.row_steps[:n], self.accept_lens[:calls], self.num_tokens,
+                         float(sum(self.batch_seconds[:calls])), list(self.batch_seconds[:calls]))
 
     @property
     def seconds_per_image(self) -> float:
@@ -151,33 +164,43 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
 
 
 def run_methods(tb, methods: Dict[str, object], classes: torch.Tensor, row_keys: torch.Tensor, *,
-                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1,
-                progress: bool = True) -> Dict[str, MethodRun]:
+                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1, progress: bool = True,
+                rows: Optional[Dict[str, int]] = None) -> Dict[str, MethodRun]:
     """:func:`run_method` for several methods side by side: after every method's warm-up call, batch ``i`` of
     every method runs before batch ``i + 1`` of any, in an order rotated by one per batch. The speed of a shared
     or thermally limited CPU drifts by 10-30 % over minutes; interleaved, a drift falls on every method alike
-    instead of on whichever method happened to run through it, so the ratios of the timings stay fair."""
+    instead of on whichever method happened to run through it, so the ratios of the timings stay fair.
+
+    ``rows``: ``name -> n`` runs that method on the first ``n`` rows only (whole batches), interleaved with the
+    others there; compare it with the others' :meth:`MethodRun.head` over as many rows."""
+    rows = rows or {}
     names = list(methods)
+    for name, limit in rows.items():
+        if name not in methods or limit < 1:
+            raise ValueError(f"rows: {name!r} must name a method and be >= 1, got {limit}")
     for name in names:
         generate(tb.target, classes[:batch_size], methods[name], sampling=sampling, row_keys=row_keys[:batch_size])
-    parts = {name: {"tokens": [], "steps": [], "accepts": [], "seconds": 0.0} for name in names}
+    parts = {name: {"tokens": [], "steps": [], "accepts": [], "calls": []} for name in names}
     n = len(classes)
     starts = range(0, n, batch_size)
     desc = names[0] if len(names) == 1 else f"{len(names)} methods, interleaved"
     for j, i in enumerate(tqdm(starts, desc=desc, leave=False, disable=not progress)):
         for name in names[j % len(names):] + names[: j % len(names)]:
+            if i >= rows.get(name, n):
+                continue
             _synchronize(classes.device)
             start = time.perf_counter()
             res = generate(tb.target, classes[i : i + batch_size], methods[name], sampling=sampling,
                            row_keys=row_keys[i : i + batch_size])
             _synchronize(classes.device)
             part = parts[name]
-            part["seconds"] += time.perf_counter() - start
+            part["calls"].append(time.perf_counter() - start)
             part["tokens"].append(res.tokens.cpu())
             part["steps"].append(res.metrics.row_steps)
             part["accepts"].append(res.metrics.accept_lens)
     return {name: MethodRun(name, torch.cat(p["tokens"]), torch.cat(p["steps"]), p["accepts"],
-                            int(tb.target.num_tokens), p["seconds"]) for name, p in parts.items()}
+                            int(tb.target.num_tokens), float(sum(p["calls"])), p["calls"])
+            for name, p in parts.items()}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -291,9 +314,12 @@ def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: boo
     return timed_runs(setup, {name: method}, batch_size=batch_size, progress=progress)[name]
 
 
-def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False):
-    """:func:`run_methods` (interleaved) over the timed rows, decoded: ``name -> (run, images)``."""
-    runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
+def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False,
+               rows: Optional[Dict[str, int]] = None):
+    """:func:`run_methods` (interleaved; ``rows`` limits some methods to the first rows) over the timed rows,
+    decoded: ``name -> (run, images)``."""
+    runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress,
+                       rows=rows)
     return {name: (run, decode(setup.tb, run.tokens)) for name, run in runs.items()}
 
 
