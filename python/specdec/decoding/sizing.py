@@ -1,28 +1,40 @@
 """Cost-aware sizing of speculation (``size="auto"``): pick the window / draft length / tree size and depth that
-maximise expected tokens per second on the device at hand.
+maximise expected tokens per second on the device at hand, and run plain AR steps where no size beats them by
+more than the measurements' noise.
 
-Two measured inputs, one model:
+Three measured inputs, one model:
 
 * **Cost** (:class:`Calibration`): seconds of one feed (attention mask + forward + logits processing) of the target,
-  the draft model and the draft head against the tokens fed per row, at the rows a call runs (``copies * batch``).
-  Measured once per machine, model and row count by :func:`calibrate` (about a second at batch 1 on a CPU) and
-  cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides ``.cache``; ``SPECDEC_RECALIBRATE=1``
-  measures again, e.g. after a calibration taken while the machine was busy). Between measured points the
-  cost is interpolated linearly, beyond the last one extrapolated along the last segment.
+  the draft model and the draft head against the tokens fed per row, at the rows a call runs (``copies * batch``),
+  with the timings' relative noise. Measured once per machine, model and row count by :func:`calibrate_feed`
+  (about a second at batch 1 on a CPU) and cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides
+  ``.cache``; ``SPECDEC_RECALIBRATE=1`` measures again). Between measured points the cost is interpolated linearly,
+  beyond the last one extrapolated along the last segment.
 * **Acceptance** (:class:`ChainStats`, :class:`DynamicTreeStats`, :class:`StaticTreeStats`): running statistics of
-  what every *smaller* configuration would have accepted on the steps actually taken. A chain of ``L'`` drafts
-  accepts ``min(a, L')`` of the drafts a longer chain accepted ``a`` of (same drafts, same uniforms); a subtree
-  (a prefix of siblings in trial order, a top-``M'`` of EAGLE-2's candidate pool, fewer expansion rounds) accepts
-  the longest prefix of the full tree's accepted path that it contains (recursive rejection tries a node's
-  children in the same order). Chains longer than any run extend a fully accepted window geometrically with the
-  pooled per-draft acceptance rate.
+  what each candidate size accepts. SD's shorter drafts are the first drafts of a longer one with the same
+  uniforms, so a draft of ``L'`` accepts ``min(a, L')`` of the ``a`` a longer draft accepted; a subtree (a prefix of
+  siblings in trial order, a top-``M'`` of EAGLE-2's candidate pool, fewer expansion rounds) accepts the longest
+  prefix of the full tree's accepted path that it contains (recursive rejection tries a node's children in the
+  same order). Both rules are exact in distribution. Jacobi windows are not: a draft far into a long window has
+  been refined by more target passes than the same position of a short one, so each window length that has run is
+  estimated from its own steps (:class:`ChainStats` ``per_width``), and one that has not borrows the nearest run
+  length's (truncated from a longer one, an optimistic guess that running it replaces).
+* **Step time** (``feedback``, on with a measured calibration): the seconds per step each size measured on the
+  method's own calls, less the calibrated feeds, is that size's per-step overhead (verification, the Jacobi
+  update, drafting bookkeeping, Python), added to its prediction; sizes that have not run borrow the nearest run
+  size's. AR steps are timed once, on the second call (a *probe*). When measured steps keep drifting from the
+  predictions (:data:`DRIFT_TOLERANCE`, :data:`DRIFT_CALLS` calls in a row) the curves are measured again.
 
 The size of a call maximises ``(1 + E[accepted]) / E[seconds per step]`` over the method's candidates, with ties to
-the smaller size. It is chosen once per :func:`~specdec.decoding.generate` call (in ``Method.begin``) and held for
-the whole call: the tokens of a call are those of the fixed-size method at the chosen size, so exact methods stay
-exact and a run is reproducible from its seed and the sizes chosen. The first call of a method runs its exploration
-size (the papers' setting or larger) to collect statistics for every smaller candidate. Given a calibration and the
-same sequence of calls, the chosen sizes are deterministic.
+the smaller size, among the sizes that beat the no-draft size (AR steps, the first candidate) by more than the
+margin (:data:`MIN_MARGIN`, or twice the calibration's relative noise where that is larger) both on the calibrated
+feeds alone and with the measured overheads; with none, the call runs AR steps (:func:`decide`). It is chosen once
+per :func:`~specdec.decoding.generate` call (in ``Method.begin``) and held for the whole call: the tokens of a call
+are those of the fixed-size method at the chosen size, so exact methods stay exact and a run is reproducible from
+its seed and the sizes chosen (``metrics.sizing`` reports each call's size, with its predicted and measured speed).
+The first call of a method runs its exploration size (the papers' setting or larger) to collect statistics. Given
+a calibration, the same sequence of calls and no timing feedback (a synthetic calibration), the chosen sizes are
+deterministic.
 """
 
 import hashlib
