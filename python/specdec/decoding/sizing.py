@@ -21,9 +21,10 @@ Three measured inputs, one model:
   length's (truncated from a longer one, an optimistic guess that running it replaces).
 * **Step time** (``feedback``, on with a measured calibration): the seconds per step each size measured on the
   method's own calls, less the calibrated feeds, is that size's per-step overhead (verification, the Jacobi
-  update, drafting bookkeeping, Python), added to its prediction; sizes that have not run borrow the nearest run
-  size's. AR steps are timed once, on the second call (a *probe*). When measured steps keep drifting from the
-  predictions (:data:`DRIFT_TOLERANCE`, :data:`DRIFT_CALLS` calls in a row) the curves are measured again.
+  update, drafting bookkeeping, Python), added to its prediction; sizes that have not run get the run sizes'
+  overheads interpolated. AR steps are timed once, on the second call (a *probe*). When measured steps keep
+  drifting from the predictions (:data:`DRIFT_TOLERANCE`, :data:`DRIFT_CALLS` calls in a row) the curves are
+  measured again.
 
 The size of a call maximises ``(1 + E[accepted]) / E[seconds per step]`` over the method's candidates, with ties to
 the smaller size, among the sizes that beat the no-draft size (AR steps, the first candidate) by more than the
@@ -473,8 +474,8 @@ class AutoSizer:
     the method's exploration size. ``feedback`` (default: on for a measured calibration, off for a synthetic one):
     after every call but the first (a process's first call runs cold), the measured seconds per step of the size
     it ran, less the calibrated feeds' prediction, is that size's per-step overhead (verification, drafting
-    bookkeeping, Python), which the model adds to the size's prediction; a size not run yet borrows the overhead
-    of the run size whose calibrated step time is nearest (ties to the smaller overhead). The second call runs
+    bookkeeping, Python), which the model adds to the size's prediction; a size not run yet gets the overheads of
+    the run sizes around it, interpolated in calibrated step time (:meth:`_overhead`). The second call runs
     AR steps once (a probe) so that AR's own overhead is measured. When a size's measured step drifts from its
     prediction by more than :data:`DRIFT_TOLERANCE` for :data:`DRIFT_CALLS` calls in a row, the cost curves are
     measured again and the overheads forgotten. ``clock``: the timer of the calls (tests pass a fake one)."""
@@ -559,12 +560,19 @@ class AutoSizer:
         return decide(choices, margin)
 
     def _overhead(self, rows: int, size, seconds: float, measured) -> float:
+        """The size's own measured overhead, else interpolated linearly in calibrated step seconds between the
+        run sizes around it (the nearest one's beyond them; 0 before any has run)."""
         own = self._overheads.get((rows, _key(size)))
         if own is not None:
             return own[0] / own[1]
         if not measured:
             return 0.0
-        return min(measured, key=lambda m: (abs(m[0] - seconds), m[1]))[1]
+        below = [m for m in measured if m[0] <= seconds]
+        above = [m for m in measured if m[0] >= seconds]
+        if not below or not above:
+            return min(measured, key=lambda m: (abs(m[0] - seconds), m[1]))[1]
+        (x0, y0), (x1, y1) = max(below, key=lambda m: (m[0], -m[1])), min(above, key=lambda m: (m[0], m[1]))
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (seconds - x0) / (x1 - x0)
 
     def end(self, method, metrics) -> None:
         """Called by :func:`~specdec.decoding.generate` after a call: puts the call's size and its predicted vs
@@ -605,7 +613,9 @@ class AutoSizer:
         self._since_recalibration += 1
         self._choices.clear()
         if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
-            self._recalibrate, self._drift_calls, self._since_recalibration = True, 0, 0
+            # (a synthetic calibration is a cost model by fiat: nothing to measure again, the overheads adapt)
+            self._recalibrate = self.calibration.source != "synthetic"
+            self._drift_calls = self._since_recalibration = 0
 
 
 @contextmanager

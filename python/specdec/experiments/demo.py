@@ -179,8 +179,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         # Every ragged row was timed above, interleaved: AR and this sizing's rows over the first speed_images rows,
         # the other sizing's (the papers' size for "fixed") there too. Only truncated rows (batch > 1) run again.
         other = "fixed" if config.size == "auto" else "auto"
-        reuse = {(n, "fixed" if n == "ar" else config.size): (timed[n][0].head(speed_images), timed_runs_by_name[n][1])
-                 for n in registered}
+        reuse = {(n, "fixed" if n == "ar" else config.size):
+                 (timed[n][0].head(speed_images), timed_runs_by_name[n][1]) for n in registered}
         reuse.update({(n, other): (timed[key][0], method.size_label()) for key, (n, _, method) in others.items()
                       if key == _other_key(n, None)})
         run_speed(setup, registered, SpeedConfig(config.batch_size, speed_images), config.threads, progress,
