@@ -438,3 +438,14 @@ def test_an_untried_size_displaces_a_tried_one_only_beyond_the_margin():
     assert decide([ar, tried, untried], 0.02).size == 1  # 1.5 % faster on paper: stay
     assert decide([ar, tried, replace(untried, tokens_per_step=2.1)], 0.02).size == 2  # 5 %: try it
     assert decide([ar, untried], 0.02).size == 2  # nothing tried yet
+
+
+def test_noise_either_way_is_not_drift():
+    method = _sjd_choice(CPU_CURVE, 0.8, feedback=True)
+    sizer = method.sizer
+    for i in range(sizing.RECALIBRATION_COOLDOWN + 4 * sizing.DRIFT_CALLS):
+        choice = sizer.history[-1]
+        factor = 1.0 if i < sizing.RECALIBRATION_COOLDOWN else (1.5 if i % 2 else 0.6)  # off by 40-50 %, alternating
+        sizer.observe_step_time(choice, ROWS, factor * (choice.model_seconds_per_step + 0.1))
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        assert not sizer._recalibrate and sizer._drift_calls <= 1

@@ -477,8 +477,8 @@ class AutoSizer:
     bookkeeping, Python), which the model adds to the size's prediction; a size not run yet gets the overheads of
     the run sizes around it, interpolated in calibrated step time (:meth:`_overhead`). The second call runs
     AR steps once (a probe) so that AR's own overhead is measured. When a size's measured step drifts from its
-    prediction by more than :data:`DRIFT_TOLERANCE` for :data:`DRIFT_CALLS` calls in a row, the cost curves are
-    measured again and the overheads forgotten. ``clock``: the timer of the calls (tests pass a fake one)."""
+    prediction by more than :data:`DRIFT_TOLERANCE`, the same way, for :data:`DRIFT_CALLS` calls in a row, the cost
+    curves are measured again and the overheads forgotten. ``clock``: the timer of the calls (tests pass a fake one)."""
 
     def __init__(self, calibration: Optional[Calibration] = None, *, cache_dir: Optional[Path] = None,
                  explore=None, feedback: Optional[bool] = None, clock=time.perf_counter):
@@ -495,7 +495,8 @@ class AutoSizer:
         #: (rows, size) -> [sum of measured per-step overheads, calls]
         self._overheads: Dict[Tuple[int, object], List[float]] = {}
         self._current = None  # (choice, rows, roles, start time) of the call in flight
-        self._drift_calls = 0
+        self._drift_calls = 0  # calls in a row whose measured step was off the prediction the same way
+        self._drift_direction = 0
         self._since_recalibration = 0
         self._recalibrate = False
 
@@ -605,8 +606,12 @@ class AutoSizer:
         key = (rows, _key(choice.size))
         predicted = choice.seconds_per_step
         if predicted > 0 and any(k[0] == rows for k in self._overheads):  # a prediction with measured overheads
+            # drift: off by more than the tolerance, the same way as the calls before (noise goes both ways)
+            direction = (measured_step > predicted) - (measured_step < predicted)
             drifted = abs(measured_step - predicted) > DRIFT_TOLERANCE * predicted
-            self._drift_calls = self._drift_calls + 1 if drifted else 0
+            same_way = self._drift_calls == 0 or direction == self._drift_direction
+            self._drift_calls = (self._drift_calls + 1 if same_way else 1) if drifted else 0
+            self._drift_direction = direction
         entry = self._overheads.setdefault(key, [0.0, 0])
         entry[0] += measured_step - choice.model_seconds_per_step
         entry[1] += 1

@@ -89,7 +89,7 @@ class ChainMethod(Method):
             if self.truncate_to_worst:
                 out = truncate_to_worst(out, active)
             self.commit(ctx, out)  # 4. commit
-            if self.sizer is not None:
+            if self.sizer is not None and drafts.shape[1]:  # (AR steps teach the sizer nothing)
                 self.sizer.stats.observe(n, out.accept_len, active, drafts.shape[1])
         self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
         return torch.where(active, out.accept_len, 0)
