@@ -182,7 +182,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         reuse = {(n, "fixed" if n == "ar" else config.size):
                  (timed[n][0].head(speed_images), timed_runs_by_name[n][1]) for n in registered}
         reuse.update({(n, other): (timed[key][0], method.size_label()) for key, (n, _, method) in others.items()
-                      if key == _other_key(n, None)})
+                      if key == _other_key(n, None if other == "fixed" else "auto")})
         run_speed(setup, registered, SpeedConfig(config.batch_size, speed_images), config.threads, progress,
                   reuse=reuse)
     # CSpD on the continuous-token testbed: own table (demo_cspd.md), plot and grids, same seed, as many rows as the
@@ -217,14 +217,14 @@ def _other_key(name: str, size) -> str:
 
 def other_sizing_methods(setup: Setup, config: DemoConfig, names: Sequence[str]) -> Dict[str, tuple]:
     """The rows timed side by side with the demo's own: ``key -> (method name, size label, method)``. With
-    ``size="auto"``: each method at the papers' size (key ``"<name> [papers]"``) and at its ``fixed_sizes``;
-    with ``size="fixed"``: each method auto-sized."""
+    ``size="auto"``: each method at the papers' size (key ``"<name> [papers]"``) and at its ``fixed_sizes``
+    (``"<name> [<size>]"``); with ``size="fixed"``: each method auto-sized (``"<name> [auto]"``)."""
     out = {}
     for name in names:
         options = config.options.get(name, {})
         if config.size == "fixed":
             method = build_method(setup.tb, name, **{**options, "size": "auto"})
-            out[_other_key(name, None)] = (name, "auto", method)
+            out[_other_key(name, "auto")] = (name, "auto", method)
             continue
         for size in (None,) + tuple(config.fixed_sizes.get(name, ())):
             method = build_method(setup.tb, name, **{**options, "size": "fixed"})
