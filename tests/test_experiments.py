@@ -88,7 +88,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert rows["ar-copy"]["verdict"] == "within chance" and rows["ar-copy"]["beyond_chance"] == "none"
     md = (tmp_path / "demo.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| ar (seed + 1) |" in md
-    # auto and fixed sizes side by side, on the same first 4 rows: the papers' window and window 8
+    # auto and fixed sizes side by side, on the same 4 rows: the papers' window and window 8
     side = {(r["method"], r["sizing"], r["size"]): r for r in json.loads((tmp_path / "demo.json").read_text())[
         "side_by_side"]}
     assert {("sjd", "fixed", "window 16"), ("sjd", "fixed", "window 8")} <= set(side) and "## Sizes side by side" in md
@@ -153,7 +153,7 @@ def test_cuda_device_without_cuda_is_a_clear_error():
 @requires_shipped
 def test_interleaved_timing_keeps_every_methods_tokens():
     # run_methods only reorders the calls: each method's rows, calls and tokens are those it gets run alone.
-    from specdec.experiments.common import build_method, evaluation_rows, load, run_method, run_methods
+    from specdec.experiments.common import build_method, evaluation_rows, load, run_method, run_methods, spread_calls
 
     tb = load()
     classes, keys = evaluation_rows(1, 0)
@@ -173,15 +173,19 @@ def test_interleaved_timing_keeps_every_methods_tokens():
         assert torch.equal(together[name].row_steps, alone.row_steps), name
         assert together[name].seconds > 0
     assert together["ar"].seconds == pytest.approx(sum(together["ar"].batch_seconds))
-    # A method limited to the first rows runs there, interleaved; the others' head() covers the same rows.
+    # A method limited to some calls runs there, interleaved; the others' select() covers the same rows.
+    assert spread_calls(3, 2) == [0, 2] and spread_calls(10, 3) == [2, 5, 9] and spread_calls(2, 5) == [0, 1]
     limited = run_methods(tb, {n: f() for n, f in make.items()}, classes, keys, batch_size=2, progress=False,
-                          rows={"sjd": 3})
-    assert len(limited["sjd"].row_steps) == 4 and len(limited["ar"].row_steps) == 5  # whole batches of 2
-    head = limited["ar"].head(3)
-    assert torch.equal(head.tokens, limited["ar"].tokens[:4]) and len(head.accept_lens) == 2
-    assert head.seconds == pytest.approx(sum(limited["ar"].batch_seconds[:2]))
-    with pytest.raises(ValueError, match="rows"):
-        run_methods(tb, {"ar": make["ar"]()}, classes, keys, rows={"sjd": 3})
+                          calls={"sjd": [0, 2]})
+    assert len(limited["sjd"].row_steps) == 3 and len(limited["ar"].row_steps) == 5  # calls of 2, 2 and 1 rows
+    assert torch.equal(limited["sjd"].tokens, together["sjd"].tokens[[0, 1, 4]])
+    picked = limited["ar"].select([2, 0])
+    assert torch.equal(picked.tokens, limited["ar"].tokens[[0, 1, 4]]) and len(picked.accept_lens) == 2
+    assert picked.seconds == pytest.approx(limited["ar"].batch_seconds[0] + limited["ar"].batch_seconds[2])
+    with pytest.raises(ValueError, match="calls"):
+        run_methods(tb, {"ar": make["ar"]()}, classes, keys, calls={"sjd": [0]})
+    with pytest.raises(ValueError, match="calls"):
+        run_methods(tb, {"ar": make["ar"]()}, classes, keys, batch_size=2, calls={"ar": [3]})
 
 
 def test_sweep_keeps_only_points_judged_on_the_same_rows(tmp_path):

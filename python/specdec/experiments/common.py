@@ -121,17 +121,21 @@ class MethodRun:
     seconds: float  # wall-clock of all generate calls (after one untimed warm-up call)
     batch_seconds: Optional[List[float]] = None  # wall-clock of each call, in row order (when recorded)
 
-    def head(self, rows: int) -> "MethodRun":
-        """This run over its first ``rows`` rows (whole calls): what it spent on the rows a shorter run timed
-        side by side with it covered."""
+    def select(self, calls: Sequence[int]) -> "MethodRun":
+        """This run over some of its calls (indices into its calls, in row order): what it spent on the rows another
+        run, timed on those calls only (:func:`run_methods`' ``calls``), covered."""
         if self.batch_seconds is None:
             raise ValueError(f"{self.name}: per-call times were not recorded")
-        calls = n = 0
-        while calls < len(self.accept_lens) and n < rows:
-            n += self.accept_lens[calls].shape[0]
-            calls += 1
-        return MethodRun(self.name, self.tokens[:n], self.row_steps[:n], self.accept_lens[:calls], self.num_tokens,
-                         float(sum(self.batch_seconds[:calls])), list(self.batch_seconds[:calls]))
+        starts = [0]
+        for a in self.accept_lens:
+            starts.append(starts[-1] + a.shape[0])
+        calls = sorted(set(int(c) for c in calls))
+        if calls and not 0 <= calls[0] <= calls[-1] < len(self.accept_lens):
+            raise ValueError(f"{self.name}: calls must lie in [0, {len(self.accept_lens)}), got {calls}")
+        rows = [r for c in calls for r in range(starts[c], starts[c + 1])]
+        return MethodRun(self.name, self.tokens[rows], self.row_steps[rows], [self.accept_lens[c] for c in calls],
+                         self.num_tokens, float(sum(self.batch_seconds[c] for c in calls)),
+                         [self.batch_seconds[c] for c in calls])
 
     @property
     def seconds_per_image(self) -> float:
@@ -163,30 +167,42 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
                        progress=progress)[name]
 
 
+def spread_calls(num_calls: int, count: int) -> List[int]:
+    """``count`` call indices spread evenly over ``num_calls`` calls, the last one included (the first calls of an
+    auto-sized method explore; spread out, the picked calls sample the whole run)."""
+    count = max(0, min(int(count), int(num_calls)))
+    return [((i + 1) * num_calls) // count - 1 for i in range(count)]
+
+
 def run_methods(tb, methods: Dict[str, object], classes: torch.Tensor, row_keys: torch.Tensor, *,
                 sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1, progress: bool = True,
-                rows: Optional[Dict[str, int]] = None) -> Dict[str, MethodRun]:
+                calls: Optional[Dict[str, Sequence[int]]] = None) -> Dict[str, MethodRun]:
     """:func:`run_method` for several methods side by side: after every method's warm-up call, batch ``i`` of
     every method runs before batch ``i + 1`` of any, in an order rotated by one per batch. The speed of a shared
     or thermally limited CPU drifts by 10-30 % over minutes; interleaved, a drift falls on every method alike
     instead of on whichever method happened to run through it, so the ratios of the timings stay fair.
 
-    ``rows``: ``name -> n`` runs that method on the first ``n`` rows only (whole batches), interleaved with the
-    others there; compare it with the others' :meth:`MethodRun.head` over as many rows."""
-    rows = rows or {}
+    ``calls``: ``name -> call indices`` runs that method on those calls' rows only (call ``i``: rows
+    ``i * batch_size ..``), interleaved with the others there; compare it with the others'
+    :meth:`MethodRun.select` of the same calls."""
+    n = len(classes)
+    num_calls = -(-n // batch_size)
+    only = {}
+    for name, picked in (calls or {}).items():
+        picked = set(int(c) for c in picked)
+        if name not in methods or not picked or not all(0 <= c < num_calls for c in picked):
+            raise ValueError(f"calls: {name!r} must name a method and give call indices in [0, {num_calls}), got "
+                             f"{sorted(picked)}")
+        only[name] = picked
     names = list(methods)
-    for name, limit in rows.items():
-        if name not in methods or limit < 1:
-            raise ValueError(f"rows: {name!r} must name a method and be >= 1, got {limit}")
     for name in names:
         generate(tb.target, classes[:batch_size], methods[name], sampling=sampling, row_keys=row_keys[:batch_size])
     parts = {name: {"tokens": [], "steps": [], "accepts": [], "calls": []} for name in names}
-    n = len(classes)
     starts = range(0, n, batch_size)
     desc = names[0] if len(names) == 1 else f"{len(names)} methods, interleaved"
     for j, i in enumerate(tqdm(starts, desc=desc, leave=False, disable=not progress)):
         for name in names[j % len(names):] + names[: j % len(names)]:
-            if i >= rows.get(name, n):
+            if name in only and j not in only[name]:
                 continue
             _synchronize(classes.device)
             start = time.perf_counter()
@@ -315,11 +331,11 @@ def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: boo
 
 
 def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False,
-               rows: Optional[Dict[str, int]] = None):
-    """:func:`run_methods` (interleaved; ``rows`` limits some methods to the first rows) over the timed rows,
+               calls: Optional[Dict[str, Sequence[int]]] = None):
+    """:func:`run_methods` (interleaved; ``calls`` limits some methods to some calls) over the timed rows,
     decoded: ``name -> (run, images)``."""
     runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress,
-                       rows=rows)
+                       calls=calls)
     return {name: (run, decode(setup.tb, run.tokens)) for name, run in runs.items()}
 
 

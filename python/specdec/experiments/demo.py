@@ -6,7 +6,7 @@ Each method is run twice (and its other sizes once, side by side):
   targets are stated for): accepted drafts per verification, tokens per step, step compression (AR's target
   forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the same run, every
   method's calls interleaved with the others' (:func:`~specdec.experiments.common.run_methods`);
-* **side by side**: on the first ``speed_images`` timed rows, the other sizing's rows (with ``size="auto"``: each
+* **side by side**: on ``speed_images`` of the timed rows (spread over the run), the other sizing's rows (with ``size="auto"``: each
   method at the papers' size and at the fixed sizes of ``fixed_sizes``; with ``"fixed"``: auto-sized), their calls
   interleaved with the timed rows' calls, so that auto and fixed sizes are compared on the same images under the
   same drift (demo.md's *Sizes side by side*, and throughput.md);
@@ -36,7 +36,7 @@ from ..decoding.sizing import held_size
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, MethodRun, RunConfig, Setup,
                      build_method, cost_row, judged_header, judged_images, judged_run, machine_line, markdown_table, prepare,
-                     timed_run, timed_runs, write_outputs)
+                     spread_calls, timed_run, timed_runs, write_outputs)
 
 #: The registered methods the demo runs by default (``register(..., demo=True)``), in registration order.
 DEMO_METHODS = demo_methods()
@@ -74,7 +74,7 @@ class DemoConfig(RunConfig):
     methods: Sequence[str] = DEMO_METHODS
     options: Dict[str, dict] = field(default_factory=dict)  # per-method constructor options
     size: str = "auto"  # "auto": cost-aware sizes (specdec.decoding.sizing); "fixed": the papers' sizes
-    #: Timed rows (the first ones) on which the other sizing's rows (with size="auto": the papers' size and
+    #: Timed rows (whole calls, spread evenly over the run) on which the other sizing's rows (with size="auto": the papers' size and
     #: ``fixed_sizes``; with "fixed": auto) run, their calls interleaved with every method's: the side-by-side
     #: table of demo.md and throughput.md (fixed vs auto sizes; ragged vs truncated at batch > 1).
     speed_images: int = 20
@@ -131,15 +131,15 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     setup = prepare(config, progress)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
     # The registry's methods are timed together, their calls interleaved (fair ratios on a drifting machine), and
-    # so are the other sizing's rows, on the first speed_images rows.
+    # so are the other sizing's rows, on speed_images of the rows spread over the run.
     methods = {n: build_method(setup.tb, n, **{"size": config.size, **config.options.get(n, {})})
                for n in names if n not in ROW_PRODUCERS}
-    speed_images = max(config.speed_images, config.batch_size) if config.speed_images else 0
-    others = other_sizing_methods(setup, config, [n for n in methods if n != "ar"]) if speed_images else {}
+    picked = spread_calls(-(-len(setup.classes) // config.batch_size), -(-config.speed_images // config.batch_size))
+    others = other_sizing_methods(setup, config, [n for n in methods if n != "ar"]) if picked else {}
     timed = timed_runs(setup, {**methods, **{key: m for key, (_, _, m) in others.items()}},
-                       batch_size=config.batch_size, progress=progress,
-                       rows={key: speed_images for key in others})
-    side_by_side = side_by_side_rows(timed, methods, others, speed_images, config.size) if speed_images else []
+                       batch_size=config.batch_size, progress=progress, calls={key: picked for key in others})
+    side_by_side = side_by_side_rows(timed, methods, others, picked, config.size) if picked else []
+    speed_images = len(timed["ar"][0].select(picked).row_steps) if picked else 0
     rows, ar_run, ar_judged, timed_runs_by_name = [], None, None, {}
     for name in tqdm(names, desc="methods", disable=not progress):
         if name in ROW_PRODUCERS:
@@ -176,11 +176,11 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         from .throughput import SpeedConfig, run_speed
 
         registered = [n for n in names if n not in ROW_PRODUCERS]  # sizes apply to the decoding registry's methods
-        # Every ragged row was timed above, interleaved: AR and this sizing's rows over the first speed_images rows,
-        # the other sizing's (the papers' size for "fixed") there too. Only truncated rows (batch > 1) run again.
+        # Every ragged row was timed above, interleaved: AR and this sizing's rows over the picked calls, the other
+        # sizing's (the papers' size for "fixed") there too. Only truncated rows (batch > 1) run again.
         other = "fixed" if config.size == "auto" else "auto"
         reuse = {(n, "fixed" if n == "ar" else config.size):
-                 (timed[n][0].head(speed_images), timed_runs_by_name[n][1]) for n in registered}
+                 (timed[n][0].select(picked), timed_runs_by_name[n][1]) for n in registered}
         reuse.update({(n, other): (timed[key][0], method.size_label()) for key, (n, _, method) in others.items()
                       if key == _other_key(n, None if other == "fixed" else "auto")})
         run_speed(setup, registered, SpeedConfig(config.batch_size, speed_images), config.threads, progress,
@@ -196,9 +196,10 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
 
 
 SIDE_BY_SIDE_HEADER = (
-    "The first {images} timed images, every row's calls interleaved with every other's (the auto rows are the "
-    "speed table's over these images): each method at its auto size, at the papers' size and at the fixed "
-    "sizes of `fixed_sizes`. *vs best fixed*: the auto row's speed over the fastest fixed row's of its method.")
+    "{images} of the timed images, spread evenly over the run (the last one included), every row's calls "
+    "interleaved with every other's (AR's and the auto rows are the speed table's calls on these images): each "
+    "method at its auto size, at the papers' size and at the fixed sizes of `fixed_sizes`. *vs best fixed*: the "
+    "auto row's speed over the fastest fixed row's of its method.")
 SIDE_BY_SIDE_COLUMNS = (
     ("method", "method", "{}"),
     ("sizing", "sizes", "{}"),
@@ -235,15 +236,15 @@ def other_sizing_methods(setup: Setup, config: DemoConfig, names: Sequence[str])
 
 
 def side_by_side_rows(timed: Dict[str, tuple], methods: Dict[str, object], others: Dict[str, tuple],
-                      images: int, sizing: str) -> List[Dict]:
-    """AR, then per method its demo row (sizes ``sizing``; the size its last call ran) over the first ``images``
-    rows and the other sizing's rows timed there, with speed-ups over AR on the same rows and, for an auto row,
-    its speed over the method's fastest fixed row (``vs_best_fixed``)."""
-    ar = timed["ar"][0].head(images)
+                      calls: Sequence[int], sizing: str) -> List[Dict]:
+    """AR, then per method its demo row (sizes ``sizing``; the size its last call ran) over the ``calls`` the other
+    sizing's rows were timed on, and those rows, with speed-ups over AR on the same rows and, for an auto row, its
+    speed over the method's fastest fixed row (``vs_best_fixed``)."""
+    ar = timed["ar"][0].select(calls)
     rows = [{"method": "ar", "sizing": "-", "size": "-", **_speed_fields(ar, ar)}]
     for name in dict.fromkeys(n for n, _, _ in others.values()):
         method_rows = [{"method": name, "sizing": sizing, "size": methods[name].size_label() or "-",
-                        **_speed_fields(timed[name][0].head(images), ar)}]
+                        **_speed_fields(timed[name][0].select(calls), ar)}]
         for key, (n, label, method) in others.items():
             if n == name:
                 other = "auto" if label == "auto" else "fixed"
