@@ -449,3 +449,20 @@ def test_noise_either_way_is_not_drift():
         sizer.observe_step_time(choice, ROWS, factor * (choice.model_seconds_per_step + 0.1))
         method.begin(TARGET, 1, SAMPLING, "cpu")
         assert not sizer._recalibrate and sizer._drift_calls <= 1
+
+
+def test_held_size_runs_the_settled_size_not_a_probe():
+    method = _sjd_choice(CPU_CURVE, 0.8, feedback=True)
+    sizer = method.sizer
+    sizer.history += [Choice(w, 1.0, 1.0, reason=r) for w, r in
+                      ((8, "fastest"), (8, "fastest"), (9, "fastest"), (8, "fastest"), (1, "probe"))]
+    assert sizer.settled() == 8 and sizer.settled(calls=1) == 8
+    method.apply_size(1)  # the last call was a probe
+    calls = len(sizer.history)
+    with sizing.held_size(method) as held:
+        assert held.sizer is None and held.num_drafts == 7
+        res = generate(TARGET, CLASSES, held, sampling=SAMPLING, seed=3)
+    assert method.sizer is sizer and len(sizer.history) == calls and res.metrics.sizing is None
+    fixed = methods.SJD(window=8)
+    assert torch.equal(res.tokens, generate(TARGET, CLASSES, fixed, sampling=SAMPLING, seed=3).tokens)
+    assert AutoSizer().settled() is None

@@ -405,6 +405,8 @@ MIN_MARGIN = 0.02
 DRIFT_TOLERANCE = 0.25
 DRIFT_CALLS = 3
 RECALIBRATION_COOLDOWN = 10
+#: Decided calls over which :meth:`AutoSizer.settled` takes the most frequent size.
+SETTLED_CALLS = 10
 
 
 @dataclass
@@ -545,6 +547,18 @@ class AutoSizer:
         self._current = (choice, rows, roles, self.clock())
         return choice.size
 
+    def settled(self, calls: int = SETTLED_CALLS):
+        """The size this sizer settled on: the most frequent among its last ``calls`` decided calls (explore and
+        probe calls left out; ties to the latest), None before any."""
+        decided = [c.size for c in self.history if c.reason in ("fastest", "ar")][-calls:]
+        if not decided:
+            return None
+        counts: Dict[object, int] = {}
+        for size in decided:
+            counts[_key(size)] = counts.get(_key(size), 0) + 1
+        top = max(counts.values())
+        return next(size for size in reversed(decided) if counts[_key(size)] == top)
+
     def _decide(self, rows: int, roles, model) -> Choice:
         """:func:`decide` over ``model``'s candidates ``(size, tokens per step, calibrated seconds per step)``
         (the no-draft size first), each with its measured (or borrowed) per-step overhead."""
@@ -625,10 +639,13 @@ class AutoSizer:
 
 @contextmanager
 def held_size(method):
-    """Within the block, ``method`` runs every call at the size it holds now (its last auto-sized call's choice),
-    without re-choosing or collecting statistics; outside it, auto sizing resumes. Used to judge the quality of
-    an auto-sized method at the size its timed run settled on."""
+    """Within the block, ``method`` runs every call at the size its sizer settled on (:meth:`AutoSizer.settled`;
+    kept after the block), without re-choosing or collecting statistics; outside it, auto sizing resumes. Used to
+    judge the quality of an auto-sized method at the size its timed run settled on."""
     sizer, method.sizer = method.sizer, None
+    settled = sizer.settled() if sizer is not None else None
+    if settled is not None:
+        method.apply_size(settled)
     try:
         yield method
     finally:

@@ -43,7 +43,7 @@ DEMO_METHODS = demo_methods()
 
 SPEED_COLUMNS = (
     ("method", "method", "{}"),
-    ("size", "size (last call)", "{}"),
+    ("size", "size (settled)", "{}"),
     ("accepted_per_step", "accepted / step", "{:.2f}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
     ("step_compression", "step compression", "{:.2f}x"),
@@ -138,7 +138,6 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
     others = other_sizing_methods(setup, config, [n for n in methods if n != "ar"]) if picked else {}
     timed = timed_runs(setup, {**methods, **{key: m for key, (_, _, m) in others.items()}},
                        batch_size=config.batch_size, progress=progress, calls={key: picked for key in others})
-    side_by_side = side_by_side_rows(timed, methods, others, picked, config.size) if picked else []
     speed_images = len(timed["ar"][0].select(picked).row_steps) if picked else 0
     rows, ar_run, ar_judged, timed_runs_by_name = [], None, None, {}
     for name in tqdm(names, desc="methods", disable=not progress):
@@ -155,6 +154,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         save_grid(out.timed_images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
                   per_class=min(10, config.images_per_class),
                   title=f"{name}: {out.timed.step_compression:.2f}x fewer target forwards")
+    # (after the judged runs: an auto-sized method now holds the size it settled on, which its label names)
+    side_by_side = side_by_side_rows(timed, methods, others, picked, config.size) if picked else []
     # Chance alone: AR with other seeds on the judged rows' classes.
     other_keys = _other_seed_keys(setup)
     noise, _, judged = judged_run(setup, "ar (seed + 1)", build_method(setup.tb, "ar"), keys=other_keys,
@@ -237,7 +238,7 @@ def other_sizing_methods(setup: Setup, config: DemoConfig, names: Sequence[str])
 
 def side_by_side_rows(timed: Dict[str, tuple], methods: Dict[str, object], others: Dict[str, tuple],
                       calls: Sequence[int], sizing: str) -> List[Dict]:
-    """AR, then per method its demo row (sizes ``sizing``; the size its last call ran) over the ``calls`` the other
+    """AR, then per method its demo row (sizes ``sizing``; the size it settled on) over the ``calls`` the other
     sizing's rows were timed on, and those rows, with speed-ups over AR on the same rows and, for an auto row, its
     speed over the method's fastest fixed row (``vs_best_fixed``)."""
     ar = timed["ar"][0].select(calls)
@@ -248,8 +249,10 @@ def side_by_side_rows(timed: Dict[str, tuple], methods: Dict[str, object], other
         for key, (n, label, method) in others.items():
             if n == name:
                 other = "auto" if label == "auto" else "fixed"
-                method_rows.append({"method": name, "sizing": other,
-                                    "size": (method.size_label() if other == "auto" else label) or "-",
+                if other == "auto":
+                    with held_size(method):  # the size it settled on
+                        label = method.size_label()
+                method_rows.append({"method": name, "sizing": other, "size": label or "-",
                                     **_speed_fields(timed[key][0], ar)})
         fixed = [r["speedup"] for r in method_rows if r["sizing"] == "fixed"]
         for r in method_rows:
