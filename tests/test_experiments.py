@@ -75,8 +75,11 @@ def test_quick_demo_end_to_end(tmp_path):
         del demo.ROW_PRODUCERS["ar-copy"]
     assert set(rows) == {"ar", "ar (seed + 1)", "sjd", "ar-copy"}
     assert rows["ar"]["step_compression"] == pytest.approx(1.0) and rows["ar"]["speedup"] == pytest.approx(1.0)
-    assert rows["sjd"]["step_compression"] > 1.0 and rows["sjd"]["speedup"] > 0
-    assert rows["sjd"]["judged_step_compression"] > 1.0 and "speedup" not in rows["ar (seed + 1)"]
+    assert rows["sjd"]["step_compression"] >= 1.0 and rows["sjd"]["speedup"] > 0
+    # judged at the size auto sizing settled on: AR steps where no window beat them by the timing noise
+    ar_steps = rows["sjd"]["size"] == "no drafts (AR steps)"
+    assert (rows["sjd"]["judged_step_compression"] == 1.0) if ar_steps else (rows["sjd"]["judged_step_compression"] > 1)
+    assert "speedup" not in rows["ar (seed + 1)"]
     for name, row in rows.items():
         for f in FIGURES:
             assert row[f"{f}_lo"] <= row[f] <= row[f"{f}_hi"], (name, f)
