@@ -69,11 +69,15 @@ gpu-check:
 	PYTHON=$(GPU_PY) bash benchmarks/gpu_check.sh
 
 # What travels to the lent machine beside the tree (carried as .gpu-bundle): the four Fashion-MNIST files for the
-# GPU demo and the commit (the machine gets no .git). No wheels: FlashInfer does not fit (docs/BUILD.md §8). Fails
-# when the tree that travels plus the bundle passes the 64 MiB a call may carry.
+# GPU demo and the commit (the machine gets no .git). FLASHINFER=1 adds the one FlashInfer that fits (two wheels,
+# about 10 MiB; its JIT on that machine is unverified, so it is off by default: docs/BUILD.md §8). Fails when the
+# tree that travels plus the bundle passes the 64 MiB a call may carry.
 GPU_CARRY_LIMIT := 67108864
+FLASHINFER_WHEELS := flashinfer-python==0.5.0 apache-tvm-ffi==0.1.15.post2
 gpu-bundle: data
 	rm -rf .gpu-bundle && mkdir -p .gpu-bundle/fashion-mnist
+	$(if $(filter 1,$(FLASHINFER)),$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform any -d .gpu-bundle/wheels $(FLASHINFER_WHEELS))
 	cp $$(if [ -n "$$SPECDEC_FASHION_MNIST_DIR" ]; then ls "$$SPECDEC_FASHION_MNIST_DIR"/*-ubyte.gz; \
 	  else dpkg -L dataset-fashion-mnist | grep -- '-ubyte.gz$$'; fi) .gpu-bundle/fashion-mnist/
 	test $$(ls .gpu-bundle/fashion-mnist | wc -l) -eq 4

@@ -65,6 +65,10 @@ export PYTHONPATH="$ROOT:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .gpu-bundle/fashion-mnist ] && [ -z "${SPECDEC_FASHION_MNIST_DIR:-}" ]; then
   export SPECDEC_FASHION_MNIST_DIR=$ROOT/.gpu-bundle/fashion-mnist
 fi
+if compgen -G ".gpu-bundle/wheels/*.whl" >/dev/null; then  # optional packages the offline machine lacks (FlashInfer)
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$ROOT/.cache/gpu-site" .gpu-bundle/wheels/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:$ROOT/.cache/gpu-site"
+fi
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH=/usr/local/cuda/bin:$PATH
 fi
@@ -129,7 +133,7 @@ if wanted build; then
     arch=$($PY -c "import torch; ma, mi = torch.cuda.get_device_capability(); print(f'{ma}.{mi}' + ('a' if ma == 9 else ''))")
     build_env=(env SPECDEC_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)")
   fi
-  phase build $LIMIT_BUILD "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1
+  phase build $LIMIT_BUILD "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1  # the phase lines too
 fi
 
 # ------------------------------------------------------------------ first line: what this run is
@@ -159,32 +163,41 @@ print(f"gpu-check commit=$SPECDEC_COMMIT gpu={gpu.replace(' ', '-')} capability=
       f"cuda_backend={cuda_backend} backends={backends} rehearsal=$REHEARSE date={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
 EOF
 cat "$build_log" >>"$LOG"
+head -n 1 "$LOG"
+[[ " ${failures[*]:-} " == *" build "* ]] && tail -n 40 "$build_log"  # the error, in the call's output too
 rm -f "$build_log"
 exec > >(tee -a "$LOG") 2>&1  # from here on, everything goes to the log as it happens
-head -n 1 "$LOG"
 if [ "$REHEARSE" = 0 ] && ! head -n 1 "$LOG" | grep -q "cuda_backend=built"; then
   echo "gpu-check: ERROR: THE CUDA BACKEND WAS NOT BUILT (see the build output above); the CUDA rows are missing" >&2
   failures+=("cuda-backend-not-built")
 fi
 
 # ------------------------------------------------------------------ tests
-# The op tests, the hardening and registration tests; on a GPU only their CUDA and compiled-Triton cases (the
-# CPU cases ran in CI). The hardening file runs last: a CUDA fault it provokes cannot take the others with it.
-tests=$(ls tests/test_*.py | grep -E 'verify|tree|neighbor|relaxed|lantern|gsd|cspd|sample_from|bounds|registration|validation|entry_point|logits' | tr '\n' ' ')
-tests="$tests tests/test_hardening.py"
+# The op tests first (verify_chain, verify_tree, the logits ops), then registration, validation, bounds, the
+# decoding loop's relaxed and tree methods and the hardening tests; on a GPU only their CUDA and compiled-Triton
+# cases (the CPU cases run in CI). Under pytest-xdist a worker that a CUDA fault kills is replaced.
+tests="tests/test_verify_chain.py tests/test_verify_tree.py tests/test_verify_logits.py tests/test_build_tree.py
+  tests/test_neighbor_table.py tests/test_lantern_relaxed_mass.py tests/test_gsd_group_mass.py tests/test_cspd_verify.py
+  tests/test_sample_from_probs.py tests/test_kernel_bounds.py tests/test_registration.py tests/test_validation.py
+  tests/test_entry_point_errors.py tests/test_decoding_relaxed.py tests/test_decoding_trees.py tests/test_hardening.py"
 pytest_args=(-q -p no:cacheprovider --benchmark-disable -rfE --durations=15 --junitxml="$WORK/tests.xml")
 if wanted tests; then
   if [ "$REHEARSE" = 1 ]; then
     # No device: the whole selection is collected (imports, parametrisation, markers under the GPU mode), then
-    # the same command runs on the fast files, where every case runs on the CPU backends.
-    phase "tests (collect)" 60 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -q -p no:cacheprovider $tests
-    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" \
+    # the same command runs on a fast part of it (no torch.compile), where every case runs on the CPU backends.
+    phase "tests (collect)" 90 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -qq -p no:cacheprovider $tests
+    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -k "not compile" \
       tests/test_hardening.py tests/test_sample_from_probs.py
   else
     # pytest-xdist (preinstalled there) spreads the Triton compiles over the cores; a crashed worker is replaced.
-    xdist=()
-    $PY -c "import xdist" 2>/dev/null && xdist=(-n 8 --max-worker-restart=4)
-    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" "${xdist[@]}" \
+    # pytest-timeout (likewise) ends a hung test after 60 s and the session before the phase limit, so the
+    # failures' tracebacks and the report are still written; -v names each test as it finishes.
+    extra=()
+    $PY -c "import xdist" 2>/dev/null && extra+=(-n 8 --max-worker-restart=4)
+    if $PY -m pytest --help 2>/dev/null | grep -q -- "--session-timeout"; then
+      extra+=(--timeout=60 --session-timeout=$(( LIMIT_TESTS - 25 )))
+    fi
+    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -v "${extra[@]}" \
       -k "cuda or triton" $tests
   fi
 fi
