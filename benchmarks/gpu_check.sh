@@ -14,7 +14,7 @@
 # 8 files: gpu_check.log (its first line: commit, GPU, nvcc, torch, Triton, whether the CUDA backend was built),
 # tests.xml, <gpu>.csv / .md / .png (kernels), <gpu>-logits.md, <gpu>-demo.md, and results.tar.gz (every file
 # the phases wrote, for benchmarks/results/ and results/). Each phase has its own time limit; they add up to
-# 480 s, inside the lent machine's 600 s per command.
+# 480 s, inside the lent machine's 600 s per command, and what a phase leaves unused passes on to the next.
 #
 # --rehearse (CI, a CPU machine): the same phases and files with what needs a GPU left out: the build without
 # CUDA, the GPU test selection collected in full and run on a few fast files, the benchmarks on the CPU with tiny
@@ -45,7 +45,10 @@ done
 wanted() { [[ ",$PHASES," == *",$1,"* ]]; }
 
 # Per-phase time limits (seconds). They add up to 480; the run as a whole stays under the 600 s command limit.
+# What a phase leaves unused passes on to the next ones (slack), so the total never grows.
 LIMIT_BUILD=150 LIMIT_TESTS=150 LIMIT_KERNELS=80 LIMIT_LOGITS=40 LIMIT_DEMO=60
+slack=0
+limit_of() { echo $(( $1 + slack )); }  # a phase's limit: its own plus what earlier phases left
 
 OUT_DIR=${OUT:-$ROOT/benchmarks/results/gpu-check}
 mkdir -p "$OUT_DIR"
@@ -112,6 +115,7 @@ phase() {  # phase NAME LIMIT COMMAND...: run one phase under its time limit; a 
   echo "== $name: start at $(elapsed) s, limit $limit s"
   timeout --kill-after=10 "$limit" "$@"
   rc=$?
+  slack=$(( limit - ($(date +%s) - t0) )); [ $slack -gt 0 ] || slack=0
   if [ $rc -eq 0 ]; then
     echo "== $name: ok in $(( $(date +%s) - t0 )) s"
   else
@@ -133,7 +137,7 @@ if wanted build; then
     arch=$($PY -c "import torch; ma, mi = torch.cuda.get_device_capability(); print(f'{ma}.{mi}' + ('a' if ma == 9 else ''))")
     build_env=(env SPECDEC_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)")
   fi
-  phase build $LIMIT_BUILD "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1  # the phase lines too
+  phase build "$(limit_of $LIMIT_BUILD)" "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1  # the phase lines too
 fi
 
 # ------------------------------------------------------------------ first line: what this run is
@@ -186,7 +190,7 @@ if wanted tests; then
     # No device: the whole selection is collected (imports, parametrisation, markers under the GPU mode), then
     # the same command runs on a fast part of it (no torch.compile), where every case runs on the CPU backends.
     phase "tests (collect)" 90 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -qq -p no:cacheprovider $tests
-    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -k "not compile" \
+    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -k "not compile" \
       tests/test_hardening.py tests/test_sample_from_probs.py
   else
     # pytest-xdist (preinstalled there) spreads the Triton compiles over the cores; a crashed worker is replaced.
@@ -194,10 +198,11 @@ if wanted tests; then
     # failures' tracebacks and the report are still written; -v names each test as it finishes.
     extra=()
     $PY -c "import xdist" 2>/dev/null && extra+=(-n 8 --max-worker-restart=4)
+    lim=$(limit_of $LIMIT_TESTS)
     if $PY -m pytest --help 2>/dev/null | grep -q -- "--session-timeout"; then
-      extra+=(--timeout=60 --session-timeout=$(( LIMIT_TESTS - 25 )))
+      extra+=(--timeout=60 --session-timeout=$(( lim - 25 )))
     fi
-    phase tests $LIMIT_TESTS env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -v "${extra[@]}" \
+    phase tests "$lim" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -v "${extra[@]}" \
       -k "cuda or triton" $tests
   fi
 fi
@@ -206,30 +211,31 @@ fi
 mkdir -p "$WORK/bench"
 if wanted kernels; then
   if [ "$REHEARSE" = 1 ]; then
-    phase kernels $LIMIT_KERNELS $PY -m benchmarks.kernels --quick --device cpu --min-time 0.01 --budget-s 5 \
+    phase kernels "$(limit_of $LIMIT_KERNELS)" $PY -m benchmarks.kernels --quick --device cpu --min-time 0.01 --budget-s 5 \
       --skip compiled --name "$NAME" --out "$WORK/bench"
   else
-    phase kernels $LIMIT_KERNELS $PY -m benchmarks.kernels --quick --device cuda --min-time 0.1 \
-      --budget-s $(( LIMIT_KERNELS - 15 )) --name "$NAME" --out "$WORK/bench"
+    lim=$(limit_of $LIMIT_KERNELS)
+    phase kernels "$lim" $PY -m benchmarks.kernels --quick --device cuda --min-time 0.1 \
+      --budget-s $(( lim - 20 )) --name "$NAME" --out "$WORK/bench"
   fi
 fi
 if wanted logits; then
   if [ "$REHEARSE" = 1 ]; then
-    phase logits $LIMIT_LOGITS $PY -m benchmarks.bench_logits --device cpu --threads 1 --rounds 3 --budget-s 5 \
+    phase logits "$(limit_of $LIMIT_LOGITS)" $PY -m benchmarks.bench_logits --device cpu --threads 1 --rounds 3 --budget-s 5 \
       --cases testbed-b1 --out "$WORK/bench"
   else
-    phase logits $LIMIT_LOGITS $PY -m benchmarks.bench_logits --device cuda --rounds 50 \
-      --budget-s $(( LIMIT_LOGITS - 15 )) --out "$WORK/bench"
+    lim=$(limit_of $LIMIT_LOGITS)
+    phase logits "$lim" $PY -m benchmarks.bench_logits --device cuda --rounds 50 --budget-s $(( lim / 2 )) --out "$WORK/bench"
   fi
 fi
 
 # ------------------------------------------------------------------ demo
 if wanted demo; then
   if [ "$REHEARSE" = 1 ]; then
-    phase demo $LIMIT_DEMO $PY -m specdec.cli demo --device cpu --quick --threads 1 --images-per-class 1 \
+    phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cpu --quick --threads 1 --images-per-class 1 \
       --judge-images 20 --bootstrap 20 --out "$WORK/demo"
   else
-    phase demo $LIMIT_DEMO $PY -m specdec.cli demo --device cuda --quick --threads 8 --out "$WORK/demo"
+    phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cuda --quick --threads 8 --out "$WORK/demo"
   fi
   [ -f "$WORK/demo/demo.md" ] && cat "$WORK/demo/demo.md"
 fi

@@ -6,8 +6,8 @@ with ``validate=False`` as a decoding loop would), ``triton`` (GPU only; the int
 ``flashinfer`` (``flashinfer.sampling.chain_speculative_sampling``, exact chain with explicit q; optional: where it
 does not import, its rows say "not available").
 
-Writes ``benchmarks/results/<machine>.csv``, ``.md`` and ``.png`` (speed-up of ours over each baseline), again after
-every measured shape, so a run cut off by its time limit keeps what it measured. ``--budget-s`` bounds the sweep:
+Writes ``benchmarks/results/<machine>.csv``, ``.md`` and ``.png`` (speed-up of ours over each baseline); the CSV and
+MD again after every measurement, so a run cut off by its time limit keeps what it measured. ``--budget-s`` bounds the sweep:
 shapes not started within it are listed as not run.
 Usage: ``python -m benchmarks.kernels [--quick] [--device cuda] [--budget-s S] [--out DIR]``.
 """
@@ -80,36 +80,33 @@ class Sweep:
             self.not_run.append(f"{op} {_config(config)}")
             print(f"  {op} {config}: not run (time budget spent)")
             return
-        timings, notes = {}, {}
-        for provider, fn in providers.items():
+        ours, peak = None, _hbm_peak()
+        for provider, fn in providers.items():  # "ours" first: the others' rows give their time / ours
             if provider in self.skip:
                 continue
+            row = {"op": op, **config, "provider": provider}
             if isinstance(fn, Unavailable):
-                notes[provider] = f"not available ({fn.reason})"
-                continue
-            if provider != "ours" and time.monotonic() > self.deadline:
-                notes[provider] = "not run (time budget spent)"
-                continue
-            try:
-                timings[provider] = measure(fn, self.device, min_time_s=self.min_time_s)
-            except Exception as exc:  # a peer that does not run here is reported, not fatal
-                notes[provider] = f"failed ({type(exc).__name__}: {exc})"[:160]
-            if provider in notes:
-                print(f"  {op} {config} {provider}: {notes[provider]}")
-        ours = timings.get("ours", {}).get("median_us")
-        peak = _hbm_peak()
-        for provider, t in timings.items():
-            row = {"op": op, **config, "provider": provider, **{k: round(v, 2) for k, v in t.items()}}
-            row["speedup_of_ours"] = round(t["median_us"] / ours, 2) if ours else ""
-            if peak and bytes_read:
-                floor = bytes_read / peak * 1e6
-                row["hbm_floor_us"] = round(floor, 2)
-                row["x_floor"] = round(t["median_us"] / floor, 2)
+                row["note"] = f"not available ({fn.reason})"
+            elif provider != "ours" and time.monotonic() > self.deadline:
+                row["note"] = "not run (time budget spent)"
+            else:
+                try:
+                    t = measure(fn, self.device, min_time_s=self.min_time_s)
+                except Exception as exc:  # a peer that does not run here is reported, not fatal
+                    row["note"] = f"failed ({type(exc).__name__}: {exc})"[:160]
+                else:
+                    row.update({k: round(v, 2) for k, v in t.items()})
+                    ours = t["median_us"] if provider == "ours" else ours
+                    row["speedup_of_ours"] = round(t["median_us"] / ours, 2) if ours else ""
+                    if peak and bytes_read:
+                        floor = bytes_read / peak * 1e6
+                        row["hbm_floor_us"] = round(floor, 2)
+                        row["x_floor"] = round(t["median_us"] / floor, 2)
+            if "note" in row:
+                print(f"  {op} {config} {provider}: {row['note']}")
             self.rows.append(row)
-        for provider, note in notes.items():
-            self.rows.append({"op": op, **config, "provider": provider, "note": note})
-        if self.on_record is not None:
-            self.on_record()
+            if self.on_record is not None:  # after every provider: a run cut off keeps what it measured
+                self.on_record()
 
 
 class Unavailable:
