@@ -184,13 +184,13 @@ tests="tests/test_verify_chain.py tests/test_verify_tree.py tests/test_verify_lo
   tests/test_neighbor_table.py tests/test_lantern_relaxed_mass.py tests/test_gsd_group_mass.py tests/test_cspd_verify.py
   tests/test_sample_from_probs.py tests/test_kernel_bounds.py tests/test_registration.py tests/test_validation.py
   tests/test_entry_point_errors.py tests/test_decoding_relaxed.py tests/test_decoding_trees.py tests/test_hardening.py"
-pytest_args=(-q -p no:cacheprovider --benchmark-disable -rfE --durations=15 --junitxml="$WORK/tests.xml")
+pytest_args=(-p no:cacheprovider --benchmark-disable -rfE --durations=15 --junitxml="$WORK/tests.xml")
 if wanted tests; then
   if [ "$REHEARSE" = 1 ]; then
     # No device: the whole selection is collected (imports, parametrisation, markers under the GPU mode), then
     # the same command runs on a fast part of it (no torch.compile), where every case runs on the CPU backends.
     phase "tests (collect)" 90 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -qq -p no:cacheprovider $tests
-    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -k "not compile" \
+    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -q -k "not compile" \
       tests/test_hardening.py tests/test_sample_from_probs.py
   else
     # pytest-xdist (preinstalled there) spreads the Triton compiles over the cores; a crashed worker is replaced.
@@ -233,7 +233,7 @@ fi
 if wanted demo; then
   if [ "$REHEARSE" = 1 ]; then
     phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cpu --quick --threads 1 --images-per-class 1 \
-      --judge-images 20 --bootstrap 20 --out "$WORK/demo"
+      --judge-images 20 --bootstrap 20 --no-cspd --out "$WORK/demo"
   else
     phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cuda --quick --threads 8 --out "$WORK/demo"
   fi
