@@ -100,7 +100,7 @@ fi
 
 collect() {  # copy the results written so far to $OUT: the readable tables directly, everything in one archive
   local f
-  for f in "$WORK/bench/$NAME.csv" "$WORK/bench/$NAME.md" "$WORK/bench/$NAME.png" "$WORK/bench/$NAME-logits.md"; do
+  for f in "$WORK/bench/$NAME.csv" "$WORK/bench/${NAME}.md" "$WORK/bench/$NAME.png" "$WORK/bench/$NAME-logits.md"; do
     [ -f "$f" ] && cp "$f" "$OUT_DIR/"
   done
   [ -f "$WORK/demo/demo.md" ] && cp "$WORK/demo/demo.md" "$OUT_DIR/$NAME-demo.md"
@@ -233,7 +233,7 @@ fi
 if wanted demo; then
   if [ "$REHEARSE" = 1 ]; then
     phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cpu --quick --threads 1 --images-per-class 1 \
-      --judge-images 20 --bootstrap 20 --no-cspd --out "$WORK/demo"
+      --judge-images 20 --bootstrap 20 --no-cspd --methods sd --out "$WORK/demo"
   else
     phase demo "$(limit_of $LIMIT_DEMO)" $PY -m specdec.cli demo --device cuda --quick --threads 8 --out "$WORK/demo"
   fi
