@@ -74,6 +74,7 @@ def make_inputs(batch: int, drafts: int, vocab: int, cfg_scale: float, temperatu
 
 
 def _on_device(inputs: Dict, device: str) -> Dict:
+    """``inputs`` with every tensor on ``device`` (made on the CPU, so every device gets the same values)."""
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
@@ -126,6 +127,7 @@ def measure_side_by_side(fns: Dict[str, Callable[[], object]], rounds: int, warm
 
 
 def _synchronized(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronisation, so a wall-clock timing covers the work, not only its launch."""
     def call():
         out = fn()
         torch.cuda.synchronize()
@@ -186,8 +188,8 @@ def write(rows: List[Dict], out_dir: str, clock: str = "wall", backend: str = "c
         f"# The verification step from raw logits ({machine_name()}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {'process CPU time' if clock == 'cpu' else 'wall time'})",
         "",
-        f"ours = `verify_chain_logits` (processing fused into the {backend} verification kernel); eager / compiled = the "
-        "float32 processing of target and draft logits (CFG, temperature, top-k, top-p, softmax) eager or "
+        f"ours = `verify_chain_logits` (processing fused into the {backend} verification kernel); eager / compiled = "
+        "the float32 processing of target and draft logits (CFG, temperature, top-k, top-p, softmax) eager or "
         "`torch.compile`d, then our `verify_chain` (`validate=False`). Medians of interleaved rounds in µs "
         "(20th-80th percentile in brackets); × = ratio of medians, best × = ratio of the fastest calls (less "
         "sensitive to a loaded machine). The machine is shared: read the ratios, not the absolute times.",
