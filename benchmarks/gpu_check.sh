@@ -119,7 +119,11 @@ phase() {  # phase NAME LIMIT COMMAND...: run one phase under its time limit; a 
   if [ $rc -eq 0 ]; then
     echo "== $name: ok in $(( $(date +%s) - t0 )) s"
   else
-    [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "== $name: TIMED OUT after $limit s" || echo "== $name: FAILED (exit $rc)"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+      echo "== $name: TIMED OUT after $limit s"
+    else
+      echo "== $name: FAILED (exit $rc)"
+    fi
     failures+=("$name")
   fi
   collect
@@ -137,7 +141,8 @@ if wanted build; then
     arch=$($PY -c "import torch; ma, mi = torch.cuda.get_device_capability(); print(f'{ma}.{mi}' + ('a' if ma == 9 else ''))")
     build_env=(env SPECDEC_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)")
   fi
-  phase build "$(limit_of $LIMIT_BUILD)" "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1  # the phase lines too
+  # (the phase's own lines go to the build log too)
+  phase build "$(limit_of $LIMIT_BUILD)" "${build_env[@]}" $PY setup.py -q build_ext --inplace >>"$build_log" 2>&1
 fi
 
 # ------------------------------------------------------------------ first line: what this run is
@@ -190,7 +195,8 @@ if wanted tests; then
     # No device: the whole selection is collected (imports, parametrisation, markers under the GPU mode), then
     # the same command runs on a fast part of it (no torch.compile), where every case runs on the CPU backends.
     phase "tests (collect)" 90 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -qq -p no:cacheprovider $tests
-    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -q -k "not compile" \
+    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -q \
+      -k "not compile" \
       tests/test_hardening.py tests/test_sample_from_probs.py
   else
     # pytest-xdist (preinstalled there) spreads the Triton compiles over the cores; a crashed worker is replaced.
@@ -211,7 +217,8 @@ fi
 mkdir -p "$WORK/bench"
 if wanted kernels; then
   if [ "$REHEARSE" = 1 ]; then
-    phase kernels "$(limit_of $LIMIT_KERNELS)" $PY -m benchmarks.kernels --quick --device cpu --min-time 0.01 --budget-s 5 \
+    phase kernels "$(limit_of $LIMIT_KERNELS)" $PY -m benchmarks.kernels --quick --device cpu --min-time 0.01 \
+      --budget-s 5 \
       --skip compiled --name "$NAME" --out "$WORK/bench"
   else
     lim=$(limit_of $LIMIT_KERNELS)
@@ -221,11 +228,13 @@ if wanted kernels; then
 fi
 if wanted logits; then
   if [ "$REHEARSE" = 1 ]; then
-    phase logits "$(limit_of $LIMIT_LOGITS)" $PY -m benchmarks.bench_logits --device cpu --threads 1 --rounds 3 --budget-s 5 \
+    phase logits "$(limit_of $LIMIT_LOGITS)" $PY -m benchmarks.bench_logits --device cpu --threads 1 --rounds 3 \
+      --budget-s 5 \
       --cases testbed-b1 --out "$WORK/bench"
   else
     lim=$(limit_of $LIMIT_LOGITS)
-    phase logits "$lim" $PY -m benchmarks.bench_logits --device cuda --rounds 50 --budget-s $(( lim / 2 )) --out "$WORK/bench"
+    phase logits "$lim" $PY -m benchmarks.bench_logits --device cuda --rounds 50 --budget-s $(( lim / 2 )) \
+      --out "$WORK/bench"
   fi
 fi
 

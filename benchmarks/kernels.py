@@ -7,8 +7,8 @@ with ``validate=False`` as a decoding loop would), ``triton`` (GPU only; the int
 does not import, its rows say "not available").
 
 Writes ``benchmarks/results/<machine>.csv``, ``.md`` and ``.png`` (speed-up of ours over each baseline); the CSV and
-MD again after every measurement, so a run cut off by its time limit keeps what it measured. ``--budget-s`` bounds the sweep:
-shapes not started within it are listed as not run.
+MD again after every measurement, so a run cut off by its time limit keeps what it measured. ``--budget-s`` bounds
+the sweep: shapes not started within it are listed as not run, peers not started within it say so in their rows.
 Usage: ``python -m benchmarks.kernels [--quick] [--device cuda] [--budget-s S] [--out DIR]``.
 """
 
