@@ -188,7 +188,8 @@ fi
 tests="tests/test_verify_chain.py tests/test_verify_tree.py tests/test_verify_logits.py tests/test_build_tree.py
   tests/test_neighbor_table.py tests/test_lantern_relaxed_mass.py tests/test_gsd_group_mass.py tests/test_cspd_verify.py
   tests/test_sample_from_probs.py tests/test_kernel_bounds.py tests/test_registration.py tests/test_validation.py
-  tests/test_entry_point_errors.py tests/test_decoding_relaxed.py tests/test_decoding_trees.py tests/test_hardening.py"
+  tests/test_entry_point_errors.py tests/test_decoding_relaxed.py tests/test_decoding_trees.py tests/test_hardening.py
+  tests/test_jacobi_step.py"
 pytest_args=(-p no:cacheprovider --benchmark-disable -rfE --durations=15 --junitxml="$WORK/tests.xml")
 if wanted tests; then
   if [ "$REHEARSE" = 1 ]; then
