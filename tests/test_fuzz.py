@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import specdec_kernels as sk
-from specdec_kernels import reference
+from specdec_kernels import _methods, reference
 
 from _isolate import run_batch, run_isolated
 
@@ -172,9 +172,9 @@ def chain_cases(draw):
     if batch and draw(st.booleans()):
         num_drafts[draw(st.integers(0, batch - 1))] = draw(st.sampled_from([drafts + 1, -1, 2**40, drafts]))
     kwargs = dict(num_drafts=num_drafts)
-    method = draw(st.sampled_from(["exact", "gsd", "lantern"]))
+    method = draw(st.sampled_from(_methods.CHAIN_METHODS))
     kwargs["method"] = method
-    if method == "lantern":
+    if "neighbors" in _methods.METHODS[method].needs:
         kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 4)), data, gen)
         kwargs.update(_budget(data))
     elif method == "gsd":
@@ -183,6 +183,8 @@ def chain_cases(draw):
         if draw(st.booleans()):
             kwargs["embeddings"] = torch.nn.functional.normalize(torch.randn(vocab, 3, generator=gen), dim=-1)
             kwargs["d_thr"] = draw(st.sampled_from([0.0, 0.5, 4.0, 1e300]))
+    else:  # any other rule of the table runs with its example parameters
+        kwargs.update(_methods.METHODS[method].example)
     args = (_strided(p, data), None if q is None else _strided(q, data), _ids((batch, drafts), vocab, data, gen),
             _uniforms((batch, drafts), data, gen), _uniforms((batch,), data, gen))
     return "verify_chain", args, kwargs
@@ -220,11 +222,13 @@ def tree_cases(draw):
     if batch and draw(st.booleans()):
         num_nodes[draw(st.integers(0, batch - 1))] = draw(st.sampled_from([0, nodes + 1, -3, 2**40]))
     kwargs = dict(num_nodes=num_nodes)
-    method = draw(st.sampled_from(["exact", "lantern"]))
+    method = draw(st.sampled_from(_methods.TREE_METHODS))
     kwargs["method"] = method
-    if method == "lantern":
+    if "neighbors" in _methods.METHODS[method].needs:
         kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 3)), data, gen)
         kwargs.update(_budget(data))
+    else:
+        kwargs.update(_methods.METHODS[method].example)
     tokens = _ids((batch, nodes), vocab, data, gen)
     if batch and nodes > 2 and draw(st.booleans()):
         tokens[:, 2] = tokens[:, 1]  # duplicate siblings
@@ -379,14 +383,16 @@ def chain_logits_cases(draw):
         kwargs["draft_probs"] = _strided(_probs((batch, drafts, vocab), data, gen, dtype), data)
     elif q_kind == "logits":
         kwargs["draft_logits"] = _logits((_logit_rows(batch, kwargs, data), drafts, vocab), data, gen, dtype)
-    method = draw(st.sampled_from(["exact", "gsd", "lantern"]))
+    method = draw(st.sampled_from(_methods.CHAIN_METHODS))
     kwargs["method"] = method
-    if method == "lantern":
+    if "neighbors" in _methods.METHODS[method].needs:
         kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 3)), data, gen)
         kwargs.update(_budget(data))
     elif method == "gsd":
         kwargs["rank_window"] = draw(st.sampled_from([(0, 0), (2, 1), (6000, 6000)]))
         kwargs["p_thr"] = draw(st.sampled_from([0.0, 0.15, 1e39]))
+    else:
+        kwargs.update(_methods.METHODS[method].example)
     args = (_strided(logits, data), _ids((batch, drafts), vocab, data, gen), _uniforms((batch, drafts), data, gen),
             _uniforms((batch,), data, gen))
     return "verify_chain_logits", args, kwargs
@@ -408,9 +414,9 @@ def tree_logits_cases(draw):
     kwargs["num_nodes"] = num_nodes
     if draw(st.booleans()):
         kwargs["draft_probs"] = _strided(_probs((batch, nodes, vocab), data, gen, dtype), data)
-    method = draw(st.sampled_from(["exact", "lantern"]))
+    method = draw(st.sampled_from(_methods.TREE_METHODS))
     kwargs["method"] = method
-    if method == "lantern":
+    if "neighbors" in _methods.METHODS[method].needs:
         kwargs["neighbors"] = _table(vocab, draw(st.integers(1, 3)), data, gen)
         kwargs.update(_budget(data))
     args = (_strided(logits, data), _ids((batch, nodes), vocab, data, gen), _parents(batch, nodes, data, gen),
