@@ -16,10 +16,13 @@ import pytest
 import torch
 
 import specdec_kernels as sk
+from specdec_kernels import _methods as sk_methods
 from specdec_kernels import reference
 from specdec_kernels.reference.verify_logits import process_logits as ref_process
 
 from _inputs import codebook, random_parents
+from _backends import TRITON_INTERPRETED
+from _triton_compile import check_triton_compiles_for_sm90
 from conftest import COMPILED_BACKENDS, device_for
 from stats import ALPHA, chi_square_pvalue, histogram
 
@@ -234,6 +237,8 @@ CHAIN_METHODS = {
                            "rank_window": (4, 3), "p_thr": 0.3},
     "lantern_delta": lambda cb: {"method": "lantern", "neighbors": reference.neighbor_table(cb, 5), "delta": 0.2},
     "lantern_lam": lambda cb: {"method": "lantern", "neighbors": reference.neighbor_table(cb, 5), "lam": 3.0},
+    "typical": lambda cb: {"method": "typical"},
+    "typical_entropy": lambda cb: {"method": "typical", "epsilon": 0.5, "alpha": 0.9},
 }
 
 
@@ -288,12 +293,9 @@ def test_guidance_scale_one(backend):
         sk.verify_chain_logits(case["logits"], **args, backend=backend)
 
 
-def test_chain_rules_without_a_fused_kernel_are_refused():
-    """verify_chain_logits implements the methods of _methods.CHAIN_LOGITS_METHODS; a chain-only rule without a
-    fused kernel (typical) is a clear error pointing at verify_chain(process_logits(...))."""
-    case, _ = chain_logits_case(processing={}, source="none", seed=2)
-    with pytest.raises(ValueError, match="verify_chain_logits"):
-        sk.verify_chain_logits(**case, method="typical", backend="reference")
+def test_every_chain_rule_runs_from_logits():
+    """verify_chain_logits takes every chain rule of the method table (no rule is shut out of the logits path)."""
+    assert {m.split("_")[0] for m in CHAIN_METHODS} | {"exact"} == set(sk_methods.CHAIN_METHODS)
 
 
 def test_chain_batch_invariance(logits_backend):
@@ -485,6 +487,28 @@ def _op_samples():
 @pytest.mark.parametrize("name, args", _op_samples(), ids=["chain", "tree"])
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.specdec_kernels, name).default, args)
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends(), reason="Triton not usable here")
+@pytest.mark.parametrize("name, args", _op_samples(), ids=["chain", "tree"])
+def test_opcheck_triton(name, args):
+    """The Triton logits ops are registered ops of the same schemas (routed by ops/_dispatch.py): opcheck, and the
+    same outputs as the C++ ops where those are built."""
+    from specdec_kernels.triton._registry import OPS
+
+    device = device_for("triton")
+    on_device = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(OPS[name], on_device)
+    if "cpu" in sk.available_backends():
+        for got, want in zip(OPS[name](*on_device), getattr(torch.ops.specdec_kernels, name)(*args)):
+            assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends() or not TRITON_INTERPRETED,
+                    reason="Triton not usable here, or a GPU run that compiles every kernel for real")
+@pytest.mark.parametrize("op", ["verify_chain_logits", "verify_tree_logits"])
+def test_triton_compiles_for_sm90(op):
+    check_triton_compiles_for_sm90(op)
 
 
 @pytest.mark.skipif("cpu" not in sk.available_backends(), reason="C++ extension not built")
