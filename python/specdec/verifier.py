@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import specdec_kernels as sk
+from specdec_kernels import _methods
 
 # Method names the verifier accepts, mapped to the kernels' acceptance rule. Decoding-method names are accepted
 # as aliases of the rule they verify with: AR, SD and SJD all use the exact test.
@@ -34,50 +35,16 @@ ACCEPTANCE_RULES = {"exact": "exact", "ar": "exact", "sd": "exact", "sjd": "exac
                     "lantern": "lantern"}
 
 
-def _reference_process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
-                              top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
-    """FALLBACK for ``specdec_kernels.process_logits`` (used only while the library does not export it):
-    the same reference processing, same signature and semantics (docs/TESTBED.md §1.4).
-
-    logits ``(rows, ..., V)``; with ``cfg_scale`` (not None, not 1) rows are ``2 * batch``, cond rows first, and
-    ``l = l_u + s * (l_c - l_u)`` mixes the raw logits. Then ``/ max(T, 1e-5)``, top-k (ties with the k-th value
-    kept), top-p (the smallest prefix of the sorted probabilities whose mass reaches ``top_p``, at least one token),
-    softmax. float64 input is processed in float64; the result is float32 ``(batch, ..., V)``.
-    """
-    work = logits if logits.dtype == torch.float64 else logits.float()
-    if cfg_scale is not None and float(cfg_scale) != 1.0:
-        cond, uncond = work.chunk(2, dim=0)
-        work = uncond + float(cfg_scale) * (cond - uncond)
-    work = work / max(float(temperature), 1e-5)
-    k = int(top_k or 0)
-    if 0 < k < work.shape[-1]:
-        kth = torch.topk(work, k, dim=-1).values[..., -1:]
-        work = work.masked_fill(work < kth, float("-inf"))
-    if float(top_p) < 1.0:
-        sorted_logits, order = torch.sort(work, dim=-1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        drop_sorted = mass_before >= float(top_p)
-        drop_sorted[..., 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        work = work.masked_fill(drop, float("-inf"))
-    return torch.softmax(work, dim=-1).to(torch.float32)
-
-
-def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
-                   top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Raw logits -> float32 probabilities (CFG, temperature, top-k, top-p, softmax); see
-    ``specdec_kernels.process_logits``. Uses the library's op when it has one, else the fallback above."""
-    op = getattr(sk, "process_logits", None)
-    if cfg_scale is not None and float(cfg_scale) == 1.0:  # scale 1 is no guidance: the rows are not doubled
+def _process(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
+             top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
+    """:func:`specdec_kernels.process_logits` on any layout ``(rows, ..., V)``; ``cfg_scale`` 1 is no guidance (the
+    rows are not doubled)."""
+    if cfg_scale is not None and float(cfg_scale) == 1.0:
         cfg_scale = None
-    if op is not None:  # the library's op takes (rows, S, V): fold any other layout into that
-        rows, vocab = logits.shape[0], logits.shape[-1]
-        probs = op(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
-                   top_k=int(top_k or 0), top_p=top_p)
-        return probs.reshape((probs.shape[0],) + tuple(logits.shape[1:]))
-    return _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-                                     top_p=top_p)
+    rows, vocab = logits.shape[0], logits.shape[-1]
+    probs = sk.process_logits(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
+                              top_k=int(top_k or 0), top_p=top_p)
+    return probs.reshape((probs.shape[0],) + tuple(logits.shape[1:]))
 
 
 @dataclass
@@ -148,7 +115,7 @@ class SpeculativeVerifier:
     delta, lam : LANTERN's TV budget (default 0.1) or LANTERN++'s ratio (pass one).
     rank_window, p_thr, d_thr : GSD's window and filters (defaults scaled to V as in
         :mod:`specdec.decoding.defaults`, 0.15, 0.5).
-    cfg_scale, temperature, top_k, top_p : logits processing (:func:`process_logits`); ``cfg_scale`` None or 1
+    cfg_scale, temperature, top_k, top_p : logits processing (``specdec_kernels.process_logits``); ``cfg_scale`` None or 1
         means the logits are not doubled.
     backend, validate : passed to the kernels (``validate=None`` is the kernels' default checking level).
     """
@@ -208,7 +175,8 @@ class SpeculativeVerifier:
                 raise ValueError("method 'gsd' needs rank_window when no codebook / embeddings are given")
             rank_window = gsd_rank_window(vocab)
         return {"method": "gsd", "embeddings": embeddings, "rank_window": tuple(rank_window),
-                "p_thr": 0.15 if p_thr is None else float(p_thr), "d_thr": 0.5 if d_thr is None else float(d_thr)}
+                "p_thr": _methods.default(_methods.GSD, "p_thr") if p_thr is None else float(p_thr),
+                "d_thr": _methods.default(_methods.GSD, "d_thr") if d_thr is None else float(d_thr)}
 
     # -- configuration ---------------------------------------------------------------------------------------
     @property
@@ -237,7 +205,7 @@ class SpeculativeVerifier:
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """This verifier's logits processing: ``(rows, ..., V)`` raw logits -> ``(B, ..., V)`` float32 probs."""
         s = self.sampling
-        return process_logits(logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+        return _process(logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                               top_p=s.top_p)
 
     # -- verification ----------------------------------------------------------------------------------------
@@ -245,7 +213,7 @@ class SpeculativeVerifier:
         """The tables built from ``codebook`` index its codes: the logits must cover exactly that vocabulary
         (else the kernels would name their own ``neighbors`` / ``embeddings`` arguments, not the caller's)."""
         rows = logits if probs is None else probs
-        size = getattr(self, "_codebook_size", None)
+        size = self._codebook_size
         if size is not None and rows is not None and rows.shape[-1] != size:
             raise ValueError(f"codebook has {size} codes, but the logits' vocabulary has {rows.shape[-1]}: image "
                              f"token i of the logits must be code i of the codebook")
@@ -264,7 +232,7 @@ class SpeculativeVerifier:
             raise ValueError("pass draft_probs or draft_logits, not both")
         if draft_logits is not None:  # the drafter's q goes through the same processing, without CFG
             s = self.sampling
-            return process_logits(draft_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+            return _process(draft_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         return draft_probs
 
     def step(self, logits: torch.Tensor, drafts: torch.Tensor, *, num_drafts: Optional[torch.Tensor] = None,
@@ -283,18 +251,17 @@ class SpeculativeVerifier:
         lengths : ``(B,)`` cache length of each row before the step (to get ``new_length``).
         probs : already processed ``(B, L + 1, V)`` target probabilities instead of ``logits`` (pass None
             as logits).
-        return_probs : keep the processed rows in the result. With False, and when the library has the fused
-            ``specdec_kernels.verify_chain_logits``, the logits go straight to it (the same tokens, no
-            ``(B, L + 1, V)`` probability tensor); otherwise the rows are processed, then verified.
+        return_probs : keep the processed rows in the result. With False the logits go straight to the fused
+            ``specdec_kernels.verify_chain_logits`` (the same tokens, no ``(B, L + 1, V)`` probability tensor);
+            otherwise the rows are processed, then verified.
         """
         self._check_vocab(logits, probs)
         batch, width = drafts.shape
-        fused = getattr(sk, "verify_chain_logits", None)
-        if probs is None and not return_probs and fused is not None:
+        if probs is None and not return_probs:
             self._check_rows(logits, batch, width + 1, "drafts", tuple(drafts.shape))
             u_accept, u_sample = self._uniforms(batch, width, logits.device, u_accept, u_sample, generator)
             s = self.sampling
-            accept_len, next_token = fused(
+            accept_len, next_token = sk.verify_chain_logits(
                 logits, drafts, u_accept, u_sample, num_drafts=num_drafts, draft_probs=draft_probs,
                 draft_logits=draft_logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0),
                 top_p=s.top_p, backend=self.backend, validate=self.validate, **self._kwargs,
@@ -311,6 +278,30 @@ class SpeculativeVerifier:
             validate=self.validate, **self._kwargs,
         )
         return self._chain_result(drafts, accept_len, next_token, lengths, p)
+
+    def jacobi_step(self, logits: torch.Tensor, window: torch.Tensor, q: Optional[torch.Tensor], *,
+                    num_drafts: Optional[torch.Tensor] = None, u_accept: torch.Tensor, u_sample: torch.Tensor,
+                    u_draft: torch.Tensor, u_keep: Optional[torch.Tensor] = None,
+                    u_init: Optional[torch.Tensor] = None, update: Optional[torch.Tensor] = None,
+                    lengths: Optional[torch.Tensor] = None) -> Tuple[ChainStep, "sk.JacobiStep"]:
+        """Verify a Jacobi window and draw the next one from the same processed rows, in one pass
+        (:func:`specdec_kernels.jacobi_step`): the step SJD / GSD (and their coupled, MC-SJD variants) run.
+
+        logits : ``(2B or B, L + 1, V)`` raw target logits over ``[last, window]``; window ``(B, L)`` and q
+        ``(B, L, V)`` (or None: one-hot) the current drafts. Uniforms as :func:`specdec_kernels.jacobi_step`.
+        Returns the verification outcome (``probs`` None) and the kernel's :class:`specdec_kernels.JacobiStep`
+        (next window, its q, first fresh entry per row).
+        """
+        self._check_vocab(logits, None)
+        batch, width = window.shape
+        self._check_rows(logits, batch, width + 1, "window", tuple(window.shape))
+        s = self.sampling
+        out = sk.jacobi_step(logits, window, q, u_accept.float().contiguous(), u_sample.float().contiguous(),
+                             u_draft.float().contiguous(), u_keep=u_keep, u_init=u_init, num_drafts=num_drafts,
+                             update=update, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                             top_k=int(s.top_k or 0), top_p=s.top_p, backend=self.backend, validate=self.validate,
+                             **self._kwargs)
+        return self._chain_result(window, out.accept_len, out.next_token, lengths, None), out
 
     def _check_rows(self, logits, batch, rows, what, shape):
         expected = (2 * batch if self.uses_cfg else batch, rows)
@@ -352,20 +343,19 @@ class SpeculativeVerifier:
             distribution its children were drawn from) or None (deterministic candidates).
         Uniforms ``u_accept (B, M)``, ``u_sample (B,)`` or ``generator``; ``lengths`` as in :meth:`step`.
         Only "exact" and "lantern" verify trees. ``return_probs=False`` uses the fused
-        ``specdec_kernels.verify_tree_logits`` when the library has it (as in :meth:`step`).
+        ``specdec_kernels.verify_tree_logits`` (as in :meth:`step`).
         """
         if self.rule == "gsd":
             raise ValueError("method 'gsd' verifies chains only; use step()")
         self._check_vocab(logits, probs)
         batch, m = tree_tokens.shape
         kwargs = {key: value for key, value in self._kwargs.items() if key in ("method", "neighbors", "delta", "lam")}
-        fused = getattr(sk, "verify_tree_logits", None)
-        if probs is None and not return_probs and fused is not None:
+        if probs is None and not return_probs:
             self._check_rows(logits, batch, m, "a tree with nodes", tuple(tree_tokens.shape))
             u_accept, u_sample = self._uniforms(batch, m, logits.device, u_accept, u_sample, generator)
             s = self.sampling
             p = None
-            accepted, accept_len, next_token = fused(
+            accepted, accept_len, next_token = sk.verify_tree_logits(
                 logits, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, draft_probs=draft_probs,
                 cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0), top_p=s.top_p,
                 backend=self.backend, validate=self.validate, **kwargs,

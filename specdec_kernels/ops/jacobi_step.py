@@ -56,6 +56,7 @@ def jacobi_step(
     alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
+    **method_params,
 ) -> JacobiStep:
     """One step of Jacobi decoding (SJD, GSD, relaxed or coupled variants) straight from the target's raw logits.
 
@@ -101,7 +102,7 @@ def jacobi_step(
                                 top_k, top_p, method, backend, validate,
                                 dict(neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
                                      rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, epsilon=epsilon,
-                                     alpha=alpha), extra_checks=extra)
+                                     alpha=alpha, **method_params), extra_checks=extra)
     device = call.logits.device
     batch, width = call.batch, call.drafts
     q = None if call.draft_probs is None else call.draft_probs.float()

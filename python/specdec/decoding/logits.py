@@ -1,6 +1,6 @@
 """Logits processing shared by target and drafters: CFG -> temperature -> top-k -> top-p -> softmax
-(docs/TESTBED.md §1.4). The processing itself is :func:`specdec.verifier.process_logits`, the one the verifier
-applies to target logits.
+(docs/TESTBED.md §1.4). The processing itself is ``specdec_kernels.process_logits``, the one the verifier
+applies to target logits; :meth:`SamplingConfig.process` applies a configuration.
 
 Every method verifies against these processed distributions, and a drafter's q goes through the same chain
 (docs/ALGORITHMS.md §1), so truncation is part of p and q.
@@ -34,9 +34,8 @@ class SamplingConfig:
     def uses_cfg(self) -> bool:
         return self.cfg_scale is not None and float(self.cfg_scale) != 1.0
 
-
-def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """Turn raw logits ``(rows, ..., V)`` (with CFG ``rows = 2 * batch``, cond rows first) into float32
-    probabilities ``(batch, ..., V)``."""
-    return verifier.process_logits(logits, cfg_scale=cfg.cfg_scale if cfg.uses_cfg else None,
-                                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Turn raw logits ``(rows, ..., V)`` (with CFG ``rows = 2 * batch``, cond rows first) into float32
+        probabilities ``(batch, ..., V)`` with this configuration."""
+        return verifier._process(logits, cfg_scale=self.cfg_scale if self.uses_cfg else None,
+                                 temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
