@@ -12,7 +12,8 @@ Grid: one program per batch row b. Pointers (all contiguous):
   processed row), q [B, L, V] probabilities or logits [B or 2B, L, V] (Q_LOGITS; q_buf) or a dummy (HAS_Q),
   draft [B, L] int64, u_accept [B, L] f32, u_sample [B] f32, num_drafts [B] int64, neighbors [V, K] int32
   (NEEDS_NEIGHBORS), embeddings [V, D_EMB] f32 (HAS_EMB), scratch [B, V] f64 (the relaxed residual),
-  accept_len / next_token [B] int64 (written).
+  accept_len / next_token [B] int64 (written); with REFRESH (the Jacobi step, logits only) also u_draft / u_keep /
+  u_init [B, L] f32, update [B] int8, and the written new_window [B, L] int64, new_q [B, L, V] f32, first_init [B].
 Phase 1 tests drafts 0, 1, ... of row b until the first failure (a while loop: nothing past it is read, and no
 logits row past it is processed); phase 2 is the loop's exit (a = accept_len); phase 3 samples the recovered token
 from the residual at a, or the bonus from p[b, a], by two passes over that one row (float64 total, then inverse-CDF
@@ -50,6 +51,7 @@ def _chain_kernel(p_ptr, p_buf_ptr, q_ptr, q_buf_ptr, draft_ptr, u_accept_ptr, u
                   Q_CFG: tl.constexpr, TOP_K: tl.constexpr, TOP_P: tl.constexpr, USE_LAMBDA: tl.constexpr,
                   HAS_EMB: tl.constexpr, REFRESH: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_INIT: tl.constexpr,
                   BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr):
+    tl.static_assert(P_LOGITS or not REFRESH, "the Jacobi refresh draws from processed logits rows")
     b = tl.program_id(0).to(tl.int64)
     n = tl.load(num_drafts_ptr + b)
     budget = budget_bits.to(tl.int64).to(tl.float64, bitcast=True)
