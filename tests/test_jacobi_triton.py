@@ -103,8 +103,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("rule, with_q, keys, shape", CASES, ids=[f"{r}-{'q' if q else 'onehot'}-{'+'.join(k) or 'plain'}"
-                                                                 for r, q, k, _ in CASES])
+CASE_IDS = [f"{rule}-{'q' if with_q else 'onehot'}-{'+'.join(keys) or 'plain'}" for rule, with_q, keys, _ in CASES]
+
+
+@pytest.mark.parametrize("rule, with_q, keys, shape", CASES, ids=CASE_IDS)
 def test_parity_with_reference(rule, with_q, keys, shape):
     seed = sum(map(ord, rule)) + 7 * with_q + len(keys)
     case, processing = jacobi_case(with_q=with_q, seed=seed, **shape)
