@@ -20,7 +20,8 @@ class SamplingConfig:
 
     cfg_scale: classifier-free guidance scale s (``l = l_u + s * (l_c - l_u)``); None or 1.0 runs no uncond
         rows at all (cond logits only), anything else doubles the batch (cond rows first).
-    temperature: divides the guided logits (clamped to 1e-5, so 0 is near-greedy).
+    temperature: divides the guided logits (clamped to 1e-5); 0 is greedy: the verifier accepts a draft only
+        while it is the argmax (:class:`specdec.SpeculativeVerifier`).
     top_k: keep the k largest logits (and ties with the k-th); 0 or None keeps all.
     top_p: nucleus filtering after top-k (1.0 keeps all).
     """
@@ -37,5 +38,5 @@ class SamplingConfig:
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Turn raw logits ``(rows, ..., V)`` (with CFG ``rows = 2 * batch``, cond rows first) into float32
         probabilities ``(batch, ..., V)`` with this configuration."""
-        return verifier._process(logits, cfg_scale=self.cfg_scale if self.uses_cfg else None,
+        return verifier.sampling_probs(logits, cfg_scale=self.cfg_scale if self.uses_cfg else None,
                                  temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)

@@ -49,6 +49,7 @@ class SJD(ChainMethod):
         self.coupled = bool(coupled)
         self.fused = bool(fused)
         self._next = None  # the fused step's next window, adopted in after_verify
+        self._per_row = False  # this call's sampling has per-row settings, which the fused op does not take
 
     @property
     def needs_probs(self) -> bool:
@@ -56,7 +57,7 @@ class SJD(ChainMethod):
         return not self._runs_fused()
 
     def _runs_fused(self) -> bool:
-        return self.fused and not self.truncate_to_worst and self.num_drafts > 0
+        return self.fused and not self.truncate_to_worst and self.num_drafts > 0 and not self._per_row
 
     # -- size="auto" (specdec.decoding.sizing): the window length ------------------------------------------
     def size_label(self) -> str:
@@ -69,7 +70,7 @@ class SJD(ChainMethod):
         return self.num_drafts + 1
 
     def new_size_stats(self, explore):
-        return ChainStats()
+        return ChainStats(per_width=True)  # Jacobi windows: each window length's own statistics
 
     def size_candidates(self, stats):
         return list(range(1, MAX_AUTO_WINDOW + 1))  # window 1: no drafts (plain AR) where speculation cannot pay
@@ -100,6 +101,7 @@ class SJD(ChainMethod):
 
     def verify(self, ctx, logits, q, drafts, n):
         """Fused: verification and the Jacobi refresh in one kernel call (the refresh's draws are part of it)."""
+        self._per_row = ctx.verifier.sampling.per_row
         if not self._runs_fused():
             return super().verify(ctx, logits, q, drafts, n)
         width = drafts.shape[1]
