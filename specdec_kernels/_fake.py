@@ -95,7 +95,7 @@ def jacobi_step(logits, window, q, u_accept, u_sample, u_draft, u_keep, u_init, 
 
 
 #: Ops only the C++ extension defines so far (the Triton backend gains them as its kernels land).
-EXTENSION_ONLY_FAKES = {"jacobi_step": jacobi_step}
+EXTENSION_ONLY_FAKES = {}
 
 
 #: Op name -> its fake kernel (one per schema, shared by both namespaces).
@@ -109,6 +109,7 @@ FAKES = {
     "cspd_verify": cspd_verify,
     "verify_chain_logits": verify_chain_logits,
     "verify_tree_logits": verify_tree_logits,
+    "jacobi_step": jacobi_step,
 }
 
 

@@ -17,22 +17,44 @@ _SCRIPT = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from specdec_kernels import _methods
     from specdec_kernels.triton import (build_tree, cspd_verify, gsd_group_mass, lantern_relaxed_mass,
                                         neighbor_table, verify_chain, verify_tree)
+    from specdec_kernels.triton._common import rule_constexprs
     P, I64, I32, F64 = "*fp32", "*i64", "*i32", "*fp64"
-    chain = dict(p_ptr="*bf16", q_ptr="*bf16", draft_ptr=I64, u_accept_ptr=P, u_sample_ptr=P, num_drafts_ptr=I64,
-                 nbr_ptr=I32, emb_ptr=P, scratch_ptr=F64, accept_len_ptr=I64, next_token_ptr=I64, L="i32", V="i32",
-                 K="i32", D_EMB="i32", budget_bits="i64", h_lo="i32", h_hi="i32", p_thr="fp32", d_thr="fp32",
-                 epsilon_bits="i64", alpha_bits="i64")
-    tree = dict(p_ptr=P, q_ptr=P, tok_ptr=I64, par_ptr=I64, u_accept_ptr=P, u_sample_ptr=P, num_nodes_ptr=I64,
-                nbr_ptr=I32, scratch_ptr=F64, marker_ptr=I32, accepted_ptr=I64, accept_len_ptr=I64,
-                next_token_ptr=I64, M="i32", V="i32", K="i32", budget_bits="i64")
-    cases = [("verify_chain", verify_chain._verify_chain_kernel, chain,
-              dict(METHOD=m, HAS_Q=True, USE_LAMBDA=m == 2, HAS_EMB=m == 1, BLOCK_V=2048, BLOCK_K=128,
-                   BLOCK_L=16))
-             for m in (0, 1, 2, 3)]
-    cases += [("verify_tree", verify_tree._verify_tree_kernel, tree,
-               dict(METHOD=m, HAS_Q=m == 2, USE_LAMBDA=False, BLOCK_V=2048, BLOCK_K=128, BLOCK_M=64)) for m in (0, 2)]
+    chain = dict(p_ptr="*bf16", p_buf_ptr=P, q_ptr="*bf16", q_buf_ptr=P, draft_ptr=I64, u_accept_ptr=P,
+                 u_sample_ptr=P, num_drafts_ptr=I64, nbr_ptr=I32, emb_ptr=P, scratch_ptr=F64, accept_len_ptr=I64,
+                 next_token_ptr=I64, u_draft_ptr=P, u_keep_ptr=P, u_init_ptr=P, update_ptr="*i8",
+                 new_window_ptr=I64, new_q_ptr=P, first_init_ptr=I64, L="i32", V="i32", K="i32", D_EMB="i32",
+                 budget_bits="i64", h_lo="i32", h_hi="i32", p_thr="fp32", d_thr="fp32", epsilon_bits="i64",
+                 alpha_bits="i64", p_uncond_rows="i64", q_uncond_rows="i64", top_k="i32", scale_bits="i64",
+                 temperature_bits="i64", top_p_bits="i64")
+    tree = dict(p_ptr=P, p_buf_ptr=P, q_ptr=P, tok_ptr=I64, par_ptr=I64, u_accept_ptr=P, u_sample_ptr=P,
+                num_nodes_ptr=I64, nbr_ptr=I32, scratch_ptr=F64, marker_ptr=I32, accepted_ptr=I64,
+                accept_len_ptr=I64, next_token_ptr=I64, M="i32", V="i32", K="i32", budget_bits="i64",
+                p_uncond_rows="i64", top_k="i32", scale_bits="i64", temperature_bits="i64", top_p_bits="i64")
+    rule = lambda m: rule_constexprs(_methods.BY_CODE[m])  # noqa: E731
+    off = dict(P_LOGITS=False, Q_LOGITS=False, P_CFG=False, Q_CFG=False, TOP_K=False, TOP_P=False, REFRESH=False,
+               HAS_KEEP=False, HAS_INIT=False)
+    logits = dict(off, P_LOGITS=True, P_CFG=True, TOP_K=True, TOP_P=True)
+    blocks = dict(BLOCK_V=2048, BLOCK_K=128, BLOCK_L=16)
+    # verify_chain: every rule on probability rows. The logits source adds the row processing to the same walk
+    # (every rule's test is compiled above): one logits variant per op, with every processing step and draft logits
+    # (GSD: the whole-row reader with embeddings), and the Jacobi refresh (coupled, random inits, q read). A logits
+    # variant takes 30-80 s to compile on the 2-core machines, so the list stays short.
+    cases = [("verify_chain", verify_chain._chain_kernel, chain,
+              dict(rule(m), **off, HAS_Q=True, USE_LAMBDA=m == 2, HAS_EMB=m == 1, **blocks)) for m in (0, 1, 2, 3)]
+    cases += [("verify_chain_logits", verify_chain._chain_kernel, chain,
+               dict(rule(1), **dict(logits, Q_LOGITS=True, Q_CFG=True), HAS_Q=True, USE_LAMBDA=False, HAS_EMB=True,
+                    **blocks))]
+    cases += [("jacobi_step", verify_chain._chain_kernel, dict(chain, p_ptr=P, q_ptr=P),
+               dict(rule(2), **dict(logits, REFRESH=True, HAS_KEEP=True, HAS_INIT=True), HAS_Q=True,
+                    USE_LAMBDA=True, HAS_EMB=False, **blocks))]
+    cases += [("verify_tree", verify_tree._tree_kernel, tree,
+               dict(rule(m), **off, HAS_Q=m == 2, USE_LAMBDA=False, BLOCK_V=2048, BLOCK_K=128, BLOCK_M=64))
+              for m in (0, 2)]
+    cases += [("verify_tree_logits", verify_tree._tree_kernel, dict(tree, p_ptr="*fp16"),
+               dict(rule(2), **logits, HAS_Q=True, USE_LAMBDA=True, BLOCK_V=2048, BLOCK_K=128, BLOCK_M=64))]
     cases += [
         ("build_tree", build_tree._build_tree_kernel, dict(par_ptr=I64, num_nodes_ptr=I64, mask_ptr="*u8",
                                                            depth_ptr=I64, paths_ptr=I64, stats_ptr=I64, M="i32"),
@@ -76,7 +98,7 @@ def _compile_all():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=600,
                           check=False)
 
 

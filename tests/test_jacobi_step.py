@@ -8,6 +8,8 @@
   an independent draw would.
 """
 
+import zlib
+
 import pytest
 import torch
 from _backends import KERNEL_BACKENDS, TRITON_INTERPRETED
@@ -64,7 +66,7 @@ def test_backend_matches_reference(backend, rule, cfg, top_k, top_p, coupled, in
         pytest.skip("no Triton jacobi_step kernel in this build")
     if TRITON_INTERPRETED and backend == "triton" and (top_p < 1.0 or rule == "gsd"):
         pytest.skip("covered for the Triton interpreter by sibling cases")
-    c = _case(hash((rule, cfg, top_k, coupled)) % 1000, cfg=cfg)
+    c = _case(zlib.crc32(f"{rule}-{cfg}-{top_k}-{coupled}".encode()) % 1000, cfg=cfg)  # the same inputs every run
     kwargs = dict(u_keep=c["u_keep"] if coupled else None, u_init=c["u_init"] if init else None,
                   num_drafts=c["num_drafts"], update=c["update"], cfg_scale=2.0 if cfg else None, top_k=top_k,
                   top_p=top_p, method=rule, **_rule_kwargs(rule, VOCAB))

@@ -19,7 +19,9 @@ import specdec_kernels as sk
 from specdec_kernels import _methods, reference
 from specdec_kernels.reference.verify_logits import process_logits as ref_process
 
+from _backends import TRITON_INTERPRETED
 from _inputs import codebook, method_kwargs, random_parents
+from _triton_compile import check_triton_compiles_for_sm90
 from conftest import COMPILED_BACKENDS, device_for
 from stats import ALPHA, chi_square_pvalue, histogram
 
@@ -479,6 +481,28 @@ def _op_samples():
 @pytest.mark.parametrize("name, args", _op_samples(), ids=["chain", "tree"])
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.specdec_kernels, name).default, args)
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends(), reason="Triton not usable here")
+@pytest.mark.parametrize("name, args", _op_samples(), ids=["chain", "tree"])
+def test_opcheck_triton(name, args):
+    """The Triton logits ops are registered ops of the same schemas (routed by ops/_dispatch.py): opcheck, and the
+    same outputs as the C++ ops where those are built."""
+    from specdec_kernels.triton._registry import OPS
+
+    device = device_for("triton")
+    on_device = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    torch.library.opcheck(OPS[name], on_device)
+    if "cpu" in sk.available_backends():
+        for got, want in zip(OPS[name](*on_device), getattr(torch.ops.specdec_kernels, name)(*args)):
+            assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.skipif("triton" not in sk.available_backends() or not TRITON_INTERPRETED,
+                    reason="Triton not usable here, or a GPU run that compiles every kernel for real")
+@pytest.mark.parametrize("op", ["verify_chain_logits", "verify_tree_logits"])
+def test_triton_compiles_for_sm90(op):
+    check_triton_compiles_for_sm90(op)
 
 
 @pytest.mark.skipif("cpu" not in sk.available_backends(), reason="C++ extension not built")

@@ -98,6 +98,10 @@ def jacobi_step(
     new_q = torch.where(refreshed[:, :, None], rows, _one_hot(init, vocab))
     first_init = (num_drafts - accept_len).clamp_min(0)
 
+    verified = next_token >= 0  # the kernels refresh (and so read q_old) only in verified rows they update
+    if update is not None:
+        verified = verified & update.to(torch.bool)
+    bad_refresh = bad_refresh & verified
     accept_len = torch.where(bad_refresh, 0, accept_len)
     next_token = torch.where(bad_refresh, -ROW_BAD_PROB, next_token)
     keep_row = next_token < 0

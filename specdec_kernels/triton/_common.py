@@ -43,6 +43,23 @@ ROW_BAD_PARENTS: tl.constexpr = tl.constexpr(_methods.ROW_BAD_PARENTS)
 ROW_BAD_NEIGHBOR: tl.constexpr = tl.constexpr(_methods.ROW_BAD_NEIGHBOR)
 ROW_BAD_UNIFORM: tl.constexpr = tl.constexpr(_methods.ROW_BAD_UNIFORM)
 ROW_BAD_PROB: tl.constexpr = tl.constexpr(_methods.ROW_BAD_PROB)
+ROW_BAD_METHOD: tl.constexpr = tl.constexpr(_methods.ROW_BAD_METHOD)
+# Residual kinds (``_methods.RESIDUALS``): what a rule's recovered token is sampled from.
+RESIDUAL_OVER_Q: tl.constexpr = tl.constexpr(_methods.RESIDUALS.index("over_q"))
+RESIDUAL_OVER_RELAXED: tl.constexpr = tl.constexpr(_methods.RESIDUALS.index("over_relaxed"))
+RESIDUAL_TARGET: tl.constexpr = tl.constexpr(_methods.RESIDUALS.index("target"))
+
+
+def rule_constexprs(method) -> dict:
+    """The compile-time arguments a walk takes for ``method`` (a ``_methods.Method``, or None for a code the table
+    does not hold): its code (which acceptance test runs) and the traits every other branch of the walk follows.
+    ``KNOWN`` False makes every row report ``ROW_BAD_METHOD`` (the launchers refuse such codes before any launch;
+    the kernels do not rely on it)."""
+    if method is None:
+        return {"METHOD": -1, "KNOWN": False, "READS_WHOLE_ROW": False, "NEEDS_NEIGHBORS": False,
+                "RESIDUAL": _methods.RESIDUALS.index("over_q")}
+    return {"METHOD": method.code, "KNOWN": True, "READS_WHOLE_ROW": method.reads_whole_row,
+            "NEEDS_NEIGHBORS": "neighbors" in method.needs, "RESIDUAL": _methods.RESIDUALS.index(method.residual)}
 
 
 def next_pow2(n: int) -> int:

@@ -97,6 +97,18 @@ def verify_tree_logits(logits: Tensor, draft_probs: Optional[Tensor], tree_token
                                      cfg_scale, temperature, top_k, top_p, method, neighbors, params)
 
 
+@_op("jacobi_step")
+def jacobi_step(logits: Tensor, window: Tensor, q: Optional[Tensor], u_accept: Tensor, u_sample: Tensor,
+                u_draft: Tensor, u_keep: Optional[Tensor], u_init: Optional[Tensor], num_drafts: Tensor,
+                update: Tensor, cfg_scale: Optional[float], temperature: float, top_k: int, top_p: float, method: int,
+                neighbors: Optional[Tensor], embeddings: Optional[Tensor],
+                params: List[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .jacobi_step import jacobi_step_triton
+
+    return jacobi_step_triton(logits, window, q, u_accept, u_sample, u_draft, u_keep, u_init, num_drafts, update,
+                              cfg_scale, temperature, top_k, top_p, method, neighbors, embeddings, params)
+
+
 #: Op name -> the registered Triton op (the dispatch table of ``specdec_kernels/ops/_dispatch.py``).
 OPS = {
     "verify_chain": verify_chain,
@@ -108,4 +120,5 @@ OPS = {
     "cspd_verify": cspd_verify,
     "verify_chain_logits": verify_chain_logits,
     "verify_tree_logits": verify_tree_logits,
+    "jacobi_step": jacobi_step,
 }
