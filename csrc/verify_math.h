@@ -162,6 +162,19 @@ SPECDEC_HD inline bool cdf_crosses(double cumulative, double threshold, double w
   return w > 0.0 && cumulative > threshold;
 }
 
+// ---- Jacobi refresh (specdec_kernels/reference/jacobi_step.py).
+
+// A fresh Jacobi entry drawn uniformly over the vocabulary: min(floor(float32(u) * V), V - 1) in float32, as the
+// decoding loop draws it; clamped into [0, V) whatever u is (a NaN or out-of-range uniform never indexes out of
+// bounds). The float -> integer conversion is guarded so that it is defined for every u.
+SPECDEC_HD inline int64_t jacobi_init_token(float u, int64_t vocab) {
+  const float scaled = u * static_cast<float>(vocab);
+  if (!(scaled > 0.0f)) return 0;  // also NaN
+  if (!(scaled < static_cast<float>(vocab))) return vocab - 1;
+  const int64_t token = static_cast<int64_t>(scaled);
+  return token < vocab - 1 ? token : vocab - 1;
+}
+
 // ---- GSD (docs/ALGORITHMS.md §3.3).
 
 // Rank order: p descending, ties by the lower token id.
