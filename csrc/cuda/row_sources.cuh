@@ -4,6 +4,7 @@
 //   bool S::present()            the source has rows (a draft source without rows means one-hot drafts)
 //   bool S::usable(b, i)         row (b, i) can be a distribution; false is reported as row code 6 where the kernel
 //                                reads the row (logits: NaN / +inf processed logits, or every logit -inf)
+//   S::kComputed                 entries are computed, not loaded: a kernel reading a row many times stages it
 //   S::Row S::row(b, i)          the row, whose entries are computed where they are read:
 //     float Row::operator()(j)              entry j as float32
 //     Pack<Row::Stored, N> Row::pack(j0)    N consecutive entries (0 past V) in their stored type, read with one
@@ -39,6 +40,7 @@ struct TensorRow {
 template <class T>
 struct TensorRows {
   using Row = TensorRow<T>;
+  static constexpr bool kComputed = false;  // entries are loads
   const T* base;  // [B, slots, V], or nullptr: no rows (one-hot drafts)
   int slots;
   int vocab;
@@ -92,6 +94,7 @@ struct LogitsRow {
 template <class T>
 struct LogitsRows {
   using Row = LogitsRow<T>;
+  static constexpr bool kComputed = true;  // entries are float64 math on the raw logits
   const T* cond;    // [B, slots, V] raw logits, or nullptr: no rows
   const T* uncond;  // [B, slots, V] the uncond half of a doubled batch, or nullptr (no CFG)
   int slots;
@@ -215,23 +218,34 @@ __global__ void __launch_bounds__(BLOCK)
     }
     s.k_threshold = float_of_order_key(static_cast<int32_t>(lo));
   }
-  auto weight = [&](int j) {
-    const float z = z_at(j);
+  auto weight_of = [&](float z) {  // e = exp(z - max) over the top-k survivors
     return z >= s.k_threshold ? logits::exp_nonpositive(static_cast<double>(z) - s.shift) : 0.0;
   };
   double local_total = 0.0;
-  for (int j = tid; j < vocab; j += BLOCK) local_total += weight(j);
+  for (int j = tid; j < vocab; j += BLOCK) local_total += weight_of(z_at(j));
   s.total = block_sum(local_total);
   s.kept_total = s.total;
 
   // top-p: the smallest cut t over p1 = float32(e / total) whose strictly-above mass is < top_p.
   if (proc.top_p < 1.0) {
+    auto p1_of = [&](int j) { return static_cast<float>(weight_of(z_at(j)) / s.total); };
+    if constexpr (CACHE_Z) {  // the bisection reads p1 32 times: keep it where z was (z is recomputed below)
+      for (int j = tid; j < vocab; j += BLOCK) z_cache[j] = p1_of(j);  // each thread rewrites only its own entries
+      __syncthreads();
+    }
+    auto p1_at = [&](int j) {
+      if constexpr (CACHE_Z) {
+        return z_cache[j];
+      } else {
+        return p1_of(j);
+      }
+    };
     int64_t lo = 0, hi = 0x7F800000;
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
       double local = 0.0;
       for (int j = tid; j < vocab; j += BLOCK) {
-        const float p1 = static_cast<float>(weight(j) / s.total);
+        const float p1 = p1_at(j);
         if (__float_as_int(p1) > mid) local += static_cast<double>(p1);
       }
       if (block_sum(local) < proc.top_p) {
@@ -244,7 +258,7 @@ __global__ void __launch_bounds__(BLOCK)
     s.p_cut = __int_as_float(static_cast<int32_t>(lo));
     double local = 0.0;
     for (int j = tid; j < vocab; j += BLOCK) {
-      const double e = weight(j);
+      const double e = weight_of(z_of(j));
       if (!(static_cast<float>(e / s.total) < s.p_cut)) local += e;
     }
     s.kept_total = block_sum(local);

@@ -1,8 +1,9 @@
 // Fused chain verification (docs/ALGORITHMS.md §3.2-3.4, §3.11; reference:
-// specdec_kernels/reference/verify_chain.py), torch-free, written once over row sources (row_sources.cuh): verify_chain runs it on probability tensors,
-// verify_chain_logits and jacobi_step on raw logits processed where they are read. One launch per call (GSD: two),
-// no [B, L, V] temporaries. The kernels branch on the rule's traits (methods.h method_traits) and call its test from
-// ../verify_math.h, shared with the CPU walk (csrc/cpu/verify_walk.h); row status codes: methods.h.
+// specdec_kernels/reference/verify_chain.py), torch-free, written once over row sources (row_sources.cuh):
+// verify_chain runs it on probability tensors, verify_chain_logits and jacobi_step on raw logits processed where
+// they are read. One launch per call (GSD: two), no [B, L, V] temporaries. The kernels branch on the rule's traits
+// (methods.h method_traits) and call its test from ../verify_math.h, shared with the CPU walk
+// (csrc/cpu/verify_walk.h); row status codes: methods.h.
 #pragma once
 
 #include "gsd_group_mass.cuh"
@@ -32,7 +33,9 @@ enum GsdDraftFlag : int8_t { kGsdFail = 0, kGsdPass = 1, kGsdBadValues = 2 };
 // flags [B, L] int8 (GsdDraftFlag); a draft past num_drafts[b], a row whose num_drafts is out of range or a draft
 // id outside [0, V) gets kGsdFail without any read (the chain kernel reports those rows by their status code before
 // looking at the flags); a tested row that is not usable gets kGsdBadValues.
-template <int BLOCK, class P, class Q>
+// STAGE (computed target sources only): the group routine reads the row about ten times (rank counts, radix
+// passes), so the row is computed once into dynamic shared memory (V floats, the same values) and read from there.
+template <int BLOCK, bool STAGE, class P, class Q>
 __global__ void __launch_bounds__(BLOCK)
     GsdChainTestKernel(P p, Q q, const int64_t* draft, const float* u_accept, const int64_t* num_drafts,
                        ChainParams cfg, int8_t* flags) {
@@ -50,8 +53,17 @@ __global__ void __launch_bounds__(BLOCK)
     } else {
       const typename P::Row p_row = p.row(b, i);
       const typename Q::Row q_row = q.present() ? q.row(b, i) : typename Q::Row{};
-      const GroupMass g = GroupMassBlock<BLOCK>::run(p_row, q.present() ? &q_row : nullptr, V, static_cast<int>(x),
-                                                     cfg.rule.gsd, storage);
+      const typename Q::Row* q_ptr = q.present() ? &q_row : nullptr;
+      GroupMass g;
+      if constexpr (STAGE) {
+        float* staged = dynamic_smem<float>();
+        for (int j = static_cast<int>(threadIdx.x); j < V; j += BLOCK) staged[j] = p_row(j);
+        __syncthreads();
+        g = GroupMassBlock<BLOCK>::run(TensorRow<float>{staged, V}, q_ptr, V, static_cast<int>(x), cfg.rule.gsd,
+                                       storage);
+      } else {
+        g = GroupMassBlock<BLOCK>::run(p_row, q_ptr, V, static_cast<int>(x), cfg.rule.gsd, storage);
+      }
       if (!g.values_ok) {
         flag = kGsdBadValues;
       } else if (group_accepts(static_cast<double>(u_accept[b * L + i]), g.q, g.p)) {
@@ -156,8 +168,10 @@ __host__ __device__ inline size_t AlignUp16(size_t bytes) { return (bytes + 15) 
 // pass reading the row (vector loads, entries checked for code 6 and cached in shared memory with CACHE),
 // one up to the crossing tile (from the cache), plus one more total only for a residual that sums to zero,
 // which falls back to p[b, a]. A sampled row without mass, or not usable, is code 6.
+// Launch bounds (BLOCK, 1): one block per SM (as a block of 1024 threads with more than 32 registers gets anyway),
+// so ptxas may use up to 64 registers instead of squeezing to 32 with spills for two blocks per SM.
 template <int BLOCK, int METHOD, bool CACHE, class P, class Q>
-__global__ void __launch_bounds__(BLOCK)
+__global__ void __launch_bounds__(BLOCK, 1)
     VerifyChainKernel(P p, Q q, const int64_t* draft, const float* u_accept, const float* u_sample,
                       const int64_t* num_drafts, const int8_t* gsd_flags, ChainParams cfg, int64_t* accept_len,
                       int64_t* next_token) {
@@ -215,17 +229,23 @@ __global__ void __launch_bounds__(BLOCK)
 
     // ---- phase 1: the accept prefix. The tested values of draft i: p(x) and q(x) (q one-hot: 1), and the row
     // usability of both sources.
-    auto tested_values = [&](int i, int64_t x, double* px, double* qx) {
+    struct Tested {
+      double px, qx;
+      bool ok;  // both rows usable and both values usable probabilities
+    };
+    auto tested_values = [&](int i, int64_t x) {
+      Tested t;
       const bool rows_ok = p.usable(b, i) && (!q.present() || q.usable(b, i));
-      *px = static_cast<double>(p.row(b, i)(x));
-      *qx = q.present() ? static_cast<double>(q.row(b, i)(x)) : 1.0;
-      return rows_ok && valid_probability(*px) && valid_probability(*qx);
+      t.px = static_cast<double>(p.row(b, i)(x));
+      t.qx = q.present() ? static_cast<double>(q.row(b, i)(x)) : 1.0;
+      t.ok = rows_ok && valid_probability(t.px) && valid_probability(t.qx);
+      return t;
     };
     if constexpr (METHOD == kExact) {
       for (int i = tid; i < n; i += BLOCK) {
-        double px, qx;
-        const bool ok = tested_values(i, x_b[i], &px, &qx);
-        if (!ok || !exact_accepts(static_cast<double>(u_b[i]), qx, px)) {
+        const Tested t = tested_values(i, x_b[i]);
+        const bool ok = t.ok;
+        if (!ok || !exact_accepts(static_cast<double>(u_b[i]), t.qx, t.px)) {
           atomicMin(&s_first_fail, i);
           if (!ok) atomicMin(&s_first_bad, i);
           break;  // this thread's later drafts cannot be the first failure
@@ -242,9 +262,9 @@ __global__ void __launch_bounds__(BLOCK)
         int merged = 0;
         const double p_tilde = warp_relaxed_mass(
             r, x, cfg.rule.neighbors + static_cast<int64_t>(x) * cfg.rule.k, cfg.rule.k, cfg.rule.lantern, &merged);
-        double px, qx;
-        const bool ok = tested_values(i, x, &px, &qx);  // warp-uniform
-        if (!ok || !lantern_accepts(static_cast<double>(u_b[i]), qx, p_tilde)) {
+        const Tested t = tested_values(i, x);  // warp-uniform
+        const bool ok = t.ok;
+        if (!ok || !lantern_accepts(static_cast<double>(u_b[i]), t.qx, p_tilde)) {
           my_fail = i;
           my_merged = merged;
           if (lane == 0) {
@@ -270,9 +290,9 @@ __global__ void __launch_bounds__(BLOCK)
         }
         for (int offset = kWarp / 2; offset > 0; offset /= 2) entropy += __shfl_xor_sync(kFullMask, entropy, offset);
         row_bad = __any_sync(kFullMask, row_bad);
-        double px, qx;
-        const bool ok = tested_values(i, x_b[i], &px, &qx) && !row_bad;
-        if (!ok || !typical_accepts(px, entropy, cfg.rule.typical)) {  // warp-uniform
+        const Tested t = tested_values(i, x_b[i]);
+        const bool ok = t.ok && !row_bad;
+        if (!ok || !typical_accepts(t.px, entropy, cfg.rule.typical)) {  // warp-uniform
           if (lane == 0) {
             atomicMin(&s_first_fail, i);
             if (!ok) atomicMin(&s_first_bad, i);
@@ -410,6 +430,31 @@ cudaError_t LaunchVerifyChainMethod(const P& p, const Q& q, const int64_t* draft
                                           next_token, stream);
 }
 
+// The GSD pre-pass over B * L blocks; a computed target row is staged in shared memory when it fits.
+template <class P, class Q>
+cudaError_t LaunchGsdChainTest(const P& p, const Q& q, const int64_t* draft, const float* u_accept,
+                               const int64_t* num_drafts, const ChainParams& cfg, int8_t* gsd_flags,
+                               cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(cfg.batch * cfg.max_drafts);
+  if constexpr (P::kComputed) {
+    const size_t staged = static_cast<size_t>(cfg.vocab) * sizeof(float);
+    auto kernel = GsdChainTestKernel<kGsdTestBlock, true, P, Q>;
+    int device = 0, optin = 0;
+    cudaFuncAttributes attr{};
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+        cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && staged + attr.sharedSizeBytes <= size_t(optin) &&
+        ensure_dynamic_smem(kernel, staged) == cudaSuccess) {
+      kernel<<<grid, kGsdTestBlock, staged, stream>>>(p, q, draft, u_accept, num_drafts, cfg, gsd_flags);
+      return cudaGetLastError();
+    }
+    (void)cudaGetLastError();  // a refused query or attribute: compute the entries where they are read
+  }
+  GsdChainTestKernel<kGsdTestBlock, false, P, Q><<<grid, kGsdTestBlock, 0, stream>>>(p, q, draft, u_accept,
+                                                                                     num_drafts, cfg, gsd_flags);
+  return cudaGetLastError();
+}
+
 // gsd_flags: [batch, L] int8 workspace, used by the rules whose test the GSD pre-pass runs (VerifyChainGsdFlags
 // entries).
 inline size_t VerifyChainGsdFlags(int64_t batch, int max_drafts) { return static_cast<size_t>(batch) * max_drafts; }
@@ -428,9 +473,7 @@ cudaError_t VerifyChain(const P& p, const Q& q, const int64_t* draft, const floa
     case kGsd: {
       const int64_t tests = cfg.batch * cfg.max_drafts;
       if (tests > 0) {
-        GsdChainTestKernel<kGsdTestBlock, P, Q><<<static_cast<unsigned>(tests), kGsdTestBlock, 0, stream>>>(
-            p, q, draft, u_accept, num_drafts, cfg, gsd_flags);
-        const cudaError_t status = cudaGetLastError();
+        const cudaError_t status = LaunchGsdChainTest(p, q, draft, u_accept, num_drafts, cfg, gsd_flags, stream);
         if (status != cudaSuccess) return status;
       }
       return LaunchVerifyChainMethod<kGsd>(p, q, draft, u_accept, u_sample, num_drafts, gsd_flags, cfg, accept_len,

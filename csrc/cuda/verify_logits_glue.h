@@ -38,6 +38,7 @@ LogitsRows<T> logits_rows(const at::Tensor& logits, int64_t rows, bool cfg, cons
                           at::Tensor* stats_out, cudaStream_t stream) {
   const int slots = to_int(logits.size(1), "slots"), vocab = to_int(logits.size(2), "vocab");
   const int64_t count = rows * slots;
+  to_int(count, "logits rows (batch * slots)");  // one statistics block per row
   *stats_out = at::empty({count * static_cast<int64_t>(sizeof(logits::RowStatistics))},
                          logits.options().dtype(at::kByte));
   auto* stats = reinterpret_cast<logits::RowStatistics*>(stats_out->data_ptr<uint8_t>());

@@ -134,7 +134,6 @@ __global__ void __launch_bounds__(BLOCK)
 
     int cur = 0, count = 0;
     while (true) {
-      const typename P::Row p_cur = p.row(b, cur);
       const bool has_q = q.present();
       const typename Q::Row q_cur = has_q ? q.row(b, cur) : typename Q::Row{};
       bool accepted = false;
@@ -232,6 +231,7 @@ __global__ void __launch_bounds__(BLOCK)
         if (total > 0.0) {
           for (int j = tid; j < V; j += BLOCK) r[j] = r[j] / total;
         } else {
+          const typename P::Row p_cur = p.row(b, cur);  // usable: checked when cur was reached
           for (int j = tid; j < V; j += BLOCK) r[j] = static_cast<double>(p_cur(j));
         }
         if (tid == 0) tried_bits[t >> 5] |= 1u << (t & 31);
