@@ -66,12 +66,15 @@ def main(argv=None) -> int:
     for batch in args.batches:
         ids = prompt.expand(batch, -1).to(args.device)
         for method in args.methods:
-            speculative_generate(model, ids[:1], method=method, cfg_scale=args.cfg, num_tokens=8, decode=False)
+            # T 1, no top-k, seed 0 spelled out: speculative_generate follows model.generation_config otherwise
+            sampling = dict(do_sample=True, temperature=1.0, top_k=0, seed=0)
+            speculative_generate(model, ids[:1], method=method, cfg_scale=args.cfg, num_tokens=8, decode=False,
+                                 **sampling)
             if args.device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
             out = speculative_generate(model, ids, method=method, cfg_scale=args.cfg, window=args.window,
-                                       decode=False)
+                                       decode=False, **sampling)
             if args.device == "cuda":
                 torch.cuda.synchronize()
             wall = time.perf_counter() - start

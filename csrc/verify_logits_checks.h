@@ -1,5 +1,5 @@
 // Structural checks of verify_chain_logits / verify_tree_logits, written once for the CPU kernel and the CUDA glue
-// (shapes, dtypes, devices, processing arguments, the packed method params of contract §2). Values are the
+// (shapes, dtypes, devices, processing arguments, the packed method params of csrc/methods.h). Values are the
 // kernels' business: they report bad rows as next_token = -code (csrc/verify_logits_math.h).
 #pragma once
 

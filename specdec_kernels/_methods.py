@@ -13,7 +13,7 @@ lantern    2     yes    yes   exactly one of delta in [0, 1] or lam >= 1    ``[u
 typical    3     yes    no    epsilon 0.09, alpha 0.3                       ``[epsilon, alpha]``
 =========  ====  =====  ====  ============================================  =====================================
 
-Row status codes (``ROW_*``, docs/ALGORITHMS.md §3.8 and the kernel contract) are reported by every backend as
+Row status codes (``ROW_*``, docs/ALGORITHMS.md §3.8) are reported by every backend as
 ``next_token[b] = -code`` for a row whose inputs break a structural precondition; they live here too because the
 wrappers translate them into error messages. The Triton kernels read codes from this module as ``tl.constexpr``
 globals (``specdec_kernels/triton/_common.py``); nothing else spells a method code as a number.
@@ -70,6 +70,8 @@ class Method:
     params: Tuple[Param, ...] = ()
     #: (clean parameter values by name, vocab_size) -> the schema's ``params`` list.
     pack: Callable[[Mapping[str, object], int], List[float]] = field(default=lambda values, vocab: [])
+    #: The schema's ``params`` list -> keyword values (None: one float per parameter, in ``params`` order).
+    unpack: Optional[Callable[[Sequence[float]], Dict[str, object]]] = None
     #: Cross-parameter rule on the raw keyword values (``None`` = not given); raises ValueError.
     check_all: Optional[Callable[[Mapping[str, object]], None]] = None
     #: Tensor inputs the method needs (``"neighbors"``) or may take (``"embeddings"``, chain only).
@@ -83,6 +85,9 @@ class Method:
     #: ... and what the recovered token is sampled from: ``"over_q"`` max(0, p - q), ``"over_relaxed"``
     #: max(0, p~_x - q) with the merged neighbours' mass moved onto x, or ``"target"`` p itself.
     residual: str = "over_q"
+    #: Parameter values that exercise the rule where its defaults alone cannot (LANTERN has no default budget); the
+    #: table-driven tests (parity, fuzz, bounds, logits, Jacobi) build every rule's call from this and ``needs``.
+    example: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def param_names(self) -> Tuple[str, ...]:
@@ -118,6 +123,8 @@ GSD = Method(
         Param("d_thr", 0.5, lambda v: check_number(v, "d_thr", 0.0), "squared-distance threshold"),
     ),
     pack=_gsd_pack,
+    unpack=lambda params: {"rank_window": (int(params[0]), int(params[1])), "p_thr": float(params[2]),
+                           "d_thr": float(params[3])},
     optional=("embeddings",),
     reads_whole_row=True,
 )
@@ -128,9 +135,12 @@ LANTERN = Method(
         Param("lam", None, lambda v: check_number(v, "lam", 1.0), "ratio budget (LANTERN++)"),
     ),
     pack=_lantern_pack,
+    unpack=lambda params: ({"delta": None, "lam": float(params[1])} if params[0] != 0.0
+                           else {"delta": float(params[1]), "lam": None}),
     check_all=_lantern_rule,
     needs=("neighbors",),
     residual="over_relaxed",
+    example={"delta": 0.3},
 )
 
 TYPICAL = Method(
@@ -250,15 +260,9 @@ def unpack_params(method: Method, params: Sequence[float]) -> Dict[str, object]:
     params = list(params)
     if len(params) != method.num_params:
         _fail(f"params for method {method.name!r} must have {method.num_params} entries, got {len(params)}")
-    if method is GSD:
-        return {"rank_window": (int(params[0]), int(params[1])), "p_thr": float(params[2]),
-                "d_thr": float(params[3])}
-    if method is LANTERN:
-        use_lambda = params[0] != 0.0
-        return {"delta": None if use_lambda else float(params[1]), "lam": float(params[1]) if use_lambda else None}
-    if method is TYPICAL:
-        return {"epsilon": float(params[0]), "alpha": float(params[1])}
-    return {}
+    if method.unpack is not None:
+        return method.unpack(params)
+    return {param.name: float(value) for param, value in zip(method.params, params)}
 
 
 def gsd_window(h_lo: int, h_hi: int, vocab: int) -> Tuple[int, int]:

@@ -82,3 +82,19 @@ def one_hot_rows(tokens, vocab):
 
 def maybe(x: Optional[torch.Tensor], device):
     return None if x is None else x.to(device)
+
+
+def method_kwargs(name: str, vocab: int, *, k: int = 4, seed: int = 1, embeddings: bool = False) -> Dict:
+    """Keyword arguments that run rule ``name`` of the method table: its ``example`` parameters, a neighbour table
+    when it needs one, and (``embeddings=True``) an embedding table when it takes one. Tests iterate over the table
+    (``_methods.CHAIN_METHODS`` / ``TREE_METHODS``) with this, so a new rule is covered without editing them."""
+    from specdec_kernels import _methods, reference
+
+    method = _methods.METHODS[name]
+    kw = dict(method.example)
+    table = codebook(vocab, dim=4, seed=seed)
+    if "neighbors" in method.needs:
+        kw["neighbors"] = reference.neighbor_table(table, min(k, vocab - 1))
+    if embeddings and "embeddings" in method.optional:
+        kw["embeddings"] = torch.nn.functional.normalize(table, dim=-1)
+    return kw

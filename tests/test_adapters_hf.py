@@ -23,7 +23,7 @@ from specdec.decoding import SamplingConfig, generate  # noqa: E402
 from specdec.decoding.feed import attention_mask  # noqa: E402
 from specdec.decoding.methods import SJD  # noqa: E402
 
-METHODS = ["ar", "sjd", "gsd", "lantern"]
+METHODS = ["ar", "sjd", "mc-sjd", "gsd", "lantern"]
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 
 
@@ -52,7 +52,7 @@ def tiny_janus(codes=32, seed=0, upsampling=3):
 def tiny_emu3(codes=16, seed=0):
     torch.manual_seed(seed)
     vocab = {f"<|visual token {i:06d}|>": 10 + i for i in range(codes)}
-    vocab.update({"<|extra_200|>": 8, "<image>": 9})
+    vocab.update({"<|extra_200|>": 8, "<image>": 9, "<|extra_201|>": 7, "<|image end|>": 6})
     config = transformers.Emu3Config(
         vq_config=dict(codebook_size=codes, embed_dim=4, latent_channels=4, temporal_downsample_factor=1,
                        base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[],
@@ -111,8 +111,8 @@ NEGATIVE = torch.tensor([[1, 3, 3, 4, 5], [1, 3, 3, 4, 5], [1, 3, 3, 4, 5]])  # 
 @pytest.mark.parametrize("method", METHODS)
 def test_janus_greedy_matches_hf_generate_with_cfg(janus, method):
     reference = janus.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS), generation_mode="image",
-                               do_sample=False, guidance_scale=3.0)
-    out = speculative_generate(janus, PROMPTS, method=method, cfg_scale=3.0, top_k=1, window=6)
+                               guidance_scale=3.0)  # do_sample unset: greedy, as speculative_generate's default
+    out = speculative_generate(janus, PROMPTS, method=method, guidance_scale=3.0, window=6)
     assert torch.equal(out.codes, reference)
     assert out.image_tokens.shape == (3, 4, 4) and out.images.shape == (3, 3, 16, 16)
     torch.testing.assert_close(out.images, janus.decode_image_tokens(out.codes).permute(0, 3, 1, 2))
@@ -156,11 +156,12 @@ def _chameleon_logits(model):
 @pytest.mark.parametrize("method", METHODS)
 def test_emu3_greedy_matches_sequential_loop(emu3, method):
     reference = _sequential_greedy(emu3, PROMPTS, NEGATIVE, (3, 4), 3.0, 8, _emu3_logits(emu3))
-    out = speculative_generate(emu3, PROMPTS, negative_input_ids=NEGATIVE, method=method, cfg_scale=3.0, top_k=1,
-                               grid=(3, 4), window=6)
+    out = speculative_generate(emu3, PROMPTS, negative_prompt_ids=NEGATIVE, method=method, cfg_scale=3.0,
+                               do_sample=False, grid=(3, 4), window=6)
     assert torch.equal(out.codes, reference)
-    assert out.sequences.shape == (3, 15) and (out.sequences.view(3, 3, 5)[:, :, -1] == 8).all()
-    assert out.images.shape[:2] == (3, 3)
+    assert out.sequences.shape == (3, 18) and (out.sequences[:, :15].view(3, 3, 5)[:, :, -1] == 8).all()
+    assert out.sequences[:, 15:].tolist() == [[7, 6, 2]] * 3  # <|extra_201|>, <|image end|>, EOS
+    torch.testing.assert_close(out.images, emu3.decode_image_tokens(image_tokens=out.sequences, height=3, width=4))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -168,7 +169,7 @@ def test_chameleon_greedy_matches_sequential_loop(chameleon, method):
     reference = _sequential_greedy(chameleon, PROMPTS, NEGATIVE, (3, 3), 3.0, CHAMELEON_EOL,
                                    _chameleon_logits(chameleon))
     out = speculative_generate(chameleon, PROMPTS, negative_input_ids=NEGATIVE, method=method, cfg_scale=3.0,
-                               top_k=1, grid=(3, 3), eol_token_id=CHAMELEON_EOL, window=6)
+                               grid=(3, 3), eol_token_id=CHAMELEON_EOL, window=6)
     assert torch.equal(out.codes, reference)
     assert out.images is None  # HF's Chameleon VQ has no decoder
 
@@ -203,8 +204,8 @@ def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
     prompt = torch.tensor([[1, 10, 11, 12, 5]])
     with torch.no_grad():
         joint = _janus_joint(model, prompt, 2.0, length, codes)
-    out = speculative_generate(model, prompt.expand(samples, -1), method="sjd", cfg_scale=2.0, window=4,
-                               num_tokens=length, seed=0)
+    out = speculative_generate(model, prompt, method="sjd", cfg_scale=2.0, window=4, do_sample=True,
+                               num_return_sequences=samples, num_tokens=length, seed=0)
     assert out.metrics.target_forwards < 1 + samples  # batched: one forward per step for all rows
     tokens = out.codes
     for a, b in [(0, 1), (1, 2), (2, 3)]:
@@ -214,7 +215,7 @@ def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
 
 
 def test_relaxations_at_zero_strength_equal_sjd_and_run_end_to_end_at_t1(janus):
-    common = dict(cfg_scale=3.0, window=6, seed=3)
+    common = dict(cfg_scale=3.0, window=6, seed=3, do_sample=True, top_k=0)
     sjd = speculative_generate(janus, PROMPTS, method="sjd", **common)
     lantern0 = speculative_generate(janus, PROMPTS, method="lantern", delta=0.0, **common)
     gsd0 = speculative_generate(janus, PROMPTS, method="gsd", p_thr=0.0, **common)
@@ -286,7 +287,7 @@ def test_batched_ragged_rows_equal_rows_alone(emu3, method):
         neg[r, width - n.shape[1]:] = n[0]
         neg_mask[r, width - n.shape[1]:] = 1
     keys = torch.tensor([11, 22, 33])
-    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), window=5, decode=False)
+    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), window=5, decode=False, do_sample=True)
     batched = speculative_generate(emu3, PROMPTS, negative_input_ids=neg, negative_attention_mask=neg_mask,
                                    row_keys=keys, **common)
     steps = batched.metrics.row_steps
@@ -308,6 +309,210 @@ def test_errors(janus, emu3):
         speculative_generate(torch.nn.Linear(2, 2), PROMPTS)
     with pytest.raises(ValueError, match="num_tokens"):
         speculative_generate(janus, PROMPTS, num_tokens=17)
+
+
+# -- behaving like model.generate -------------------------------------------------------------------------------
+
+
+def test_settings_come_from_generation_config_and_explicit_arguments_win():
+    model = tiny_janus(seed=2)
+    common = dict(method="sjd", window=5, seed=4, decode=False)
+    by_hand = speculative_generate(model, PROMPTS, do_sample=True, temperature=0.7, top_k=5, top_p=0.9,
+                                   cfg_scale=2.0, **common)
+    model.generation_config.update(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, guidance_scale=2.0)
+    from_config = speculative_generate(model, PROMPTS, **common)
+    assert torch.equal(from_config.codes, by_hand.codes)
+    hf_config = transformers.GenerationConfig(**model.generation_config.to_dict())
+    hf_config.update(top_k=2)
+    other = speculative_generate(model, PROMPTS, generation_config=hf_config, **common)
+    assert torch.equal(other.codes, speculative_generate(model, PROMPTS, top_k=2, **common).codes)
+    assert not torch.equal(other.codes, by_hand.codes)
+    # do_sample=False wins over the config: the model's own greedy image, with CFG from the config's scale
+    greedy = speculative_generate(model, PROMPTS, do_sample=False, **common)
+    reference = model.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS), generation_mode="image",
+                               do_sample=False, guidance_scale=2.0)
+    assert torch.equal(greedy.codes, reference)
+
+
+def test_default_randomness_follows_torch_global_seed_and_explicit_keys_are_batch_invariant(janus):
+    common = dict(method="sjd", window=5, do_sample=True, top_k=0, decode=False)
+    torch.manual_seed(7)
+    first = speculative_generate(janus, PROMPTS, **common).codes
+    second = speculative_generate(janus, PROMPTS, **common).codes
+    torch.manual_seed(7)
+    again = speculative_generate(janus, PROMPTS, **common).codes
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    seeded = speculative_generate(janus, PROMPTS, seed=3, **common).codes
+    torch.manual_seed(0)  # the global generator plays no part once seed is given
+    assert torch.equal(seeded, speculative_generate(janus, PROMPTS, seed=3, **common).codes)
+    keys = torch.tensor([5, 6, 7])
+    batched = speculative_generate(janus, PROMPTS, row_keys=keys, **common).codes
+    assert torch.equal(batched[1], speculative_generate(janus, PROMPTS[1:2], row_keys=keys[1:2], **common).codes[0])
+
+
+def test_num_return_sequences_repeats_each_prompt_with_its_own_key(janus):
+    common = dict(method="sjd", window=5, do_sample=True, decode=False)
+    keys = torch.arange(6) + 40
+    out = speculative_generate(janus, PROMPTS[:2], num_return_sequences=3, row_keys=keys, **common)
+    assert out.codes.shape == (6, 16)
+    repeated = speculative_generate(janus, PROMPTS[:2].repeat_interleave(3, 0), row_keys=keys, **common)
+    assert torch.equal(out.codes, repeated.codes)
+    assert not torch.equal(out.codes[0], out.codes[1])  # sampled: a prompt's images differ
+
+
+def test_right_padding_is_refused_left_padding_is_fine(janus):
+    ids = torch.tensor([[1, 10, 11, 12, 5], [1, 20, 5, 0, 0]])
+    right = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="left"):
+        speculative_generate(janus, ids, attention_mask=right)
+    left_ids = torch.tensor([[1, 10, 11, 12, 5], [0, 0, 1, 20, 5]])
+    left = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    out = speculative_generate(janus, left_ids, attention_mask=left, decode=False)
+    alone = speculative_generate(janus, left_ids[1:, 2:], decode=False)
+    assert torch.equal(out.codes[1], alone.codes[0])
+
+
+def test_attention_that_ignores_4d_masks_is_refused_with_the_fix():
+    model = tiny_emu3()
+    model.model.text_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="set_attn_implementation\\('sdpa'\\)"):
+        speculative_generate(model, PROMPTS, negative_input_ids=NEGATIVE, grid=(3, 4))
+    model.model.text_model.config._attn_implementation = "eager"
+    eager = speculative_generate(model, PROMPTS, negative_input_ids=NEGATIVE, grid=(3, 4), decode=False)
+    model.model.text_model.config._attn_implementation = "sdpa"
+    sdpa = speculative_generate(model, PROMPTS, negative_input_ids=NEGATIVE, grid=(3, 4), decode=False)
+    assert torch.equal(eager.codes, sdpa.codes)
+
+
+def test_emu3_takes_the_processor_output_with_image_sizes(emu3):
+    inputs = {"input_ids": PROMPTS, "attention_mask": torch.ones_like(PROMPTS), "image_sizes": [[3, 4]] * 3}
+    out = speculative_generate(emu3, **inputs, negative_prompt_ids=NEGATIVE)
+    assert out.image_tokens.shape == (3, 3, 4)
+    torch.testing.assert_close(out.images, emu3.decode_image_tokens(image_tokens=out.sequences, height=3, width=4))
+    with pytest.raises(ValueError, match="image_sizes"):
+        speculative_generate(emu3, **inputs, negative_prompt_ids=NEGATIVE, grid=(4, 4))
+
+
+def test_image_head_is_sliced_once_per_model_and_refreshed_when_weights_change(emu3):
+    family = family_of(emu3)
+    weight, _ = family.image_head()
+    assert family_of(emu3).image_head()[0] is weight  # a new call's family reuses the slice
+    ids = emu3.model.vocabulary_mapping.img2bpe_mapping_tensor.long()
+    hidden = torch.randn(2, 64)
+    torch.testing.assert_close(family.image_logits(hidden), emu3.lm_head(hidden)[:, ids])
+    with torch.no_grad():
+        emu3.lm_head.weight.mul_(1.5)
+    try:
+        assert family.image_head()[0] is not weight
+        torch.testing.assert_close(family.image_logits(hidden), emu3.lm_head(hidden)[:, ids])
+    finally:
+        with torch.no_grad():
+            emu3.lm_head.weight.div_(1.5)
+
+
+@pytest.mark.parametrize("name, normalized", [("janus", True), ("emu3", False), ("chameleon", False)])
+def test_lantern_table_geometry_is_chosen_per_family(name, normalized, request):
+    import specdec_kernels as sk
+    from specdec.adapters.hf.generate import _NEIGHBOR_TABLES
+
+    model = request.getfixturevalue(name)
+    family = family_of(model)
+    extra = {} if name == "janus" else dict(negative_input_ids=NEGATIVE, grid=(3, 3))
+    speculative_generate(model, PROMPTS, method="lantern", k=4, num_tokens=2, decode=False, **extra)
+    codebook = family.codebook.detach().float()
+    assert torch.equal(_NEIGHBOR_TABLES[model][(4, normalized)], sk.neighbor_table(codebook, 4, normalize=normalized))
+    speculative_generate(model, PROMPTS, method="lantern", k=4, num_tokens=2, decode=False,
+                         normalize_codebook=not normalized, **extra)
+    assert torch.equal(_NEIGHBOR_TABLES[model][(4, not normalized)],
+                       sk.neighbor_table(codebook, 4, normalize=not normalized))
+
+
+# -- Chameleon-family VQGAN decoder ------------------------------------------------------------------------------
+
+
+def _vqgan_checkpoint(model, path, seed=0, **changes):
+    """A random VQGAN of the model's VQ config, saved as a Lightning-style checkpoint (with encoder weights and
+    the codebook next to the decoder, as Chameleon's vqgan.ckpt)."""
+    from specdec.adapters.hf.vqgan import ChameleonVQGANDecoder
+
+    torch.manual_seed(seed)
+    decoder = ChameleonVQGANDecoder(model.model.vqmodel.config)
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param.add_(0.05 * torch.randn_like(param))  # GroupNorm affine params leave their 1 / 0 init
+    state = dict(decoder.state_dict())
+    state["quantize.embedding.weight"] = model.model.vqmodel.quantize.embedding.weight.detach().clone()
+    state["encoder.conv_in.weight"] = torch.zeros(1)
+    state.update(changes)
+    torch.save({"state_dict": state}, path)
+    return decoder
+
+
+def test_chameleon_vqgan_decoder_from_a_local_checkpoint_returns_images(tmp_path):
+    model = tiny_chameleon(seed=3)
+    path = tmp_path / "vqgan.ckpt"
+    decoder = _vqgan_checkpoint(model, path)
+    common = dict(negative_input_ids=NEGATIVE, grid=(3, 3), eol_token_id=CHAMELEON_EOL, seed=1)
+    out = speculative_generate(model, PROMPTS, vqgan_checkpoint=path, **common)
+    assert out.images.shape == (3, 3, 6, 6) and torch.isfinite(out.images).all()  # 2 levels: x2 upsampling
+    codebook = model.model.vqmodel.quantize.embedding.weight
+    torch.testing.assert_close(out.images, decoder.decode(out.image_tokens, codebook))
+    again = speculative_generate(model, PROMPTS, **common)  # loaded once, kept for the model
+    torch.testing.assert_close(again.images, out.images)
+    # the weights really come from the file: another checkpoint, other pixels
+    other = tmp_path / "other.ckpt"
+    _vqgan_checkpoint(model, other, seed=1)
+    assert not torch.allclose(speculative_generate(model, PROMPTS, vqgan_checkpoint=other, **common).images,
+                              out.images)
+
+
+def test_chameleon_vqgan_decoder_matches_an_independent_implementation(tmp_path):
+    """HF's Janus VQ decoder is the same taming-transformers decoder (attention at the lowest resolution) with
+    its levels stored in the other order: the same weights give the same pixels."""
+    from specdec.adapters.hf.vqgan import ChameleonVQGANDecoder
+
+    vq = transformers.ChameleonVQVAEConfig(embed_dim=8, num_embeddings=16, base_channels=32,
+                                           channel_multiplier=[1, 2], num_res_blocks=1, latent_channels=32,
+                                           resolution=32, attn_resolutions=[16])
+    torch.manual_seed(0)
+    ours = ChameleonVQGANDecoder(vq).eval()
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    janus_vq = transformers.models.janus.configuration_janus.JanusVQVAEConfig(
+        embed_dim=8, num_embeddings=16, base_channels=32, channel_multiplier=[1, 2], num_res_blocks=1,
+        latent_channels=32, out_channels=3)
+    theirs = transformers.models.janus.modeling_janus.JanusVQVAEDecoder(janus_vq).eval()
+    levels = 2
+    mapped = {}
+    for key, value in ours.decoder.state_dict().items():
+        if key.startswith("up."):
+            _, level, rest = key.split(".", 2)
+            key = f"up.{levels - 1 - int(level)}.{rest}"
+        mapped[key] = value
+    missing, unexpected = theirs.load_state_dict(mapped, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    latents = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        expected, got = theirs(latents), ours.run_decoder(latents)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vqgan_checkpoint_errors(tmp_path):
+    model = tiny_chameleon(seed=3)
+    common = dict(negative_input_ids=NEGATIVE, grid=(3, 3), num_tokens=1)
+    wrong_codebook = tmp_path / "codebook.ckpt"
+    _vqgan_checkpoint(model, wrong_codebook, **{"quantize.embedding.weight": torch.zeros(16, 8)})
+    with pytest.raises(ValueError, match="codebook"):
+        speculative_generate(model, PROMPTS, vqgan_checkpoint=wrong_codebook, **common)
+    wrong_shape = tmp_path / "shape.ckpt"
+    _vqgan_checkpoint(model, wrong_shape, **{"decoder.conv_in.weight": torch.zeros(3, 3, 3, 3)})
+    with pytest.raises(ValueError, match="does not fit"):
+        speculative_generate(model, PROMPTS, vqgan_checkpoint=wrong_shape, **common)
+    with pytest.raises(ValueError, match="no file"):
+        speculative_generate(model, PROMPTS, vqgan_checkpoint=tmp_path / "absent.ckpt", **common)
+    with pytest.raises(ValueError, match="Chameleon family"):
+        speculative_generate(tiny_emu3(), PROMPTS, vqgan_checkpoint=wrong_shape, **common)
 
 
 # -- the README snippet, executed as written ---------------------------------------------------------------------
@@ -347,5 +552,5 @@ def test_readme_snippet_runs_as_written(monkeypatch, capsys):
     scope = {}
     exec(compile(_readme_snippet(), "README.md", "exec"), scope)
     images = scope["images"]
-    assert len(images) == 1 and images[0].size == (64, 64)
+    assert len(images) == 2 and images[0].size == (64, 64)  # num_return_sequences=2
     assert "target_forwards" in capsys.readouterr().out

@@ -24,6 +24,7 @@ EXACT = {
     "sd": (lambda: methods.SD(DRAFT, gamma=3), PAIRS),
     "sjd": (lambda: methods.SJD(window=5), PAIRS),
     "sjd_repeat_left": (lambda: methods.SJD(window=5, init="repeat_left"), PAIRS[1:2]),
+    "mc_sjd": (lambda: methods.MCSJD(window=5), PAIRS),
     "eagle2": (lambda: methods.Eagle2(HEAD, total_tokens=8, depth=2, top_k=3), PAIRS),
     "static": (lambda: methods.StaticTreeMethod(HEAD, choices=[(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]),
                PAIRS[1:]),

@@ -143,14 +143,13 @@ class _RecordingSD(methods.SD):
 def test_sd_draft_distributions_equal_sequential_draft_model():
     """Every q row whose conditioning prefix was committed equals the draft model's sequential distribution,
     including after rejections (the draft cache must drop the rejected drafts' K/V)."""
-    from specdec.decoding import process_logits
 
     classes = torch.tensor([0, 1, 2, 2])
     method = _RecordingSD(DRAFT, gamma=3)
     method.log = []
     res = generate(TARGET, classes, method, sampling=SAMPLING, seed=5)
     _, logits, _ = teacher_forced(DRAFT, _class_rows(classes), res.tokens[:, :-1], TARGET.num_tokens + 1)
-    ref_q = process_logits(logits, SAMPLING)  # (batch, num_tokens, V): q for image token i at index i
+    ref_q = SAMPLING.process(logits)  # (batch, num_tokens, V): q for image token i at index i
     checked = 0
     for n_gen, active, q, accept_len, num_drafts in method.log:
         for b in range(classes.shape[0]):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from specdec.decoding import SamplingConfig, process_logits
+from specdec.decoding import SamplingConfig
 from specdec.decoding.feed import attention_mask
 from specdec.decoding.rng import LANE_ACCEPT, LANE_SAMPLE, RowStreams
 from specdec.decoding.sampling import sample, sample_without_replacement
@@ -50,12 +50,12 @@ def test_process_logits_order_cfg_temperature_topk():
     cond = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     uncond = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
     cfg = SamplingConfig(cfg_scale=3.0, temperature=0.5, top_k=2)
-    p = process_logits(torch.cat([cond, uncond]), cfg)
+    p = cfg.process(torch.cat([cond, uncond]))
     guided = (uncond + 3.0 * (cond - uncond)) / 0.5
     ref = torch.softmax(guided.masked_fill(guided < guided.topk(2).values[..., -1:], -math.inf), -1)
     torch.testing.assert_close(p, ref)
     assert p[0, 2] == 0 and p[0, 3] == 0
-    no_cfg = process_logits(cond, SamplingConfig(cfg_scale=None))
+    no_cfg = SamplingConfig(cfg_scale=None).process(cond)
     torch.testing.assert_close(no_cfg, torch.softmax(cond, -1))
 
 

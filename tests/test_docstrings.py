@@ -10,7 +10,8 @@ import specdec_kernels  # noqa: F401  (the ops package re-exports functions unde
 
 MODULES = [
     importlib.import_module(f"specdec_kernels.ops.{name}")
-    for name in ("cspd_verify", "gsd_group_mass", "neighbors", "sample_from_probs", "verify_chain", "verify_tree")
+    for name in ("cspd_verify", "gsd_group_mass", "neighbors", "sample_from_probs", "verify_chain", "verify_tree",
+                 "verify_logits", "jacobi_step")
 ]
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import specdec_kernels as sk
-from specdec_kernels import reference
+from _inputs import method_kwargs
+from specdec_kernels import _methods, reference
 
 V = 16  # vocabulary of every case
 L = 3  # chain drafts
@@ -59,17 +60,13 @@ def _tree(with_q=False, seed=0):
                 u_sample=torch.rand(3, generator=gen), num_nodes=torch.full((3,), M, dtype=torch.int64))
 
 
-METHOD_KW = {
-    "exact": {},
-    "gsd": dict(rank_window=(2, 2), p_thr=0.5),
-    "lantern": dict(delta=0.3),
-}
+#: Settings that make a rule's test decide often at V = 16 (every other rule runs with its table example).
+METHOD_KW = {"gsd": dict(rank_window=(2, 2), p_thr=0.5)}
 
 
 def _method_kw(method):
-    kw = dict(METHOD_KW[method])
-    if method == "lantern":
-        kw["neighbors"] = _table()
+    kw = method_kwargs(method, V, k=4)
+    kw.update(METHOD_KW.get(method, {}))
     return kw
 
 
@@ -112,7 +109,7 @@ def case(name):
     return register
 
 
-for _method in ("exact", "gsd", "lantern"):
+for _method in _methods.CHAIN_METHODS:
     for _with_q in (True, False):
         _tag = f"{_method}-{'q' if _with_q else 'noq'}"
         for _bad_id in (V, -1, 2**40, -(2**62)):
@@ -211,7 +208,7 @@ def _():
     assert all(torch.equal(g, w) for g, w in zip(got, want)), (got, want)
 
 
-for _method in ("exact", "lantern"):
+for _method in _methods.TREE_METHODS:
     for _with_q in (True, False):
         _tag = f"{_method}-{'q' if _with_q else 'noq'}"
         for _bad_id in (-1, V, 2**40):

@@ -40,12 +40,11 @@ def test_one_registration_is_seen_everywhere(fresh_registry):
 
 
 def test_demo_and_sweep_defaults_come_from_the_registry():
-    assert DemoConfig().methods == registry.demo_methods()
-    assert registry.demo_methods() == ("ar", "sd", "sjd", "gsd", "eagle2", "lantern", "lantern++")
+    assert DemoConfig().methods == ("ar", "sd", "sjd", "gsd", "eagle2", "lantern", "lantern++", "mc-sjd")
     families = [family for family, *_ in sweep_points(SweepConfig.quick())]
     # Registered knobs plus static-cluster GSD, the tree families (the costliest per image on a CPU) last.
-    assert families == (["sjd init"] * 2 + ["gsd init"] * 2 + ["gsd"] * 2 + ["gsd-static"] * 2 + ["lantern++"] * 2
-                        + ["lantern"] * 2)
+    assert families == (["sjd init"] * 2 + ["gsd init"] * 2 + ["mc-sjd init"] * 2 + ["gsd"] * 2 + ["gsd-static"] * 2
+                        + ["lantern++"] * 2 + ["lantern"] * 2)
 
 
 def test_bad_registrations_and_lookups_fail_clearly(fresh_registry):

@@ -1,15 +1,48 @@
 """SpeculativeVerifier: raw logits -> the same tokens as the ops on the reference processing, for every method,
 with CFG, temperature, top-k, top-p, ragged rows, trees; tables built once; clear errors."""
 
+from typing import Optional
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import specdec_kernels as sk
 from specdec import SpeculativeVerifier
-from specdec.verifier import _reference_process_logits, process_logits
+from specdec.verifier import sampling_probs as process_logits
 
 B, L, V = 5, 6, 64
+
+
+def _oracle_process(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
+                    top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
+    """An independent eager oracle of the processing (plain torch ops in the float32 pipeline's order), against
+    which the library's processing is checked (docs/TESTBED.md §1.4).
+
+    logits ``(rows, ..., V)``; with ``cfg_scale`` (not None, not 1) rows are ``2 * batch``, cond rows first, and
+    ``l = l_u + s * (l_c - l_u)`` mixes the raw logits. Then ``/ max(T, 1e-5)``, top-k (ties with the k-th value
+    kept), top-p (the smallest prefix of the sorted probabilities whose mass reaches ``top_p``, at least one token),
+    softmax. float64 input is processed in float64; the result is float32 ``(batch, ..., V)``.
+    """
+    work = logits if logits.dtype == torch.float64 else logits.float()
+    if cfg_scale is not None and float(cfg_scale) != 1.0:
+        cond, uncond = work.chunk(2, dim=0)
+        work = uncond + float(cfg_scale) * (cond - uncond)
+    work = work / max(float(temperature), 1e-5)
+    k = int(top_k or 0)
+    if 0 < k < work.shape[-1]:
+        kth = torch.topk(work, k, dim=-1).values[..., -1:]
+        work = work.masked_fill(work < kth, float("-inf"))
+    if float(top_p) < 1.0:
+        sorted_logits, order = torch.sort(work, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = mass_before >= float(top_p)
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        work = work.masked_fill(drop, float("-inf"))
+    return torch.softmax(work, dim=-1).to(torch.float32)
+
 
 
 def _inputs(seed=0, cfg=True):
@@ -51,7 +84,7 @@ def test_step_equals_verify_chain_on_processed_logits(method, sampling, with_q):
     q = torch.softmax(torch.randn(B, L, V, generator=torch.Generator().manual_seed(3)), -1) if with_q else None
     out = verifier.step(logits, drafts, num_drafts=num_drafts, draft_probs=q, u_accept=u_accept, u_sample=u_sample,
                         lengths=torch.full((B,), 10))
-    p = _reference_process_logits(logits, **sampling)
+    p = _oracle_process(logits, **sampling)
     accept_len, next_token = sk.verify_chain(p, q, drafts, u_accept, u_sample, num_drafts=num_drafts,
                                              **_expected_kwargs(method))
     torch.testing.assert_close(out.accept_len, accept_len)
@@ -82,7 +115,7 @@ def test_draft_logits_are_processed_like_the_target_without_cfg():
     verifier = SpeculativeVerifier("exact", cfg_scale=3.0, temperature=0.8, top_k=10, top_p=0.95)
     out = verifier.step(logits, drafts, num_drafts=num_drafts, draft_logits=draft_logits, u_accept=u_accept,
                         u_sample=u_sample)
-    q = _reference_process_logits(draft_logits, temperature=0.8, top_k=10, top_p=0.95)
+    q = _oracle_process(draft_logits, temperature=0.8, top_k=10, top_p=0.95)
     ref = verifier.step(logits, drafts, num_drafts=num_drafts, draft_probs=q, u_accept=u_accept, u_sample=u_sample)
     assert torch.equal(out.tokens, ref.tokens)
 
@@ -125,7 +158,7 @@ def test_step_tree_equals_verify_tree(method):
     kwargs = {} if method == "exact" else {"delta": 0.2}
     verifier = SpeculativeVerifier(method, codebook=codebook, cfg_scale=2.5, top_k=16, **kwargs)
     out = verifier.step_tree(logits, tokens, parents, num_nodes=num_nodes, u_accept=u_accept, u_sample=u_sample)
-    p = _reference_process_logits(logits, cfg_scale=2.5, top_k=16)
+    p = _oracle_process(logits, cfg_scale=2.5, top_k=16)
     ref_kwargs = {"method": "exact"} if method == "exact" else {
         "method": "lantern", "neighbors": sk.neighbor_table(codebook, V // 16), "delta": 0.2}
     accepted, accept_len, next_token = sk.verify_tree(p, None, tokens, parents, u_accept, u_sample,
@@ -166,7 +199,7 @@ def test_sample_is_a_zero_draft_step():
     logits = torch.randn(2 * B, V, generator=torch.Generator().manual_seed(8))
     u = torch.rand(B, generator=torch.Generator().manual_seed(9))
     verifier = SpeculativeVerifier("exact", cfg_scale=2.0, top_k=7)
-    p = _reference_process_logits(logits, cfg_scale=2.0, top_k=7)
+    p = _oracle_process(logits, cfg_scale=2.0, top_k=7)
     cdf = p.double().cumsum(-1)
     expected = (cdf <= (u.double() * cdf[:, -1])[:, None]).sum(-1)
     assert torch.equal(verifier.sample(logits, u), expected.clamp_max(V - 1))
@@ -201,13 +234,13 @@ def test_fused_logits_op_is_used_when_probs_are_not_needed(monkeypatch):
     def chain_logits(logits, draft, u_accept, u_sample, *, cfg_scale, temperature, top_k, top_p, draft_probs,
                      draft_logits, **kwargs):
         calls.append("chain")
-        p = _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        p = _oracle_process(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         return sk.verify_chain(p, draft_probs, draft, u_accept, u_sample, **kwargs)
 
     def tree_logits(logits, tokens, parents, u_accept, u_sample, *, cfg_scale, temperature, top_k, top_p,
                     draft_probs, **kwargs):
         calls.append("tree")
-        p = _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        p = _oracle_process(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         return sk.verify_tree(p, draft_probs, tokens, parents, u_accept, u_sample, **kwargs)
 
     logits, drafts, num_drafts, u_accept, u_sample = _inputs()

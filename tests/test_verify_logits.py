@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import specdec_kernels as sk
-from specdec_kernels import reference
+from specdec_kernels import _methods, reference
 from specdec_kernels.reference.verify_logits import process_logits as ref_process
 
-from _inputs import codebook, random_parents
+from _inputs import codebook, method_kwargs, random_parents
 from conftest import COMPILED_BACKENDS, device_for
 from stats import ALPHA, chi_square_pvalue, histogram
 
@@ -228,12 +228,14 @@ def test_chain_parity_processing(logits_backend, processing, source, ties):
     _check_chain(logits_backend, case, kw)
 
 
-CHAIN_METHODS = {
-    "gsd": lambda cb: {"method": "gsd"},
+CHAIN_METHODS = {  # every rule of the method table, plus settings that stress a rule harder
+    **{name: (lambda cb, name=name: {"method": name, **method_kwargs(name, cb.shape[0], k=5)})
+       for name in _methods.CHAIN_METHODS},
     "gsd_emb": lambda cb: {"method": "gsd", "embeddings": torch.nn.functional.normalize(cb, dim=-1),
                            "rank_window": (4, 3), "p_thr": 0.3},
     "lantern_delta": lambda cb: {"method": "lantern", "neighbors": reference.neighbor_table(cb, 5), "delta": 0.2},
     "lantern_lam": lambda cb: {"method": "lantern", "neighbors": reference.neighbor_table(cb, 5), "lam": 3.0},
+    "typical_entropy": lambda cb: {"method": "typical", "epsilon": 0.5, "alpha": 0.9},
 }
 
 
@@ -286,14 +288,6 @@ def test_guidance_scale_one(backend):
         sk.verify_chain_logits(case["logits"][:batch], **args, cfg_scale=3.0, backend=backend)
     with pytest.raises(ValueError, match="pass cfg_scale"):
         sk.verify_chain_logits(case["logits"], **args, backend=backend)
-
-
-def test_chain_rules_without_a_fused_kernel_are_refused():
-    """verify_chain_logits implements the methods of _methods.CHAIN_LOGITS_METHODS; a chain-only rule without a
-    fused kernel (typical) is a clear error pointing at verify_chain(process_logits(...))."""
-    case, _ = chain_logits_case(processing={}, source="none", seed=2)
-    with pytest.raises(ValueError, match="verify_chain_logits"):
-        sk.verify_chain_logits(**case, method="typical", backend="reference")
 
 
 def test_chain_batch_invariance(logits_backend):

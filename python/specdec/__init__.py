@@ -9,10 +9,14 @@ drafts, training), ``specdec.metrics`` (offline quality metrics), and ``specdec.
 
 
 def __getattr__(name):
-    if name in ("SpeculativeVerifier", "process_logits", "ChainStep", "TreeStep"):
+    if name in ("SpeculativeVerifier", "ChainStep", "TreeStep"):
         from . import verifier
 
         return getattr(verifier, name)
+    if name == "process_logits":  # the one processing: specdec_kernels.process_logits
+        import specdec_kernels
+
+        return specdec_kernels.process_logits
     raise AttributeError(f"module 'specdec' has no attribute {name!r}")
 
 

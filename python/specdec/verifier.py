@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import specdec_kernels as sk
+from specdec_kernels import _methods
 
 # Method names the verifier accepts, mapped to the kernels' acceptance rule. Decoding-method names are accepted
 # as aliases of the rule they verify with: AR, SD and SJD all use the exact test.
@@ -34,20 +35,108 @@ ACCEPTANCE_RULES = {"exact": "exact", "ar": "exact", "sd": "exact", "sjd": "exac
                     "lantern": "lantern"}
 
 
-def _reference_process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
-                              top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
-    """FALLBACK for ``specdec_kernels.process_logits`` (used only while the library does not export it):
-    the same reference processing, same signature and semantics (docs/TESTBED.md §1.4).
+def _is_per_row(value) -> bool:
+    """A sampling parameter given per row: a tensor with a batch dimension (0-d tensors are scalars)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _as_scalar(value):
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _per_row_column(value, batch: int, dtype, device, view, name: str) -> torch.Tensor:
+    """A scalar or ``(batch,)`` parameter as a ``(batch, 1, ..., 1)`` tensor broadcasting over the logits."""
+    if _is_per_row(value):
+        if tuple(value.shape) != (batch,):
+            raise ValueError(f"{name} per row must be ({batch},) (one value per sequence, after CFG), "
+                             f"got {tuple(value.shape)}")
+        column = value.to(device=device, dtype=dtype)
+    else:
+        column = torch.full((batch,), float(_as_scalar(value) or 0), dtype=dtype, device=device)
+    return column.reshape(view)
+
+
+def check_sampling(temperature, top_k, top_p, *, validate: Optional[bool] = None) -> None:
+    """Clear errors for bad sampling parameters, scalars or ``(B,)`` tensors: shapes and dtypes always, values of
+    scalars always. Values of tensors (each check a device -> host sync off the CPU) with ``validate=True``, or
+    with ``validate=None`` (the kernels' default) when the tensor is on the CPU; with ``validate=False``, or on an
+    accelerator with ``None``, they are trusted (a serving engine validates each request once, on arrival)."""
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
+        if isinstance(value, torch.Tensor) and value.dim() > 1:
+            raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {tuple(value.shape)}")
+    if isinstance(top_k, torch.Tensor) and top_k.is_floating_point():
+        raise ValueError(f"top_k per row must be an integer tensor, got {top_k.dtype}")
+
+    def values(value, dtype=None):
+        """The values to check, or None when a tensor's values are trusted."""
+        if _is_per_row(value):
+            if validate is False or (validate is None and value.device.type != "cpu"):
+                return None
+            return value.to(dtype) if dtype is not None else value
+        return torch.as_tensor(_as_scalar(value), dtype=dtype)
+
+    t = values(temperature, torch.float64)
+    if t is not None and (not bool(torch.isfinite(t).all()) or bool((t < 0).any())):
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+    k = None if top_k is None else values(top_k)
+    if k is not None and bool((k < 0).any()):
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    p = values(top_p, torch.float64)
+    if p is not None and not bool(((p > 0) & (p <= 1)).all()):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _per_row_processing(work: torch.Tensor, temperature, top_k, top_p) -> torch.Tensor:
+    """Temperature, top-k, top-p and softmax with each parameter a scalar or one value per row of ``work``
+    ``(B, ..., V)`` (already CFG-mixed). The same rules as the scalar path, row by row; rows with temperature 0
+    are greedy: one-hot on the first argmax of the mixed logits (vLLM's greedy rows). No data-dependent branch,
+    so no device -> host sync."""
+    batch, vocab = work.shape[0], work.shape[-1]
+    view = (batch,) + (1,) * (work.dim() - 1)
+    t = _per_row_column(temperature, batch, work.dtype, work.device, view, "temperature")
+    greedy = t == 0
+    scaled = work / t.clamp_min(1e-5)
+    if _is_per_row(top_k) or int(_as_scalar(top_k) or 0) > 0:
+        k = _per_row_column(top_k, batch, torch.int64, work.device, view, "top_k")
+        kth = torch.sort(scaled, dim=-1, descending=True).values.gather(
+            -1, (k - 1).clamp(0, vocab - 1).expand(scaled.shape[:-1] + (1,)))
+        cut = (k > 0) & (k < vocab) & (scaled < kth)
+        scaled = scaled.masked_fill(cut, float("-inf"))
+    if _is_per_row(top_p) or float(_as_scalar(top_p)) < 1.0:
+        p = _per_row_column(top_p, batch, work.dtype, work.device, view, "top_p")
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = (mass_before >= p) & (p < 1.0)
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1).to(torch.float32)
+    one_hot = F.one_hot(work.argmax(-1), vocab).to(torch.float32)
+    return torch.where(greedy, one_hot, probs)
+
+
+def _eager_process(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature=1.0,
+                              top_k=0, top_p=1.0) -> torch.Tensor:
+    """The processing in eager PyTorch ops, for per-row parameters (which ``specdec_kernels.process_logits`` does not
+    take): the same rules (docs/TESTBED.md §1.4).
 
     logits ``(rows, ..., V)``; with ``cfg_scale`` (not None, not 1) rows are ``2 * batch``, cond rows first, and
     ``l = l_u + s * (l_c - l_u)`` mixes the raw logits. Then ``/ max(T, 1e-5)``, top-k (ties with the k-th value
     kept), top-p (the smallest prefix of the sorted probabilities whose mass reaches ``top_p``, at least one token),
     softmax. float64 input is processed in float64; the result is float32 ``(batch, ..., V)``.
+
+    ``temperature``, ``top_k``, ``top_p`` may each be a ``(batch,)`` tensor (one value per sequence, after CFG):
+    then temperature 0 is exactly greedy (one-hot on the first argmax), top-k 0 (or >= V) and top-p 1 disable
+    the filter for that row.
     """
     work = logits if logits.dtype == torch.float64 else logits.float()
     if cfg_scale is not None and float(cfg_scale) != 1.0:
         cond, uncond = work.chunk(2, dim=0)
         work = uncond + float(cfg_scale) * (cond - uncond)
+    if any(_is_per_row(x) for x in (temperature, top_k, top_p)):
+        return _per_row_processing(work, temperature, top_k, top_p)
+    temperature, top_k, top_p = _as_scalar(temperature), _as_scalar(top_k), _as_scalar(top_p)
     work = work / max(float(temperature), 1e-5)
     k = int(top_k or 0)
     if 0 < k < work.shape[-1]:
@@ -64,20 +153,23 @@ def _reference_process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float
     return torch.softmax(work, dim=-1).to(torch.float32)
 
 
-def process_logits(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
-                   top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Raw logits -> float32 probabilities (CFG, temperature, top-k, top-p, softmax); see
-    ``specdec_kernels.process_logits``. Uses the library's op when it has one, else the fallback above."""
-    op = getattr(sk, "process_logits", None)
+def sampling_probs(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature=1.0,
+                   top_k=0, top_p=1.0) -> torch.Tensor:
+    """The verifier's processing of raw logits ``(rows, ..., V)`` into float32 probabilities (CFG, temperature, top-k,
+    top-p, softmax): ``specdec_kernels.process_logits`` for scalar settings, on any layout.
+
+    ``temperature``, ``top_k`` and ``top_p`` are scalars or ``(batch,)`` tensors (one value per sequence; a
+    temperature of 0 is greedy). The library's op takes scalars only, so per-row parameters run the eager
+    PyTorch path (:func:`_eager_process`), on the logits' device."""
     if cfg_scale is not None and float(cfg_scale) == 1.0:  # scale 1 is no guidance: the rows are not doubled
         cfg_scale = None
-    if op is not None:  # the library's op takes (rows, S, V): fold any other layout into that
-        rows, vocab = logits.shape[0], logits.shape[-1]
-        probs = op(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
-                   top_k=int(top_k or 0), top_p=top_p)
-        return probs.reshape((probs.shape[0],) + tuple(logits.shape[1:]))
-    return _reference_process_logits(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
-                                     top_p=top_p)
+    if any(_is_per_row(x) for x in (temperature, top_k, top_p)):
+        return _eager_process(logits, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+    temperature, top_k, top_p = _as_scalar(temperature), _as_scalar(top_k), _as_scalar(top_p)
+    rows, vocab = logits.shape[0], logits.shape[-1]  # the library's op takes (rows, S, V): fold the layout
+    probs = sk.process_logits(logits.reshape(rows, -1, vocab), cfg_scale=cfg_scale, temperature=temperature,
+                              top_k=int(top_k or 0), top_p=top_p)
+    return probs.reshape((probs.shape[0],) + tuple(logits.shape[1:]))
 
 
 @dataclass
@@ -128,10 +220,24 @@ class TreeStep:
 
 @dataclass(frozen=True)
 class _Sampling:
+    """Logits processing; temperature, top_k and top_p are scalars or ``(B,)`` tensors (one per sequence)."""
+
     cfg_scale: Optional[float] = None
-    temperature: float = 1.0
-    top_k: Optional[int] = 0
-    top_p: float = 1.0
+    temperature: object = 1.0
+    top_k: object = 0
+    top_p: object = 1.0
+
+    @property
+    def per_row(self) -> bool:
+        return any(_is_per_row(x) for x in (self.temperature, self.top_k, self.top_p))
+
+
+def _scalar_or_rows(value, cast):
+    """Keep ``(B,)`` tensors as they are; make scalars (and 0-d tensors) plain Python numbers."""
+    if _is_per_row(value):
+        return value
+    value = _as_scalar(value)
+    return None if value is None else cast(value)
 
 
 class SpeculativeVerifier:
@@ -148,8 +254,12 @@ class SpeculativeVerifier:
     delta, lam : LANTERN's TV budget (default 0.1) or LANTERN++'s ratio (pass one).
     rank_window, p_thr, d_thr : GSD's window and filters (defaults scaled to V as in
         :mod:`specdec.decoding.defaults`, 0.15, 0.5).
-    cfg_scale, temperature, top_k, top_p : logits processing (:func:`process_logits`); ``cfg_scale`` None or 1
-        means the logits are not doubled.
+    cfg_scale, temperature, top_k, top_p : logits processing (:func:`sampling_probs`); ``cfg_scale`` None or 1
+        means the logits are not doubled. ``temperature``, ``top_k`` and ``top_p`` may be ``(B,)`` tensors, one
+        value per sequence (vLLM's per-request settings); per-row settings run the eager processing path (the
+        fused logits ops take scalars). Rows with temperature 0 are greedy and verified as vLLM verifies greedy
+        requests, whatever the method: drafts are accepted while they equal the argmax of the (CFG-mixed) target
+        logits, and the next token is the argmax at the first mismatch (or of the bonus row).
     backend, validate : passed to the kernels (``validate=None`` is the kernels' default checking level).
     """
 
@@ -157,20 +267,17 @@ class SpeculativeVerifier:
                  neighbors: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
                  k: Optional[int] = None, delta: Optional[float] = None, lam: Optional[float] = None,
                  rank_window: Optional[Tuple[int, int]] = None, p_thr: Optional[float] = None,
-                 d_thr: Optional[float] = None, cfg_scale: Optional[float] = None, temperature: float = 1.0,
-                 top_k: Optional[int] = 0, top_p: float = 1.0, backend: str = "auto",
-                 validate: Optional[bool] = None):
+                 d_thr: Optional[float] = None, cfg_scale: Optional[float] = None, temperature=1.0,
+                 top_k=0, top_p=1.0, backend: str = "auto", validate: Optional[bool] = None):
         if method not in ACCEPTANCE_RULES:
             raise ValueError(f"method: unknown {method!r}; choose from {sorted(ACCEPTANCE_RULES)}")
         self.method = method
         self.rule = ACCEPTANCE_RULES[method]
         self.backend = backend
         self.validate = validate
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k is not None and int(top_k) < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        self.sampling = _Sampling(cfg_scale, float(temperature), top_k, float(top_p))
+        check_sampling(temperature, top_k, top_p, validate=validate)
+        self.sampling = _Sampling(cfg_scale, _scalar_or_rows(temperature, float), _scalar_or_rows(top_k, int),
+                                  _scalar_or_rows(top_p, float))
         self._kwargs = self._relaxation(codebook, neighbors, embeddings, k, delta, lam, rank_window, p_thr, d_thr)
 
     def _relaxation(self, codebook, neighbors, embeddings, k, delta, lam, rank_window, p_thr, d_thr) -> dict:
@@ -208,7 +315,8 @@ class SpeculativeVerifier:
                 raise ValueError("method 'gsd' needs rank_window when no codebook / embeddings are given")
             rank_window = gsd_rank_window(vocab)
         return {"method": "gsd", "embeddings": embeddings, "rank_window": tuple(rank_window),
-                "p_thr": 0.15 if p_thr is None else float(p_thr), "d_thr": 0.5 if d_thr is None else float(d_thr)}
+                "p_thr": _methods.default(_methods.GSD, "p_thr") if p_thr is None else float(p_thr),
+                "d_thr": _methods.default(_methods.GSD, "d_thr") if d_thr is None else float(d_thr)}
 
     # -- configuration ---------------------------------------------------------------------------------------
     @property
@@ -216,18 +324,17 @@ class SpeculativeVerifier:
         """Keyword arguments this verifier passes to ``verify_chain`` (method, tables, parameters)."""
         return dict(self._kwargs)
 
-    def with_sampling(self, *, cfg_scale=None, temperature: float = 1.0, top_k: Optional[int] = 0,
-                      top_p: float = 1.0, validate="unchanged") -> "SpeculativeVerifier":
-        """A copy with other logits processing (and optionally another ``validate``) that shares the built
-        tables (no rebuild)."""
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    def with_sampling(self, *, cfg_scale=None, temperature=1.0, top_k=0, top_p=1.0,
+                      validate="unchanged") -> "SpeculativeVerifier":
+        """A copy with other logits processing (scalars or ``(B,)`` tensors, as in the constructor; and
+        optionally another ``validate``) that shares the built tables (no rebuild)."""
         other = object.__new__(SpeculativeVerifier)
         other.__dict__.update(self.__dict__)
-        other.sampling = replace(self.sampling, cfg_scale=cfg_scale, temperature=float(temperature), top_k=top_k,
-                                 top_p=float(top_p))
         if validate != "unchanged":
             other.validate = validate
+        check_sampling(temperature, top_k, top_p, validate=other.validate)
+        other.sampling = replace(self.sampling, cfg_scale=cfg_scale, temperature=_scalar_or_rows(temperature, float),
+                                 top_k=_scalar_or_rows(top_k, int), top_p=_scalar_or_rows(top_p, float))
         return other
 
     @property
@@ -237,7 +344,7 @@ class SpeculativeVerifier:
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """This verifier's logits processing: ``(rows, ..., V)`` raw logits -> ``(B, ..., V)`` float32 probs."""
         s = self.sampling
-        return process_logits(logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+        return sampling_probs(logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
                               top_p=s.top_p)
 
     # -- verification ----------------------------------------------------------------------------------------
@@ -245,7 +352,7 @@ class SpeculativeVerifier:
         """The tables built from ``codebook`` index its codes: the logits must cover exactly that vocabulary
         (else the kernels would name their own ``neighbors`` / ``embeddings`` arguments, not the caller's)."""
         rows = logits if probs is None else probs
-        size = getattr(self, "_codebook_size", None)
+        size = self._codebook_size
         if size is not None and rows is not None and rows.shape[-1] != size:
             raise ValueError(f"codebook has {size} codes, but the logits' vocabulary has {rows.shape[-1]}: image "
                              f"token i of the logits must be code i of the codebook")
@@ -264,8 +371,35 @@ class SpeculativeVerifier:
             raise ValueError("pass draft_probs or draft_logits, not both")
         if draft_logits is not None:  # the drafter's q goes through the same processing, without CFG
             s = self.sampling
-            return process_logits(draft_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+            return sampling_probs(draft_logits, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         return draft_probs
+
+    def _greedy_rows(self, batch: int, device) -> Optional[torch.Tensor]:
+        """``(B,)`` bool: rows with temperature 0; None when no row can be greedy (checked without a sync)."""
+        t = self.sampling.temperature
+        if _is_per_row(t):
+            return t.to(device) == 0
+        return torch.ones(batch, dtype=torch.bool, device=device) if float(t) == 0.0 else None
+
+    def _mixed_argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Argmax of the CFG-mixed raw logits (what greedy rows follow; temperature and filters keep it)."""
+        work = logits.float()
+        if self.uses_cfg:
+            cond, uncond = work.chunk(2, dim=0)
+            work = uncond + float(self.sampling.cfg_scale) * (cond - uncond)
+        return work.argmax(-1)
+
+    @staticmethod
+    def _greedy_chain(greedy, argmax, drafts, num_drafts, accept_len, next_token):
+        """vLLM's greedy rule on the rows in ``greedy``: accept while ``drafts[b, i] == argmax[b, i]`` (within
+        ``num_drafts[b]``); the next token is the argmax at the first mismatch, or of the bonus row."""
+        width = drafts.shape[1]
+        match = drafts == argmax[:, :width]
+        if num_drafts is not None:
+            match &= torch.arange(width, device=drafts.device)[None, :] < num_drafts.to(drafts.device)[:, None]
+        greedy_len = match.long().cumprod(1).sum(1)
+        greedy_next = argmax.gather(1, greedy_len[:, None])[:, 0]
+        return torch.where(greedy, greedy_len, accept_len), torch.where(greedy, greedy_next, next_token)
 
     def step(self, logits: torch.Tensor, drafts: torch.Tensor, *, num_drafts: Optional[torch.Tensor] = None,
              draft_probs: Optional[torch.Tensor] = None, draft_logits: Optional[torch.Tensor] = None,
@@ -283,22 +417,29 @@ class SpeculativeVerifier:
         lengths : ``(B,)`` cache length of each row before the step (to get ``new_length``).
         probs : already processed ``(B, L + 1, V)`` target probabilities instead of ``logits`` (pass None
             as logits).
-        return_probs : keep the processed rows in the result. With False, and when the library has the fused
-            ``specdec_kernels.verify_chain_logits``, the logits go straight to it (the same tokens, no
-            ``(B, L + 1, V)`` probability tensor); otherwise the rows are processed, then verified.
+        return_probs : keep the processed rows in the result. With False the logits go straight to the fused
+            ``specdec_kernels.verify_chain_logits`` (the same tokens, no
+            ``(B, L + 1, V)`` probability tensor); otherwise the rows are processed, then verified. Per-row
+            sampling parameters always take the second (eager) path: the fused op takes scalars.
+
+        Greedy rows (temperature 0) are verified by argmax matching (see the class docstring); their uniforms
+        are drawn all the same, so the other rows' tokens do not depend on which rows are greedy.
         """
         self._check_vocab(logits, probs)
         batch, width = drafts.shape
-        fused = getattr(sk, "verify_chain_logits", None)
-        if probs is None and not return_probs and fused is not None:
+        greedy = self._greedy_rows(batch, drafts.device)
+        if probs is None and not return_probs and not self.sampling.per_row:
             self._check_rows(logits, batch, width + 1, "drafts", tuple(drafts.shape))
             u_accept, u_sample = self._uniforms(batch, width, logits.device, u_accept, u_sample, generator)
             s = self.sampling
-            accept_len, next_token = fused(
+            accept_len, next_token = sk.verify_chain_logits(
                 logits, drafts, u_accept, u_sample, num_drafts=num_drafts, draft_probs=draft_probs,
                 draft_logits=draft_logits, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0),
                 top_p=s.top_p, backend=self.backend, validate=self.validate, **self._kwargs,
             )
+            if greedy is not None:
+                accept_len, next_token = self._greedy_chain(greedy, self._mixed_argmax(logits), drafts, num_drafts,
+                                                            accept_len, next_token)
             return self._chain_result(drafts, accept_len, next_token, lengths, None)
         p = self.process(logits) if probs is None else probs
         if p.dim() != 3 or p.shape[0] != batch or p.shape[1] != width + 1:
@@ -310,7 +451,34 @@ class SpeculativeVerifier:
             p, q, drafts, u_accept, u_sample, num_drafts=num_drafts, backend=self.backend,
             validate=self.validate, **self._kwargs,
         )
+        if greedy is not None:
+            accept_len, next_token = self._greedy_chain(greedy, p.argmax(-1), drafts, num_drafts, accept_len,
+                                                        next_token)
         return self._chain_result(drafts, accept_len, next_token, lengths, p)
+
+    def jacobi_step(self, logits: torch.Tensor, window: torch.Tensor, q: Optional[torch.Tensor], *,
+                    num_drafts: Optional[torch.Tensor] = None, u_accept: torch.Tensor, u_sample: torch.Tensor,
+                    u_draft: torch.Tensor, u_keep: Optional[torch.Tensor] = None,
+                    u_init: Optional[torch.Tensor] = None, update: Optional[torch.Tensor] = None,
+                    lengths: Optional[torch.Tensor] = None) -> Tuple[ChainStep, "sk.JacobiStep"]:
+        """Verify a Jacobi window and draw the next one from the same processed rows, in one pass
+        (:func:`specdec_kernels.jacobi_step`): the step SJD / GSD (and their coupled, MC-SJD variants) run.
+
+        logits : ``(2B or B, L + 1, V)`` raw target logits over ``[last, window]``; window ``(B, L)`` and q
+        ``(B, L, V)`` (or None: one-hot) the current drafts. Uniforms as :func:`specdec_kernels.jacobi_step`.
+        Returns the verification outcome (``probs`` None) and the kernel's :class:`specdec_kernels.JacobiStep`
+        (next window, its q, first fresh entry per row).
+        """
+        self._check_vocab(logits, None)
+        batch, width = window.shape
+        self._check_rows(logits, batch, width + 1, "window", tuple(window.shape))
+        s = self.sampling
+        out = sk.jacobi_step(logits, window, q, u_accept.float().contiguous(), u_sample.float().contiguous(),
+                             u_draft.float().contiguous(), u_keep=u_keep, u_init=u_init, num_drafts=num_drafts,
+                             update=update, cfg_scale=s.cfg_scale, temperature=s.temperature,
+                             top_k=int(s.top_k or 0), top_p=s.top_p, backend=self.backend, validate=self.validate,
+                             **self._kwargs)
+        return self._chain_result(window, out.accept_len, out.next_token, lengths, None), out
 
     def _check_rows(self, logits, batch, rows, what, shape):
         expected = (2 * batch if self.uses_cfg else batch, rows)
@@ -352,20 +520,21 @@ class SpeculativeVerifier:
             distribution its children were drawn from) or None (deterministic candidates).
         Uniforms ``u_accept (B, M)``, ``u_sample (B,)`` or ``generator``; ``lengths`` as in :meth:`step`.
         Only "exact" and "lantern" verify trees. ``return_probs=False`` uses the fused
-        ``specdec_kernels.verify_tree_logits`` when the library has it (as in :meth:`step`).
+        ``specdec_kernels.verify_tree_logits`` (as in :meth:`step`; per-row sampling
+        parameters take the eager path). Greedy rows get one-hot target rows but the tree kernels' acceptance
+        test (no separate argmax rule for trees).
         """
         if self.rule == "gsd":
             raise ValueError("method 'gsd' verifies chains only; use step()")
         self._check_vocab(logits, probs)
         batch, m = tree_tokens.shape
         kwargs = {key: value for key, value in self._kwargs.items() if key in ("method", "neighbors", "delta", "lam")}
-        fused = getattr(sk, "verify_tree_logits", None)
-        if probs is None and not return_probs and fused is not None:
+        if probs is None and not return_probs and not self.sampling.per_row:
             self._check_rows(logits, batch, m, "a tree with nodes", tuple(tree_tokens.shape))
             u_accept, u_sample = self._uniforms(batch, m, logits.device, u_accept, u_sample, generator)
             s = self.sampling
             p = None
-            accepted, accept_len, next_token = fused(
+            accepted, accept_len, next_token = sk.verify_tree_logits(
                 logits, tree_tokens, parents, u_accept, u_sample, num_nodes=num_nodes, draft_probs=draft_probs,
                 cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=int(s.top_k or 0), top_p=s.top_p,
                 backend=self.backend, validate=self.validate, **kwargs,

@@ -56,6 +56,7 @@ def jacobi_step(
     alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
+    **method_params,
 ) -> JacobiStep:
     """One step of Jacobi decoding (SJD, GSD, relaxed or coupled variants) straight from the target's raw logits.
 
@@ -91,6 +92,14 @@ def jacobi_step(
     JacobiStep ``(accept_len, next_token, window, q, first_init)``; rows not verified come back with
     ``next_token = -code`` (as :func:`verify_chain_logits`; code 6 also for a NaN / inf / negative ``q`` value the
     coupled refresh reads) and keep their window.
+
+    Examples
+    --------
+    >>> logits = torch.tensor([[[0.0, 9.0], [9.0, 0.0], [0.0, 9.0]]])   # B = 1, window of 2, V = 2
+    >>> out = jacobi_step(logits, torch.tensor([[1, 1]]), None, torch.tensor([[0.5, 0.5]]), torch.tensor([0.5]),
+    ...                   torch.tensor([[0.5, 0.5]]), u_init=torch.tensor([[0.9, 0.9]]))
+    >>> out.accept_len, out.next_token, out.window, out.first_init   # draft 1 rejected (p = e^-9): token 0
+    (tensor([1]), tensor([0]), tensor([[1, 1]]), tensor([1]))
     """
     def extra(checks):
         for name, u in (("u_draft", u_draft), ("u_keep", u_keep), ("u_init", u_init)):
@@ -101,7 +110,7 @@ def jacobi_step(
                                 top_k, top_p, method, backend, validate,
                                 dict(neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
                                      rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, epsilon=epsilon,
-                                     alpha=alpha), extra_checks=extra)
+                                     alpha=alpha, **method_params), extra_checks=extra)
     device = call.logits.device
     batch, width = call.batch, call.drafts
     q = None if call.draft_probs is None else call.draft_probs.float()

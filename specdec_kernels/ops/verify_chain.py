@@ -33,6 +33,7 @@ def verify_chain(
     alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
+    **method_params,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Verify a ragged batch of draft chains in one call (speculative sampling, arXiv 2211.17192 / 2302.01318;
     GSD, arXiv 2508.07747; LANTERN, arXiv 2410.03355 and LANTERN++, arXiv 2502.06352).
@@ -131,7 +132,7 @@ def verify_chain(
     _, _, vocab = v.chain_shapes(p, q, draft, u_accept, u_sample, num_drafts)
     code, params = v.method_params(method, "verify_chain", vocab, neighbors=neighbors, embeddings=embeddings,
                                    delta=delta, lam=lam, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr,
-                                   epsilon=epsilon, alpha=alpha)
+                                   epsilon=epsilon, alpha=alpha, **method_params)
     if neighbors is not None:
         v.neighbor_shapes(neighbors, vocab, p.device)
     if embeddings is not None:

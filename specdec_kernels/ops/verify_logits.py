@@ -233,6 +233,7 @@ def verify_chain_logits(
     alpha: Optional[float] = None,
     backend: str = "auto",
     validate: Optional[bool] = None,
+    **method_params,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Chain verification straight from the target's raw logits: processing and verification fused per row.
 
@@ -286,7 +287,7 @@ def verify_chain_logits(
                                 temperature, top_k, top_p, method, backend, validate,
                                 dict(neighbors=neighbors, delta=delta, lam=lam, embeddings=embeddings,
                                      rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, epsilon=epsilon,
-                                     alpha=alpha))
+                                     alpha=alpha, **method_params))
     args = (call.logits, call.draft_logits, call.draft_probs, draft, call.u_accept, call.u_sample, call.num_drafts,
             call.cfg_scale, call.temperature, call.top_k, call.top_p, call.code, call.kwargs.get("neighbors"),
             call.kwargs.get("embeddings"), call.params)

@@ -2,6 +2,7 @@
 
 ``specdec.adapters.hf``: speculative image generation for Hugging Face Janus, Emu3 and Chameleon-family models
 (needs the optional ``transformers`` extra: ``pip install -e .[hf]``).
-``specdec.adapters.vllm``: vLLM v1's rejection-sampler layout (flattened drafts, ``cu_num_draft_tokens``) in and
-out, with exact, GSD or LANTERN acceptance.
+``specdec.adapters.vllm``: ``SpeculativeRejectionSampler``, shaped like vLLM v1's ``RejectionSampler`` (its
+metadata, combined logits and per-request sampling settings in, its output layout out), and the free function
+``rejection_sample`` on the older flattened layout; exact, GSD or LANTERN acceptance.
 """

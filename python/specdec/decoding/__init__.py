@@ -13,11 +13,11 @@ Every verification goes through the method's :class:`specdec.SpeculativeVerifier
 
 from . import methods
 from .api import compare_methods, summary_table
-from .logits import SamplingConfig, process_logits
+from .logits import SamplingConfig
 from .loop import GenerationResult, generate
 from .methods import METHODS, make_method
 from .metrics import GenerationMetrics
 from .rng import RowStreams, derive_row_keys
 
-__all__ = ["generate", "GenerationResult", "GenerationMetrics", "SamplingConfig", "process_logits", "methods",
+__all__ = ["generate", "GenerationResult", "GenerationMetrics", "SamplingConfig", "methods",
            "METHODS", "make_method", "RowStreams", "derive_row_keys", "compare_methods", "summary_table"]

@@ -18,6 +18,7 @@ LANE_ACCEPT = 0  # u_accept of draft/node i
 LANE_SAMPLE = 1 << 12  # u_sample (recovered / bonus / plain AR sample)
 LANE_DRAFT = 2 << 12  # drawing draft i from its q (draft model, Jacobi refresh, static-tree siblings)
 LANE_INIT = 3 << 12  # fresh Jacobi init i
+LANE_KEEP = 4 << 12  # coupled Jacobi refresh (MC-SJD): the keep test of entry i
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:

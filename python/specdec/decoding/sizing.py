@@ -164,7 +164,7 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
     twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
     (each point is at most every later one), which keeps timing noise from making a longer window look cheaper
     than a shorter one."""
-    from ..verifier import process_logits
+    from ..verifier import sampling_probs as process_logits
     from .feed import attention_mask, run_model
 
     device = torch.device(device)

@@ -138,7 +138,6 @@ def exact_sequence_distribution(model: ToyARModel, cls: int, sampling) -> torch.
     """Joint distribution of all ``num_tokens`` image tokens under plain AR sampling with ``sampling``
     (``(vocab_size,) * num_tokens`` float64), by teacher forcing every prefix: the oracle for exactness tests.
     Only for toy sizes (``vocab_size ** (num_tokens - 1)`` rows)."""
-    from .logits import process_logits  # local: keeps toy importable without the loop
 
     vocab, n = model.vocab_size, model.num_tokens
     prefixes = torch.cartesian_prod(*[torch.arange(vocab)] * (n - 1)) if n > 2 else torch.arange(vocab)[:, None]
@@ -154,7 +153,7 @@ def exact_sequence_distribution(model: ToyARModel, cls: int, sampling) -> torch.
     mask = torch.zeros(copies * rows, n - 1, n + 1, dtype=torch.bool)
     mask[:, :, :n] = torch.ones(n - 1, n, dtype=torch.bool).tril(1)[:, :n]
     logits, _ = model.forward_tokens(tokens, positions, positions, mask, cache)
-    probs = torch.cat([process_logits(first, sampling)[:, None], process_logits(logits, sampling)], dim=1).double()
+    probs = torch.cat([sampling.process(first)[:, None], sampling.process(logits)], dim=1).double()
     # log P(x_0..x_{n-1}) = sum_i log p_i(x_i | x_<i), with x_{n-1} free: (rows, vocab)
     prefix_lp = torch.zeros(rows, dtype=torch.float64)
     for i in range(n - 1):

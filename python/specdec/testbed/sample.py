@@ -11,7 +11,7 @@ import torch
 from .model import ARTransformer, causal_mask
 
 
-def process_logits(logits: torch.Tensor, cfg: float, temperature: float, top_k: Optional[int]) -> torch.Tensor:
+def _sampling_probs(logits: torch.Tensor, cfg: float, temperature: float, top_k: Optional[int]) -> torch.Tensor:
     """Doubled raw logits ``(2B, V)`` (cond rows first) -> sampling probabilities ``(B, V)``."""
     cond, uncond = logits.chunk(2)
     logits = uncond + cfg * (cond - uncond) if cfg != 1.0 else cond
@@ -38,7 +38,7 @@ def generate(model: ARTransformer, classes: torch.Tensor, *, cfg: float = 3.0, t
     tokens = torch.empty(B, N, dtype=torch.long, device=classes.device)
     top1 = torch.empty(B, N, device=classes.device)
     for i in range(N):
-        probs = process_logits(logits, cfg, temperature, top_k)
+        probs = _sampling_probs(logits, cfg, temperature, top_k)
         top1[:, i] = probs.max(-1).values
         tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
         tokens[:, i] = tok

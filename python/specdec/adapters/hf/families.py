@@ -2,10 +2,17 @@
 to input tokens, the grid, EOL columns, the VQ codebook and the unconditional prompt (docs/TESTBED.md §3.3)."""
 
 import math
+import weakref
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+# The image rows of each model's lm_head, sliced once (Emu3: 32768 of 184622 rows, 256 MiB in float32) and
+# reused by every forward of every call; refreshed when the head's weights are replaced or changed in place.
+_IMAGE_HEADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Chameleon-family VQGAN decoders loaded from local checkpoints, per model and path.
+_VQGAN_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class ImageFamily:
@@ -14,6 +21,9 @@ class ImageFamily:
 
     name = "model"
     default_cfg_scale = 5.0
+    # Geometry of LANTERN's neighbour table: L2-normalised codes (cosine order) or the raw vectors the decoder
+    # uses (the generate() docstring gives the choice per family).
+    normalize_codebook = True
 
     def __init__(self, model):
         self.model = model
@@ -24,7 +34,8 @@ class ImageFamily:
         raise NotImplementedError
 
     def embed_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids)
+        table = self.model.get_input_embeddings()
+        return table(ids.to(table.weight.device))  # device_map="auto": the table may sit on another device
 
     def embed_image(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -67,6 +78,14 @@ class ImageFamily:
         """``(B, rows, columns)`` codes -> ``(B, 3, H, W)`` images in the decoder's range, or None when the model
         has no decoder."""
         return None
+
+    def sequences(self, codes: torch.Tensor) -> Optional[torch.Tensor]:
+        """``(B, rows, columns)`` codes -> the model's token ids for the image, or None."""
+        return None
+
+    def load_vqgan(self, checkpoint) -> None:
+        raise ValueError(f"vqgan_checkpoint: {self.name} models decode with their own VQ model; only the Chameleon "
+                         "family (Chameleon, Anole, Lumina-mGPT) takes a VQGAN checkpoint")
 
 
 class JanusFamily(ImageFamily):
@@ -129,12 +148,32 @@ class _BpeImageFamily(ImageFamily):
         self.eol_token_id = eol_token_id
 
     def embed_image(self, codes):
-        return self.embed_prompt(self.image_ids[codes])
+        return self.embed_prompt(self.image_ids[codes.to(self.image_ids.device)])
+
+    def image_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The image rows of ``lm_head`` (weight, bias), in code order, on the head's device: sliced on the first
+        call and cached per model while the head's parameters stay the same tensors, unmodified."""
+        head = self.model.lm_head
+        weight, bias = head.weight, head.bias
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) if t is not None else None for t in (weight, bias))
+        cached = _IMAGE_HEADS.get(self.model)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                ids = self.image_ids.to(weight.device)
+                cached = (key, weight[ids].contiguous(), None if bias is None else bias[ids].contiguous())
+            _IMAGE_HEADS[self.model] = cached
+        return cached[1], cached[2]
 
     def image_logits(self, hidden):
-        head = self.model.lm_head
-        bias = None if head.bias is None else head.bias[self.image_ids]
-        return F.linear(hidden, head.weight[self.image_ids], bias)
+        weight, bias = self.image_head()
+        return F.linear(hidden.to(weight.device), weight, bias).to(self.device)
+
+    def sequences(self, codes):
+        """BPE ids of the codes with the EOL column (``rows * (columns + 1)``), as the model's loop emits them."""
+        batch, rows, cols = codes.shape
+        bpe = self.image_ids[codes.to(self.image_ids.device)]
+        eol = torch.full((batch, rows, 1), int(self.eol_token_id), dtype=bpe.dtype, device=bpe.device)
+        return torch.cat([bpe, eol], dim=2).flatten(1)
 
 
 class Emu3Family(_BpeImageFamily):
@@ -142,6 +181,10 @@ class Emu3Family(_BpeImageFamily):
 
     name = "Emu3"
     default_cfg_scale = 3.0
+    normalize_codebook = False  # 32768 x 4 codes: the norm is most of what a 4-d code says
+    # The tokens that close an image in Emu3's own output, after the last row's EOL: what
+    # Emu3Model.decode_image_tokens strips (its last 3 tokens).
+    closing_tokens = ("<|extra_201|>", "<|image end|>")
 
     def __init__(self, model, eol_token_id: Optional[int] = None):
         mapping = model.model.vocabulary_mapping
@@ -154,18 +197,49 @@ class Emu3Family(_BpeImageFamily):
     def decode(self, codes):
         return self.model.model.vqmodel.decode(codes)  # (B, 3, H, W)
 
+    def sequences(self, codes):
+        """The EOL-column ids, then ``<|extra_201|>``, ``<|image end|>`` and EOS, as Emu3's ``generate`` ends an
+        image; without those tokens in the vocabulary (or no EOS id), only the EOL-column ids."""
+        ids = super().sequences(codes)
+        vocab = self.model.model.vocabulary_mapping.vocab_map
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+        closing = [vocab.get(name) for name in self.closing_tokens] + [eos]
+        if any(token is None for token in closing):
+            return ids
+        tail = torch.tensor(closing, dtype=ids.dtype, device=ids.device).expand(ids.shape[0], -1)
+        return torch.cat([ids, tail], dim=1)
+
 
 class ChameleonFamily(_BpeImageFamily):
     """``ChameleonForConditionalGeneration`` used as an image generator (Anole / Lumina-mGPT style): image tokens
     re-enabled by reading their ``lm_head`` rows directly; EOL after each row when ``eol_token_id`` is given
-    (Lumina-mGPT: 8803). HF's Chameleon VQ has no decoder, so no images are decoded."""
+    (Lumina-mGPT: 8803). HF's Chameleon VQ has no decoder: images are decoded when a VQGAN checkpoint was
+    loaded (:meth:`load_vqgan`), else none."""
 
     name = "Chameleon"
     default_cfg_scale = 3.0
+    normalize_codebook = False  # the VQGAN decoder uses the raw 256-d code vectors
 
     @property
     def language_model(self):
         return self.model.model
+
+    def load_vqgan(self, checkpoint) -> None:
+        """Load (once per model and checkpoint path) the VQGAN decoder that turns this model's codes into
+        pixels; see :mod:`specdec.adapters.hf.vqgan`."""
+        from .vqgan import ChameleonVQGANDecoder
+
+        decoders = _VQGAN_DECODERS.setdefault(self.model, {})
+        key = str(checkpoint)
+        if key not in decoders:
+            decoders[key] = ChameleonVQGANDecoder.from_checkpoint(checkpoint, self.model.model.vqmodel.config,
+                                                                  codebook=self.codebook, device=self.device)
+        decoders["active"] = decoders[key]
+
+    def decode(self, codes):
+        decoder = _VQGAN_DECODERS.get(self.model, {}).get("active")
+        return None if decoder is None else decoder.decode(codes.to(self.device), self.codebook)
 
 
 FAMILIES = {

@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 
 import torch
 
+import specdec_kernels as sk
+
 from ...decoding import SamplingConfig, generate
 from ...decoding.defaults import LANTERN_DELTA, lantern_k
 from ...decoding.methods import AR, GSD, SJD
@@ -14,7 +16,7 @@ from ...verifier import SpeculativeVerifier
 from .families import family_of
 from .target import HFImageTarget
 
-METHODS = ("ar", "sjd", "gsd", "lantern")
+METHODS = ("ar", "sjd", "mc-sjd", "gsd", "mc-gsd", "lantern")
 
 
 class LanternSJD(SJD):
@@ -35,28 +37,31 @@ class LanternSJD(SJD):
                                             neighbors=neighbors, k=self.k, delta=delta)
 
 
-# Neighbour tables per model and k, built once (a 16384-code table with k = 1024 takes seconds to tens of seconds
-# on a CPU) and reused by later calls on the same model.
+# Neighbour tables per model, k and geometry (normalised or raw codes), built once (a 16384-code table with
+# k = 1024 takes seconds to tens of seconds on a CPU) and reused by later calls on the same model.
 _NEIGHBOR_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _neighbors(model, codebook: torch.Tensor, k: Optional[int]) -> torch.Tensor:
+def _neighbors(model, codebook: torch.Tensor, k: Optional[int], normalize: bool) -> torch.Tensor:
     vocab = codebook.shape[0]
     k = lantern_k(vocab) if k is None else min(int(k), vocab - 1)
     tables = _NEIGHBOR_TABLES.setdefault(model, {})
-    if k not in tables:
-        tables[k] = SpeculativeVerifier("lantern", codebook=codebook, k=k).kernel_kwargs["neighbors"]
-    return tables[k]
+    if (k, normalize) not in tables:
+        tables[(k, normalize)] = sk.neighbor_table(codebook.float().contiguous(), k, normalize=normalize)
+    return tables[(k, normalize)]
 
 
 @dataclass
 class HFImageOutput:
     """What :func:`speculative_generate` returns.
 
+    B counts generated images: prompts x ``num_return_sequences`` (a prompt's images are adjacent).
     codes : ``(B, num_tokens)`` int64 VQ codes in raster order (the model's image-token ids for Janus).
     image_tokens : ``(B, rows, columns)`` codes, when a whole image was generated (else None).
-    sequences : ``(B, rows * (columns + 1))`` the model's token ids with the EOL column (Emu3 / Chameleon with
-        an EOL token; else None): what the model's own loop emits for the image.
+    sequences : the model's token ids for the image, what its own loop emits (Emu3 / Chameleon with an EOL
+        token; else None): ``rows * (columns + 1)`` ids with the EOL column; Emu3 adds its closing tokens
+        (``<|extra_201|>``, ``<|image end|>``, EOS) so ``model.decode_image_tokens(image_tokens=sequences,
+        height=rows, width=columns)`` accepts it.
     images : ``(B, 3, H, W)`` decoded images in the decoder's range ([-1, 1]) when the model has a decoder and
         ``decode=True``, else None (Janus: ``processor.postprocess(list(images.float()), ...)`` makes PIL images).
     metrics : target forwards (prefill included), accepted lengths, wall time (:class:`GenerationMetrics`).
@@ -69,17 +74,17 @@ class HFImageOutput:
     metrics: GenerationMetrics
 
 
-def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr):
+def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr, normalize):
     if name == "ar":
         return AR()
-    if name == "sjd":
-        return SJD(window=window, init=init, grid_width=grid_width)
-    if name == "gsd":
+    if name in ("sjd", "mc-sjd"):  # mc-: the coupled (MC-SJD) Jacobi refresh
+        return SJD(window=window, init=init, grid_width=grid_width, coupled=name == "mc-sjd")
+    if name in ("gsd", "mc-gsd"):
         return GSD(codebook, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, window=window, init=init,
-                   grid_width=grid_width)
+                   grid_width=grid_width, coupled=name == "mc-gsd")
     if name == "lantern":
         return LanternSJD(codebook, delta=delta, k=k, window=window, init=init, grid_width=grid_width,
-                          neighbors=_neighbors(model, codebook, k))
+                          neighbors=_neighbors(model, codebook, k, normalize))
     raise ValueError(f"method: unknown {name!r}; choose from {METHODS}")
 
 
@@ -99,6 +104,87 @@ def _left_pad(ids: torch.Tensor, mask: torch.Tensor, length: int, pad: int):
             torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], 1))
 
 
+# transformers' own defaults for the settings a model's generation_config leaves unset
+# (GenerationConfig._get_default_generation_params in transformers 5): greedy unless do_sample, top-k 50.
+HF_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "num_return_sequences": 1}
+
+
+def _setting(config, name: str, explicit):
+    """An explicit argument wins; then the generation config's value; then transformers' default."""
+    if explicit is not None:
+        return explicit
+    value = getattr(config, name, None) if config is not None else None
+    return HF_DEFAULTS.get(name) if value is None else value
+
+
+def _resolve_sampling(config, family, *, do_sample, temperature, top_k, top_p, cfg_scale, guidance_scale):
+    """(cfg_scale, temperature, top_k, top_p) as ``model.generate`` would use them: ``do_sample=False`` is greedy
+    (temperature 0: verified by argmax, whatever the other settings)."""
+    if cfg_scale is not None and guidance_scale is not None and float(cfg_scale) != float(guidance_scale):
+        raise ValueError(f"cfg_scale = {cfg_scale} and guidance_scale = {guidance_scale} name the same setting; "
+                         "pass one")
+    scale = cfg_scale if cfg_scale is not None else guidance_scale
+    if scale is None:
+        scale = getattr(config, "guidance_scale", None) if config is not None else None
+    scale = family.default_cfg_scale if scale is None else float(scale)
+    if not bool(_setting(config, "do_sample", do_sample)):
+        return scale, 0.0, 0, 1.0
+    return (scale, float(_setting(config, "temperature", temperature)), int(_setting(config, "top_k", top_k) or 0),
+            float(_setting(config, "top_p", top_p)))
+
+
+def _check_left_padded(mask: torch.Tensor, name: str):
+    """The first image token is read from the last position: a right-padded row would read a pad token's
+    logits and continue from there, silently."""
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must be (batch, length), got shape {tuple(mask.shape)}")
+    if mask.shape[1] and bool((mask[:, :-1].bool() & ~mask[:, 1:].bool()).any()):
+        raise ValueError(f"{name}: a row is right-padded (a real token followed by padding); pad on the left "
+                         "(tokenizer.padding_side = 'left' or processor.tokenizer.padding_side = 'left'): the "
+                         "image starts after the last position")
+    if mask.shape[0] and not bool(mask.bool().any(1).all()):
+        raise ValueError(f"{name}: a row has no real token")
+
+
+# Attention implementations known to apply an additive 4-D float mask (docs/TESTBED.md §3.2). Others
+# (FlashAttention-2 / 3 read only a 2-D padding mask) would let every draft see every other draft.
+MASK_HONOURING_ATTENTION = ("eager", "sdpa")
+
+
+def _check_attention(family):
+    impl = getattr(family.language_model.config, "_attn_implementation", None)
+    if impl is not None and impl not in MASK_HONOURING_ATTENTION:
+        raise ValueError(f"model: attention implementation {impl!r} ignores the 4-D attention mask speculative "
+                         f"verification needs (drafts would see later drafts); use one of "
+                         f"{MASK_HONOURING_ATTENTION}: model.set_attn_implementation('sdpa'), or load with "
+                         "from_pretrained(..., attn_implementation='sdpa')")
+
+
+def _grid_from_image_sizes(image_sizes, grid):
+    """Emu3's processor returns ``image_sizes`` ``[[rows, columns]] * B`` (in tokens) for image generation."""
+    sizes = torch.as_tensor(image_sizes).reshape(-1, 2)
+    if sizes.shape[0] == 0 or not bool((sizes == sizes[0]).all()):
+        raise ValueError(f"image_sizes: every prompt must ask for the same image size, got {sizes.tolist()}")
+    size = (int(sizes[0, 0]), int(sizes[0, 1]))
+    if grid is not None and (int(grid[0]), int(grid[1])) != size:
+        raise ValueError(f"grid = {tuple(grid)} and image_sizes = {list(size)} disagree")
+    return size
+
+
+def _row_keys(batch, seed, generator, row_keys, device):
+    """Per-row randomness keys. Explicit ``row_keys``, ``generator`` or ``seed``: reproducible, batch-invariant
+    keys; none of them: keys drawn from torch's global generator, so ``torch.manual_seed`` applies and repeated
+    calls differ (as with ``model.generate``)."""
+    if row_keys is not None:
+        if tuple(row_keys.shape) != (batch,):
+            raise ValueError(f"row_keys must be ({batch},) (one per generated image), got {tuple(row_keys.shape)}")
+        return row_keys.to(device)
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**31 - 1, (batch,), generator=generator, device=gen_device).to(device)
+
+
 @torch.no_grad()
 def speculative_generate(
     model,
@@ -109,9 +195,18 @@ def speculative_generate(
     negative_input_ids: Optional[torch.Tensor] = None,
     negative_attention_mask: Optional[torch.Tensor] = None,
     cfg_scale: Optional[float] = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    do_sample: Optional[bool] = None,
+    temperature: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    guidance_scale: Optional[float] = None,
+    negative_prompt_ids: Optional[torch.Tensor] = None,
+    negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+    num_return_sequences: Optional[int] = None,
+    generation_config=None,
+    image_sizes=None,
+    normalize_codebook: Optional[bool] = None,
+    vqgan_checkpoint=None,
     window: int = 16,
     init: str = "random",
     delta: float = LANTERN_DELTA,
@@ -122,7 +217,7 @@ def speculative_generate(
     grid: Optional[Tuple[int, int]] = None,
     eol_token_id: Optional[int] = None,
     num_tokens: Optional[int] = None,
-    seed: int = 0,
+    seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     row_keys: Optional[torch.Tensor] = None,
     decode: bool = True,
@@ -134,26 +229,56 @@ def speculative_generate(
     model : ``JanusForConditionalGeneration``, ``Emu3ForConditionalGeneration`` or
         ``ChameleonForConditionalGeneration`` (eval mode).
     input_ids : ``(B, P)`` int64 prompts ending where the first image token comes (Janus: after BOI; Emu3 /
-        Chameleon: after the image-start and size tokens), left-padded with ``attention_mask`` ``(B, P)``.
-    method : "ar" (baseline, one token per forward), "sjd" (exact), "gsd" (grouped, lossy), "lantern"
-        (LANTERN-relaxed SJD, TV budget ``delta``, lossy). All draft with SJD's Jacobi window (``window`` - 1
-        drafts, ``init`` "random" or "repeat_left").
-    negative_input_ids, negative_attention_mask : the unconditional prompts ``(B, P')`` for CFG. Janus builds
-        them as its own ``generate`` does (all but BOS / BOI replaced by pad); Emu3 / Chameleon need them.
-    cfg_scale : guidance scale on raw logits, ``l_u + s (l_c - l_u)`` (default: Janus 5, Emu3 / Chameleon 3);
-        1 runs no unconditional rows.
-    temperature, top_k, top_p : applied after CFG, to target and drafts alike (``top_k=1`` is greedy).
+        Chameleon: after the image-start and size tokens), left-padded with ``attention_mask`` ``(B, P)``
+        (right padding is an error). ``speculative_generate(model, **processor_output)`` works: Emu3's
+        ``image_sizes`` (``[[rows, columns]] * B`` in tokens) gives the grid.
+    method : "ar" (baseline, one token per forward), "sjd" (exact), "mc-sjd" (exact, SJD with the coupled
+        MC-SJD refresh), "gsd" / "mc-gsd" (grouped, lossy), "lantern" (LANTERN-relaxed SJD, TV budget ``delta``,
+        lossy). All draft with SJD's Jacobi window (``window`` - 1 drafts, ``init`` "random" or "repeat_left"),
+        verified and refreshed by one fused call per step (``specdec_kernels.jacobi_step``).
+    negative_input_ids, negative_attention_mask : the unconditional prompts ``(B, P')`` for CFG (HF's names
+        ``negative_prompt_ids`` / ``negative_prompt_attention_mask`` are accepted). Janus builds them as its own
+        ``generate`` does (all but BOS / BOI replaced by pad); Emu3 / Chameleon need them.
+    cfg_scale (or HF's ``guidance_scale``) : guidance scale on raw logits, ``l_u + s (l_c - l_u)``; 1 runs no
+        unconditional rows.
+    do_sample, temperature, top_k, top_p : as in ``model.generate``: applied after CFG, to target and drafts
+        alike; ``do_sample=False`` is greedy (drafts accepted while they are the argmax).
+    generation_config : a ``GenerationConfig`` to use instead of ``model.generation_config``. Every setting not
+        passed explicitly comes from it, then from transformers' defaults (``do_sample=False``, ``top_k=50``,
+        temperature 1, top-p 1, one sequence per prompt); ``guidance_scale`` unset: Janus 5, Emu3 / Chameleon 3.
+    num_return_sequences : images per prompt (rows repeated, each with its own randomness key).
+    normalize_codebook : geometry of LANTERN's neighbour table: L2-normalised codes (cosine order) or raw
+        Euclidean. Default per family: Janus normalised (its quantiser normalises codes), Emu3 / Chameleon raw
+        (their decoders use the raw code vectors; normalising a 4-d Emu3 code discards its norm). On the testbed
+        the choice did not move acceptance beyond seed noise (benchmarks/codebook_geometry.py). GSD's distance
+        filter always uses normalised codes (its threshold d < 0.5 is cos > 0.75, scale-free).
+    vqgan_checkpoint : Chameleon family: a local VQGAN checkpoint (``.ckpt`` / ``.pt`` / ``.safetensors``; the
+        taming-transformers VQGAN of Chameleon, Anole and Lumina-mGPT) whose decoder turns codes into ``images``
+        (HF's Chameleon has no decoder). Loaded once per model and path.
     k, delta : LANTERN's neighbours per code (default V // 16; the table is built on the first call and kept per
         model) and budget. rank_window, p_thr, d_thr : GSD's.
     grid : ``(rows, columns)`` of image tokens (Janus: from its config). eol_token_id : token closing each grid
         row (Emu3: from its vocabulary; Lumina-mGPT: 8803; default none for Chameleon).
     num_tokens : generate only the first ``num_tokens`` image tokens (default the whole grid).
-    seed, generator, row_keys : randomness. Row b's uniforms depend only on its key ``row_keys[b]`` (default:
-        drawn from ``generator``, or from a generator seeded with ``seed``), so a row generated alone with its key
-        gives the same tokens as in any batch.
+    seed, generator, row_keys : randomness. Row b's uniforms depend only on its key ``row_keys[b]`` (drawn
+        from ``generator``, or from a generator seeded with ``seed``), so a row generated alone with its key gives
+        the same tokens as in any batch. With none of the three, the keys come from torch's global generator
+        (``torch.manual_seed`` applies; repeated calls give different images).
     decode : decode complete images when the model has a VQ decoder.
     """
+    if negative_prompt_ids is not None:
+        if negative_input_ids is not None:
+            raise ValueError("pass negative_input_ids or negative_prompt_ids (the same argument), not both")
+        negative_input_ids = negative_prompt_ids
+    if negative_prompt_attention_mask is not None:
+        if negative_attention_mask is not None:
+            raise ValueError("pass negative_attention_mask or negative_prompt_attention_mask, not both")
+        negative_attention_mask = negative_prompt_attention_mask
     family = family_of(model, eol_token_id)
+    _check_attention(family)
+    config = generation_config if generation_config is not None else getattr(model, "generation_config", None)
+    if image_sizes is not None:
+        grid = _grid_from_image_sizes(image_sizes, grid)
     rows, cols = family.grid(grid)
     n_tok = rows * cols if num_tokens is None else int(num_tokens)
     if not 1 <= n_tok <= rows * cols:
@@ -169,8 +294,17 @@ def speculative_generate(
         raise ValueError(f"eol_token_id must be a token id in [0, {text_vocab}), got {family.eol_token_id}")
     ids = input_ids.to(device)
     mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)).long()
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask must match input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}")
+    _check_left_padded(mask, "attention_mask")
+    repeats = int(_setting(config, "num_return_sequences", num_return_sequences))
+    if repeats < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {repeats}")
+    ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
     batch = ids.shape[0]
-    scale = family.default_cfg_scale if cfg_scale is None else float(cfg_scale)
+    scale, temperature, top_k, top_p = _resolve_sampling(
+        config, family, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+        guidance_scale=guidance_scale)
     sampling = SamplingConfig(cfg_scale=scale, temperature=temperature, top_k=top_k, top_p=top_p)
     if sampling.uses_cfg:
         if negative_input_ids is None:
@@ -179,8 +313,13 @@ def speculative_generate(
             neg = negative_input_ids.to(device)
             neg_mask = (torch.ones_like(neg) if negative_attention_mask is None
                         else negative_attention_mask.to(device)).long()
+            if neg_mask.shape != neg.shape:
+                raise ValueError(f"negative_attention_mask must match negative_input_ids {tuple(neg.shape)}, "
+                                 f"got {tuple(neg_mask.shape)}")
+            _check_left_padded(neg_mask, "negative_attention_mask")
+            neg, neg_mask = neg.repeat_interleave(repeats, 0), neg_mask.repeat_interleave(repeats, 0)
         if neg.shape[0] != batch:
-            raise ValueError(f"negative_input_ids: {neg.shape[0]} rows for {batch} prompts")
+            raise ValueError(f"negative_input_ids: {neg.shape[0] // repeats} rows for {batch // repeats} prompts")
         length = max(ids.shape[1], neg.shape[1])
         pad = int(getattr(model.generation_config, "pad_token_id", None) or 0)
         ids, mask = _left_pad(ids, mask, length, pad)
@@ -198,23 +337,17 @@ def speculative_generate(
                          f"take {prompt_len + image_len} positions, more than the model's max_position_embeddings "
                          f"= {max_positions}")
     target = HFImageTarget(family, prompts, prompt_mask, (rows, cols), n_tok)
+    normalize = family.normalize_codebook if normalize_codebook is None else bool(normalize_codebook)
     dec = _method(method, model, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
-                  rank_window=rank_window, p_thr=p_thr, d_thr=d_thr)
-    if row_keys is None:
-        gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
-        row_keys = torch.randint(0, 2**31 - 1, (batch,), generator=gen, device=gen.device)
-    elif row_keys.shape != (batch,):
-        raise ValueError(f"row_keys must be ({batch},), got {tuple(row_keys.shape)}")
-    row_keys = row_keys.to(device)
+                  rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, normalize=normalize)
+    row_keys = _row_keys(batch, seed, generator, row_keys, device)
+    if vqgan_checkpoint is not None:
+        family.load_vqgan(vqgan_checkpoint)
     result = generate(target, torch.arange(batch, device=device), dec, sampling=sampling, row_keys=row_keys,
                       num_tokens=n_tok)
     codes = result.tokens
     whole = n_tok == rows * cols
     image_tokens = codes.view(batch, rows, cols) if whole else None
-    sequences = None
-    if whole and family.eol_token_id is not None:
-        bpe = family.image_ids[codes].view(batch, rows, cols)
-        eol = torch.full((batch, rows, 1), int(family.eol_token_id), dtype=bpe.dtype, device=device)
-        sequences = torch.cat([bpe, eol], dim=2).flatten(1)
+    sequences = family.sequences(image_tokens) if whole and family.eol_token_id is not None else None
     images = family.decode(image_tokens) if (decode and whole) else None
     return HFImageOutput(codes, image_tokens, sequences, images, result.metrics)

@@ -9,12 +9,12 @@ line here (docs/CONTRIBUTING.md).
 from .ar import AR
 from .base import ChainMethod, Method
 from .eagle2 import Eagle2
-from .gsd import GSD, StaticClusterGSD
+from .gsd import GSD, MCGSD, StaticClusterGSD
 from .lantern import Lantern, LanternPP
 from .registry import (REGISTRY, ClassView, MethodSpec, SweepKnob, demo_methods, make_method, method_names,
                        method_table, register, sweep_knobs)
 from .sd import SD
-from .sjd import SJD
+from .sjd import MCSJD, SJD
 from .static_tree import StaticTreeMethod
 from .tree import TreeMethod
 
@@ -40,12 +40,16 @@ register(StaticTreeMethod, needs=("head",), exact=True, demo=False,
          drafts="static tree, siblings drawn without replacement", verification="verify_tree exact (q)")
 register(LanternPP, needs=("head", "codebook"), exact=False, drafts="static tree",
          verification="verify_tree lantern (lam)", sweep=[SweepKnob("lambda", "lambdas", lambda lam: {"lam": lam})])
+register(MCSJD, exact=True, drafts="SJD's window, refreshed by maximal coupling with the previous iteration",
+         verification="verify_chain exact (jacobi_step, coupled refresh)", sweep=[_jacobi_inits("mc-sjd init")])
+register(MCGSD, needs=("codebook",), exact=False, demo=False, drafts="MC-SJD's coupled drafts",
+         verification="verify_chain gsd (jacobi_step, coupled refresh)")
 register(StaticClusterGSD, needs=("codebook",), exact=False, demo=False, drafts="SJD's drafts (repeat_left)",
          verification="verify_chain gsd over fixed k-means clusters")
 
 #: ``name -> class`` for every registered method (a live, read-only view of the registry).
 METHODS = ClassView()
 
-__all__ = ["AR", "SD", "SJD", "GSD", "StaticClusterGSD", "Eagle2", "Lantern", "LanternPP", "StaticTreeMethod", "Method", "ChainMethod",
+__all__ = ["AR", "SD", "SJD", "MCSJD", "GSD", "MCGSD", "StaticClusterGSD", "Eagle2", "Lantern", "LanternPP", "StaticTreeMethod", "Method", "ChainMethod",
            "TreeMethod", "METHODS", "REGISTRY", "MethodSpec", "SweepKnob", "register", "make_method", "method_names",
            "demo_methods", "sweep_knobs", "method_table"]

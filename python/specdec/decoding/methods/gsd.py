@@ -18,15 +18,17 @@ class GSD(SJD):
         table of the distance filter (the project default, docs/ALGORITHMS.md §3.3).
     rank_window : ``(h_lo, h_hi)``; default scaled to the vocabulary
         (:func:`specdec.decoding.defaults.gsd_rank_window`).
-    p_thr, d_thr : probability-gap and squared-distance filters (0.15 and 0.5 as released).
+    p_thr, d_thr : probability-gap and squared-distance filters (default: the method table's, 0.15 and 0.5 as
+        released).
+    window, init, grid_width, coupled, fused : SJD's.
     """
 
     name = "gsd"
 
     def __init__(self, codebook: torch.Tensor, *, rank_window: Optional[Tuple[int, int]] = None,
-                 p_thr: float = 0.15, d_thr: float = 0.5, window: int = 16, init: str = "random",
-                 grid_width: Optional[int] = None):
-        super().__init__(window=window, init=init, grid_width=grid_width)
+                 p_thr: Optional[float] = None, d_thr: Optional[float] = None, window: int = 16, init: str = "random",
+                 grid_width: Optional[int] = None, coupled: bool = False, fused: bool = True):
+        super().__init__(window=window, init=init, grid_width=grid_width, coupled=coupled, fused=fused)
         self.verifier = SpeculativeVerifier("gsd", codebook=codebook, rank_window=rank_window, p_thr=p_thr,
                                             d_thr=d_thr)
         kwargs = self.verifier.kernel_kwargs
@@ -74,3 +76,13 @@ class StaticClusterGSD(GSD):
         super().__init__(table, rank_window=(vocab, vocab), p_thr=2.0, d_thr=d_thr, window=window, init=init,
                          grid_width=grid_width)
         self.group_size, self.seed = int(group_size), int(seed)
+
+
+class MCGSD(GSD):
+    """GSD on coupled Jacobi drafts (MC-SJD's refresh, ``coupled=True``) — the group test on drafts that change only
+    where the target's row moved."""
+
+    name = "mc-gsd"
+
+    def __init__(self, codebook: torch.Tensor, **kwargs):
+        super().__init__(codebook, coupled=True, **kwargs)
