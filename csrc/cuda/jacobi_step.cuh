@@ -1,8 +1,9 @@
-// One Jacobi decoding step on CUDA (jacobi_step; reference: specdec_kernels/reference/jacobi_step.py), torch-free:
-// the chain verification of the window (VerifyChain over the logits source, row_sources.cuh), then the Jacobi refresh
-// of every row's new window from the same processed rows, then a finish pass. Three launches after the row statistics,
-// no host synchronisation. Per-element math: ../verify_math.h (the coupled keep test is the exact test, the init
-// token jacobi_init_token), shared with the CPU walk (csrc/cpu/verify_walk.h jacobi_refresh).
+// One Jacobi decoding step on CUDA (jacobi_step; docs/ALGORITHMS.md §3.12; reference:
+// specdec_kernels/reference/jacobi_step.py), torch-free: the chain verification of the window (VerifyChain over the
+// logits source, row_sources.cuh), then the Jacobi refresh of every row's new window from the same processed rows,
+// then a finish pass. Three launches after the row statistics (GSD: four), no host synchronisation. Per-element
+// math: ../verify_math.h (the coupled keep test is the exact test, the init token jacobi_init_token), shared with
+// the CPU walk (csrc/cpu/verify_walk.h jacobi_refresh).
 #pragma once
 
 #include "row_sources.cuh"
