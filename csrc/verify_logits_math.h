@@ -31,7 +31,13 @@ SPECDEC_HD inline double double_of(int64_t b) {
 // Processed logit z = float32((l_u + s * (l_c - l_u)) / T) in float64 (no CFG: l_c / T). T is already clamped.
 // One float32 rounding at the end, so an FMA contraction of the float64 steps cannot change z in practice.
 SPECDEC_HD inline float processed_logit(double cond, double uncond, bool cfg, double scale, double temperature) {
+#if defined(__CUDA_ARCH__)
+  // Explicit roundings on the device: no FMA contraction, so every kernel computing z (the row statistics and each
+  // entry read) gets the same value, the reference's separate float64 steps.
+  const double combined = cfg ? __dadd_rn(uncond, __dmul_rn(scale, __dsub_rn(cond, uncond))) : cond;
+#else
   const double combined = cfg ? uncond + scale * (cond - uncond) : cond;
+#endif
   return static_cast<float>(combined / temperature);
 }
 

@@ -129,7 +129,7 @@ constexpr int kRowStatsBlock = 512;
 // bisection over the float32 probabilities' bits (32 block-wide float64 sums, whose order differs from the
 // reference's sequential one only at float64 rounding level).
 template <int BLOCK, class T, bool CACHE_Z>
-__global__ void __launch_bounds__(BLOCK)
+__global__ void __launch_bounds__(BLOCK, 2)  // two blocks per SM: up to 64 registers (no spills)
     RowStatsKernel(const T* logits, int64_t rows, int vocab, LogitsProcessing proc, logits::RowStatistics* stats) {
   using ReduceF32 = cub::BlockReduce<float, BLOCK>;
   using ReduceF64 = cub::BlockReduce<double, BLOCK>;

@@ -21,6 +21,13 @@ struct ChainParams {
 };
 
 constexpr int kChainBlock = 1024;
+// Computed (logits) targets: float64 work per entry read, bound by the SM's float64 units rather than by memory, so
+// half the threads with room for their registers (up to 128).
+constexpr int kChainBlockComputed = 512;
+template <class P>
+constexpr int ChainBlock() {
+  return P::kComputed ? kChainBlockComputed : kChainBlock;
+}
 constexpr int kChainItems = 4;  // entries per thread and tile: one 16-byte (float) / 8-byte (half) load
 constexpr int kGsdTestBlock = 512;
 
@@ -169,7 +176,7 @@ __host__ __device__ inline size_t AlignUp16(size_t bytes) { return (bytes + 15) 
 // one up to the crossing tile (from the cache), plus one more total only for a residual that sums to zero,
 // which falls back to p[b, a]. A sampled row without mass, or not usable, is code 6.
 // Launch bounds (BLOCK, 1): one block per SM (as a block of 1024 threads with more than 32 registers gets anyway),
-// so ptxas may use up to 64 registers instead of squeezing to 32 with spills for two blocks per SM.
+// so ptxas may use every register a thread can have instead of squeezing to two blocks per SM with spills.
 template <int BLOCK, int METHOD, bool CACHE, class P, class Q>
 __global__ void __launch_bounds__(BLOCK, 1)
     VerifyChainKernel(P p, Q q, const int64_t* draft, const float* u_accept, const float* u_sample,
@@ -395,10 +402,10 @@ cudaError_t LaunchVerifyChain(const P& p, const Q& q, const int64_t* draft, cons
                               const float* u_sample, const int64_t* num_drafts, const int8_t* gsd_flags,
                               const ChainParams& cfg, size_t smem, int64_t* accept_len, int64_t* next_token,
                               cudaStream_t stream) {
-  auto kernel = VerifyChainKernel<kChainBlock, METHOD, CACHE, P, Q>;
+  auto kernel = VerifyChainKernel<ChainBlock<P>(), METHOD, CACHE, P, Q>;
   const cudaError_t status = ensure_dynamic_smem(kernel, smem);
   if (status != cudaSuccess) return status;
-  kernel<<<static_cast<unsigned>(cfg.batch), kChainBlock, smem, stream>>>(p, q, draft, u_accept, u_sample, num_drafts,
+  kernel<<<static_cast<unsigned>(cfg.batch), ChainBlock<P>(), smem, stream>>>(p, q, draft, u_accept, u_sample, num_drafts,
                                                                           gsd_flags, cfg, accept_len, next_token);
   return cudaGetLastError();
 }
@@ -410,7 +417,9 @@ bool ChainCacheFits(size_t smem_cached) {
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, VerifyChainKernel<kChainBlock, METHOD, true, P, Q>) != cudaSuccess) return false;
+  if (cudaFuncGetAttributes(&attr, VerifyChainKernel<ChainBlock<P>(), METHOD, true, P, Q>) != cudaSuccess) {
+    return false;
+  }
   return smem_cached + attr.sharedSizeBytes <= static_cast<size_t>(optin);
 }
 

@@ -24,6 +24,9 @@ struct ScratchRow {
 };
 
 constexpr int kTreeBlock = 1024;
+// Computed (logits) sources: float64 work per entry read, bound by the SM's float64 units rather than by memory, so
+// half the threads with room for their registers (launch bounds (512, 1): up to 128 registers, no spills).
+constexpr int kTreeBlockComputed = 512;
 constexpr int kTreeItems = 4;
 
 // Grid: one block of BLOCK threads per tree b. Sources (row_sources.cuh): p the target [B, M, V], q the per-node
@@ -46,7 +49,7 @@ constexpr int kTreeItems = 4;
 //   exact: accept iff u * q'(t) < r(t); lantern: p~ from r, accept iff p~ > 0 and u * q'(t) <= p~;
 //   rejection: r <- max(0, r~ - q') / total (q None: r~ with r~(t) = 0), or p[b, cur] if total == 0.
 template <int BLOCK, int METHOD, class P, class Q>
-__global__ void __launch_bounds__(BLOCK)
+__global__ void __launch_bounds__(BLOCK, 1)
     VerifyTreeKernel(P p, Q q, const int64_t* tree_tokens, const int64_t* parents, const float* u_accept,
                      const float* u_sample, const int64_t* num_nodes, TreeParams cfg, double* r_scratch,
                      int64_t* accepted_nodes, int64_t* accept_len, int64_t* next_token) {
@@ -264,11 +267,12 @@ cudaError_t LaunchVerifyTree(const P& p, const Q& q, const int64_t* tree_tokens,
                              const float* u_accept, const float* u_sample, const int64_t* num_nodes,
                              const TreeParams& cfg, double* r_scratch, int64_t* accepted_nodes, int64_t* accept_len,
                              int64_t* next_token, cudaStream_t stream) {
+  constexpr int kBlock = P::kComputed ? kTreeBlockComputed : kTreeBlock;
   const size_t smem = static_cast<size_t>((cfg.vocab + 31) / 32) * sizeof(unsigned);
-  auto kernel = VerifyTreeKernel<kTreeBlock, METHOD, P, Q>;
+  auto kernel = VerifyTreeKernel<kBlock, METHOD, P, Q>;
   const cudaError_t status = ensure_dynamic_smem(kernel, smem);
   if (status != cudaSuccess) return status;
-  kernel<<<static_cast<unsigned>(cfg.batch), kTreeBlock, smem, stream>>>(
+  kernel<<<static_cast<unsigned>(cfg.batch), kBlock, smem, stream>>>(
       p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, cfg, r_scratch, accepted_nodes, accept_len,
       next_token);
   return cudaGetLastError();
