@@ -8,8 +8,11 @@ draft logits (B, L, V), then ``verify_chain(p, q, ...)`` on the CPU kernel. Both
 drafts drawn from the processed draft distributions, and the same uniforms. The providers are timed interleaved
 (one call of each per round, many rounds) and the median is reported, so machine noise hits them alike.
 
-Usage: ``python -m benchmarks.bench_logits [--quick] [--out DIR]`` writes ``<machine>-logits.csv`` / ``.md``;
-``pytest benchmarks/bench_logits.py`` runs the same cases as pytest-benchmark tests.
+Usage: ``python -m benchmarks.bench_logits [--quick] [--device cuda] [--budget-s S] [--cases a,b] [--out DIR]``
+writes ``<machine>-logits.csv`` / ``.md`` (again after every case, so a run cut off keeps what it measured);
+``pytest benchmarks/bench_logits.py`` runs the same cases as pytest-benchmark tests. On ``--device cuda`` the
+inputs live on the GPU, ours and ``verify_chain`` run on the CUDA backend, and every timed call ends with a
+synchronisation (the step's latency as a decoding loop sees it).
 """
 
 import argparse
@@ -70,7 +73,12 @@ def make_inputs(batch: int, drafts: int, vocab: int, cfg_scale: float, temperatu
             "processing": {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}}
 
 
-def providers(inputs: Dict) -> Dict[str, Callable[[], object]]:
+def _on_device(inputs: Dict, device: str) -> Dict:
+    """``inputs`` with every tensor on ``device`` (made on the CPU, so every device gets the same values)."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+
+def providers(inputs: Dict, backend: str = "cpu") -> Dict[str, Callable[[], object]]:
     proc = inputs["processing"]
     # One specialised graph per shape; the raised limit keeps a long run from silently falling back to eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -78,13 +86,13 @@ def providers(inputs: Dict) -> Dict[str, Callable[[], object]]:
 
     def ours():
         return sk.verify_chain_logits(inputs["logits"], inputs["draft"], inputs["u_accept"], inputs["u_sample"],
-                                      draft_logits=inputs["draft_logits"], **proc, backend="cpu")
+                                      draft_logits=inputs["draft_logits"], **proc, backend=backend)
 
     def pipeline(process):
         def run():
             p = process(inputs["logits"], **proc)
             q = process(inputs["draft_logits"], **proc)
-            return sk.verify_chain(p, q, inputs["draft"], inputs["u_accept"], inputs["u_sample"], backend="cpu",
+            return sk.verify_chain(p, q, inputs["draft"], inputs["u_accept"], inputs["u_sample"], backend=backend,
                                    validate=False)
         return run
 
@@ -118,14 +126,34 @@ def measure_side_by_side(fns: Dict[str, Callable[[], object]], rounds: int, warm
     return out
 
 
-def run(rounds: int, out_dir: str, cases=CASES, clock: str = "wall") -> List[Dict]:
+def _synchronized(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronisation, so a wall-clock timing covers the work, not only its launch."""
+    def call():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return call
+
+
+def run(rounds: int, out_dir: str, cases=CASES, clock: str = "wall", device: str = "cpu",
+        budget_s: float = math.inf) -> List[Dict]:
+    """Measure ``cases`` on ``device``; the cases share ``budget_s`` seconds of timing (each gets an equal share of
+    what is left, and at least a few rounds); the results are written after every case."""
     rows = []
-    for name, batch, drafts, vocab, cfg, temperature, top_k, top_p in cases:
-        inputs = make_inputs(batch, drafts, vocab, cfg, temperature, top_k, top_p)
-        fns = providers(inputs)
+    backend = "cpu"
+    if device == "cuda":
+        backend = "cuda" if "cuda" in sk.available_backends() else "triton"
+    deadline = time.monotonic() + budget_s
+    for index, (name, batch, drafts, vocab, cfg, temperature, top_k, top_p) in enumerate(cases):
+        inputs = _on_device(make_inputs(batch, drafts, vocab, cfg, temperature, top_k, top_p), device)
+        fns = providers(inputs, backend)
+        if device == "cuda":
+            fns = {k: _synchronized(fn) for k, fn in fns.items()}
         accept_len, next_token = fns["ours"]()
         want = fns["eager"]()
-        timings = measure_side_by_side(fns, rounds, clock=time.process_time if clock == "cpu" else time.perf_counter)
+        share = max(deadline - time.monotonic(), 0.0) / (len(cases) - index)
+        timings = measure_side_by_side(fns, rounds, min_rounds=min(rounds, 3 if share < 1 else 15), budget_s=share,
+                                       clock=time.process_time if clock == "cpu" else time.perf_counter)
         ours = timings["ours"]["median_us"]
         rows.append({
             "case": name, "batch": batch, "drafts": drafts, "vocab": vocab, "cfg_scale": cfg,
@@ -145,11 +173,11 @@ def run(rounds: int, out_dir: str, cases=CASES, clock: str = "wall") -> List[Dic
         print(f"{name}: ours {ours:.0f} us, eager {timings['eager']['median_us']:.0f} us, compiled "
               f"{timings['compiled']['median_us']:.0f} us -> {rows[-1]['speedup_vs_eager']}x / "
               f"{rows[-1]['speedup_vs_compiled']}x", flush=True)
-    write(rows, out_dir, clock)
+        write(rows, out_dir, clock, backend)
     return rows
 
 
-def write(rows: List[Dict], out_dir: str, clock: str = "wall"):
+def write(rows: List[Dict], out_dir: str, clock: str = "wall", backend: str = "cpu"):
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{machine_name()}-logits" + ("-cputime" if clock == "cpu" else ""))
     with open(stem + ".csv", "w", newline="") as f:
@@ -160,8 +188,8 @@ def write(rows: List[Dict], out_dir: str, clock: str = "wall"):
         f"# The verification step from raw logits ({machine_name()}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {'process CPU time' if clock == 'cpu' else 'wall time'})",
         "",
-        "ours = `verify_chain_logits` (processing fused into the CPU verification kernel); eager / compiled = the "
-        "float32 processing of target and draft logits (CFG, temperature, top-k, top-p, softmax) eager or "
+        f"ours = `verify_chain_logits` (processing fused into the {backend} verification kernel); eager / compiled = "
+        "the float32 processing of target and draft logits (CFG, temperature, top-k, top-p, softmax) eager or "
         "`torch.compile`d, then our `verify_chain` (`validate=False`). Medians of interleaved rounds in µs "
         "(20th-80th percentile in brackets); × = ratio of medians, best × = ratio of the fastest calls (less "
         "sensitive to a loaded machine). The machine is shared: read the ratios, not the absolute times.",
@@ -192,17 +220,32 @@ def test_logits_step(benchmark, case, provider):
     benchmark(fns[provider])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where inputs live and the kernels run (cuda: the CUDA backend, else compiled Triton)")
+    parser.add_argument("--budget-s", type=float, default=math.inf,
+                        help="seconds of timing shared by all cases (each still gets at least a few rounds)")
+    parser.add_argument("--cases", default=",".join(c[0] for c in CASES),
+                        help="comma-separated case names, of: " + ", ".join(c[0] for c in CASES))
     parser.add_argument("--rounds", type=int, default=60, help="at most this many interleaved rounds per case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (immune to preemption; use with --threads 1)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    known = {c[0]: c for c in CASES}
+    unknown = [n for n in args.cases.split(",") if n not in known]
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; known: {list(known)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU visible")
+    if args.rounds < 1 or not args.budget_s > 0:
+        parser.error("--rounds must be >= 1 and --budget-s > 0")
     torch.set_num_threads(args.threads)
-    run(5 if args.quick else args.rounds, args.out, clock=args.clock)
+    run(5 if args.quick else args.rounds, args.out, [known[n] for n in args.cases.split(",")], clock=args.clock,
+        device=args.device, budget_s=args.budget_s)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,25 @@
 
 Providers: ``ours`` (the compiled backend for the device: C++ CPU kernels, or CUDA kernels on a GPU, called
 with ``validate=False`` as a decoding loop would), ``triton`` (GPU only; the interpreter is not timed),
-``reference`` (eager pure-PyTorch semantics), ``compiled`` (``torch.compile`` of the reference) and, on GPU,
-``flashinfer`` (``flashinfer.sampling.chain_speculative_sampling``, exact chain with explicit q).
+``reference`` (eager pure-PyTorch semantics), ``compiled`` (``torch.compile`` of the reference) and
+``flashinfer`` (``flashinfer.sampling.chain_speculative_sampling``, exact chain with explicit q; optional: where it
+does not import, its rows say "not available").
 
-Writes ``benchmarks/results/<machine>.csv``, ``.md`` and ``.png`` (speed-up of ours over each baseline).
-Usage: ``python -m benchmarks.kernels [--quick] [--out DIR]``.
+Writes ``benchmarks/results/<machine>.csv``, ``.md`` and ``.png`` (speed-up of ours over each baseline); the CSV and
+MD again after every measurement, so a run cut off by its time limit keeps what it measured. ``--budget-s`` bounds
+the sweep: shapes not started within it are listed as not run, peers not started within it say so in their rows.
+Usage: ``python -m benchmarks.kernels [--quick] [--device cuda] [--budget-s S] [--out DIR]``.
 """
 
 import argparse
 import csv
 import itertools
+import math
 import os
 import platform
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -39,6 +43,10 @@ def _hbm_peak() -> Optional[float]:
 
 
 def _commit() -> str:
+    """The commit measured: ``$SPECDEC_COMMIT`` where the caller knows it (the GPU check passes it, the lent machine
+    has no ``.git``), else git's."""
+    if os.environ.get("SPECDEC_COMMIT"):
+        return os.environ["SPECDEC_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -47,10 +55,15 @@ def _commit() -> str:
 
 
 class Sweep:
-    def __init__(self, device: str, min_time_s: float):
+    def __init__(self, device: str, min_time_s: float, budget_s: float = math.inf,
+                 on_record: Optional[Callable[[], None]] = None, skip: Sequence[str] = ()):
         self.device = device
+        self.skip = set(skip)  # providers left out (e.g. "compiled": its cold compiles take most of a short run)
         self.min_time_s = min_time_s
+        self.deadline = time.monotonic() + budget_s
+        self.on_record = on_record  # called after every measured shape (writes the results so far)
         self.rows: List[Dict] = []
+        self.not_run: List[str] = []
         self.ours = "cuda" if device == "cuda" and "cuda" in sk.available_backends() else (
             "triton" if device == "cuda" else "cpu")
         self._compiled: Dict[str, Callable] = {}
@@ -63,22 +76,44 @@ class Sweep:
         return self._compiled[name]
 
     def record(self, op: str, config: Dict, providers: Dict[str, Callable[[], object]], bytes_read: int = 0):
-        timings = {}
-        for provider, fn in providers.items():
-            try:
-                timings[provider] = measure(fn, self.device, min_time_s=self.min_time_s)
-            except Exception as exc:  # a peer that does not run here is reported, not fatal
-                print(f"  {op} {config} {provider}: skipped ({type(exc).__name__}: {exc})"[:200])
-        ours = timings.get("ours", {}).get("median_us")
-        peak = _hbm_peak()
-        for provider, t in timings.items():
-            row = {"op": op, **config, "provider": provider, **{k: round(v, 2) for k, v in t.items()}}
-            row["speedup_of_ours"] = round(t["median_us"] / ours, 2) if ours else ""
-            if peak and bytes_read:
-                floor = bytes_read / peak * 1e6
-                row["hbm_floor_us"] = round(floor, 2)
-                row["x_floor"] = round(t["median_us"] / floor, 2)
+        if time.monotonic() > self.deadline:
+            self.not_run.append(f"{op} {_config(config)}")
+            print(f"  {op} {config}: not run (time budget spent)")
+            return
+        ours, peak = None, _hbm_peak()
+        for provider, fn in providers.items():  # "ours" first: the others' rows give their time / ours
+            if provider in self.skip:
+                continue
+            row = {"op": op, **config, "provider": provider}
+            if isinstance(fn, Unavailable):
+                row["note"] = f"not available ({fn.reason})"
+            elif provider != "ours" and time.monotonic() > self.deadline:
+                row["note"] = "not run (time budget spent)"
+            else:
+                try:
+                    t = measure(fn, self.device, min_time_s=self.min_time_s)
+                except Exception as exc:  # a peer that does not run here is reported, not fatal
+                    row["note"] = f"failed ({type(exc).__name__}: {exc})"[:160]
+                else:
+                    row.update({k: round(v, 2) for k, v in t.items()})
+                    ours = t["median_us"] if provider == "ours" else ours
+                    row["speedup_of_ours"] = round(t["median_us"] / ours, 2) if ours else ""
+                    if peak and bytes_read:
+                        floor = bytes_read / peak * 1e6
+                        row["hbm_floor_us"] = round(floor, 2)
+                        row["x_floor"] = round(t["median_us"] / floor, 2)
+            if "note" in row:
+                print(f"  {op} {config} {provider}: {row['note']}")
             self.rows.append(row)
+            if self.on_record is not None:  # after every provider: a run cut off keeps what it measured
+                self.on_record()
+
+
+class Unavailable:
+    """A provider that cannot run here (e.g. FlashInfer not installed): its row says why instead of a time."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def sweep_verify_chain(s: Sweep, quick: bool):
@@ -93,16 +128,20 @@ def sweep_verify_chain(s: Sweep, quick: bool):
             }
             if s.device == "cuda" and s.ours != "triton" and "triton" in sk.available_backends():
                 providers["triton"] = lambda: sk.verify_chain(**c, backend="triton", validate=False)
-            if s.device == "cuda" and with_q:
+            if with_q:
                 providers["flashinfer"] = _flashinfer_chain(c)
             bytes_read = c["p"].numel() * c["p"].element_size() * (2 if with_q else 1)
             s.record("verify_chain", {"batch": batch, "drafts": drafts, "vocab": vocab, "q": with_q}, providers,
                      bytes_read)
 
 
-def _flashinfer_chain(c) -> Callable[[], object]:
-    from flashinfer.sampling import chain_speculative_sampling  # GPU peer; ImportError is reported
-
+def _flashinfer_chain(c):
+    """FlashInfer's exact chain verification on the same inputs, or :class:`Unavailable` where it does not import
+    (it is optional: not installed on the CPU machines, nor preinstalled on the lent GPU machine)."""
+    try:
+        from flashinfer.sampling import chain_speculative_sampling
+    except Exception as exc:  # ImportError, or a broken install failing at import: either way, not available
+        return Unavailable(f"{type(exc).__name__}: {exc}"[:120])
     draft = c["draft"].int()
     return lambda: chain_speculative_sampling(c["q"], draft, c["p"])
 
@@ -158,10 +197,10 @@ def sweep_neighbor_table(s: Sweep, quick: bool):
         s.min_time_s = saved
 
 
-def write_results(rows: List[Dict], out_dir: str, name: str) -> str:
+def write_results(rows: List[Dict], out_dir: str, name: str, not_run: Sequence[str] = (), plot: bool = True) -> str:
     os.makedirs(out_dir, exist_ok=True)
     header = ["op", "batch", "drafts", "nodes", "vocab", "dim", "k", "q", "provider", "median_us", "p20_us", "p80_us",
-              "reps", "speedup_of_ours", "hbm_floor_us", "x_floor"]
+              "reps", "speedup_of_ours", "hbm_floor_us", "x_floor", "note"]
     meta = (f"machine={name}; torch={torch.__version__}; cuda={torch.version.cuda}; threads={torch.get_num_threads()};"
             f" cpu={platform.processor() or platform.machine()}; commit={_commit()}; date={time.strftime('%Y-%m-%d')}")
     base = os.path.join(out_dir, name)
@@ -174,7 +213,10 @@ def write_results(rows: List[Dict], out_dir: str, name: str) -> str:
         f.write(f"# Kernel microbenchmarks: {name}\n\n{meta}\n\n")
         f.write("Median microseconds per call (20th-80th percentile); `x ours` = that provider's time / ours.\n\n")
         f.write(_markdown(rows))
-    _plot(rows, base + ".png", name)
+        if not_run:
+            f.write(f"\nNot run (time budget spent): {'; '.join(not_run)}.\n")
+    if plot:
+        _plot(rows, base + ".png", name)
     return base
 
 
@@ -197,6 +239,9 @@ def _markdown(rows: List[Dict]) -> str:
             if r is None:
                 cells.append("n/a")
                 continue
+            if r.get("note"):
+                cells.append(r["note"].split(" (")[0])
+                continue
             cell = f"{r['median_us']:.1f} ({r['p20_us']:.1f}-{r['p80_us']:.1f})"
             if p != "ours" and r.get("speedup_of_ours"):
                 cell += f", x ours {r['speedup_of_ours']}"
@@ -213,7 +258,8 @@ def _plot(rows: List[Dict], path: str, name: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chain = [r for r in rows if r["op"] == "verify_chain" and r["provider"] != "ours" and r.get("speedup_of_ours")]
+    chain = [r for r in rows if r["op"] == "verify_chain" and r["provider"] != "ours" and r.get("speedup_of_ours")
+             and not r.get("note")]
     if not chain:
         return
     fig, ax = plt.subplots(figsize=(12, 4.8))
@@ -242,15 +288,27 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds of timing per provider and shape")
+    parser.add_argument("--budget-s", type=float, default=math.inf,
+                        help="no new shape starts after this many seconds (the shapes left are listed as not run)")
+    parser.add_argument("--skip", default="", help="comma-separated providers to leave out, e.g. compiled")
+    parser.add_argument("--name", default=None, help="file stem (default: the machine's name, -quick with --quick)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU visible")
+    if not args.budget_s > 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     for limit in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(torch._dynamo.config, limit):
             setattr(torch._dynamo.config, limit, 4096)
-    s = Sweep(args.device, args.min_time)
+    name = args.name or machine_name() + ("-quick" if args.quick else "")
+    skip = [p for p in args.skip.split(",") if p]
+    if "ours" in skip:
+        parser.error("--skip: 'ours' is what the other providers are compared with")
+    s = Sweep(args.device, args.min_time, args.budget_s, skip=skip)
+    s.on_record = lambda: write_results(s.rows, args.out, name, s.not_run, plot=False)
     for step in (sweep_verify_chain, sweep_verify_tree, sweep_relaxed, sweep_neighbor_table):
         step(s, args.quick)
-    name = machine_name() + ("-quick" if args.quick else "")
-    base = write_results(s.rows, args.out, name)
+    base = write_results(s.rows, args.out, name, s.not_run)
     print(_markdown(s.rows))
     print(f"wrote {base}.csv, {base}.md and {base}.png")
 

@@ -2,11 +2,17 @@
 
 The child inherits the imported modules (fork), so a call costs a fork, not an import of torch. Intra-op threads
 are pinned to one: a forked child must not inherit a busy OpenMP pool.
+
+Once CUDA has started in this process (a GPU run), forking is unsafe: the child inherits a CUDA context it cannot
+use, and CUDA calls in it fail or hang. Then the calls run in a thread of this process instead: an exception is
+still a result and a hang still ends at the time limit (the stuck thread is left behind), but a crash ends the
+run (the GPU check runs these tests last, in workers of their own, for that reason).
 """
 
 import io
 import multiprocessing
 import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
@@ -45,21 +51,41 @@ def _recv(conn):
 
 def _child(conn, fn, args):
     try:
-        outcomes = []
-        for a in args:
-            try:
-                outcomes.append(Outcome("ok", value=fn(*a)))
-            except Exception as exc:  # an exception is a result here, judged by the caller
-                outcomes.append(Outcome("raised", error=type(exc).__name__, message=str(exc)[:2000]))
-        _send(conn, outcomes)
+        _send(conn, _call_all(fn, args))
     except Exception:  # unpicklable results
         _send(conn, [Outcome("raised", error="ChildError", message=traceback.format_exc()[-2000:])] * len(args))
     finally:
         conn.close()
 
 
+def fork_is_safe() -> bool:
+    """Whether a child may be forked: not once CUDA has been initialised in this process."""
+    return not torch.cuda.is_initialized()
+
+
+def _call_all(fn: Callable, calls: Sequence[tuple]) -> List[Outcome]:
+    outcomes = []
+    for a in calls:
+        try:
+            outcomes.append(Outcome("ok", value=fn(*a)))
+        except Exception as exc:  # an exception is a result here, judged by the caller
+            outcomes.append(Outcome("raised", error=type(exc).__name__, message=str(exc)[:2000]))
+    return outcomes
+
+
+def _run_in_thread(fn: Callable, calls: Sequence[tuple], timeout: float) -> Optional[List[Outcome]]:
+    """The calls in a daemon thread of this process (where fork is unsafe); None if they ran past ``timeout``."""
+    box: List[List[Outcome]] = []
+    worker = threading.Thread(target=lambda: box.append(_call_all(fn, calls)), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return box[0] if box else None
+
+
 def run_batch(fn: Callable, calls: Sequence[tuple], timeout: float) -> Optional[List[Outcome]]:
     """``fn(*a)`` for every ``a`` in ``calls`` in one child; None if the child crashed or ran past ``timeout``."""
+    if not fork_is_safe():
+        return _run_in_thread(fn, calls, timeout)
     parent, child = _FORK.Pipe(duplex=False)
     proc = _FORK.Process(target=_child, args=(child, fn, list(calls)), daemon=True)
     proc.start()
@@ -80,6 +106,9 @@ def run_batch(fn: Callable, calls: Sequence[tuple], timeout: float) -> Optional[
 
 def run_isolated(fn: Callable, *args, timeout: float = 120.0) -> Outcome:
     """``fn(*args)`` in a forked child: its result, the exception it raised, a crash or a hang."""
+    if not fork_is_safe():
+        outcomes = _run_in_thread(fn, [args], timeout)
+        return outcomes[0] if outcomes else Outcome("hung", message=f"no result within {timeout:.0f} s")
     parent, child = _FORK.Pipe(duplex=False)
     proc = _FORK.Process(target=_child, args=(child, fn, [args]), daemon=True)
     proc.start()

@@ -85,7 +85,10 @@ import math  # noqa: E402
 
 import specdec_kernels as sk  # noqa: E402
 
-LOGITS_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in sk.available_backends()]
+from _backends import device_for, to_device  # noqa: E402
+
+#: Every backend this run has; each one's inputs live on its device.
+LOGITS_BACKENDS = [b for b in ("reference", "cpu", "triton", "cuda") if b in sk.available_backends()]
 
 
 @pytest.mark.parametrize("backend", LOGITS_BACKENDS)
@@ -94,6 +97,7 @@ LOGITS_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in sk.availabl
 def test_logits_ops_reject_non_finite_temperature_on_every_backend(backend, validate, temperature):
     logits, drafts, _ = _inputs()
     u = torch.full((2, 2), 0.5)
+    logits, drafts, u = to_device((logits, drafts, u), device_for(backend))
     with pytest.raises(ValueError, match="^temperature must be"):
         sk.verify_chain_logits(logits, drafts, u, u[:, 0], temperature=temperature, backend=backend,
                                validate=validate)
@@ -110,7 +114,9 @@ def test_tree_logits_ignore_parents_of_nodes_past_num_nodes(backend, validate):
     tokens, parents = torch.tensor([[2, 14]]), torch.tensor([[-1, 2]])
     args = (logits, tokens, parents, torch.full((1, 2), 0.5), torch.tensor([0.25]))
     kwargs = dict(num_nodes=torch.tensor([1]), draft_probs=draft_probs)
-    got = sk.verify_tree_logits(*args, **kwargs, backend=backend, validate=validate)
+    device = device_for(backend)
+    got = to_device(sk.verify_tree_logits(*to_device(args, device), **to_device(kwargs, device), backend=backend,
+                                          validate=validate), "cpu")
     want = sk.verify_tree_logits(*args, **kwargs, backend="reference", validate=False)
     assert all(torch.equal(g, w) for g, w in zip(got, want)) and int(want[2][0]) >= 0
 

@@ -1,5 +1,8 @@
 """Every registered op (the C++ ops and the Triton backend's ops) passes torch.library.opcheck and runs inside
-torch.compile(fullgraph=True)."""
+torch.compile(fullgraph=True), on every device this run has: the C++ ops on the CPU and, where the CUDA kernels are
+built, on the GPU; the Triton ops where Triton runs (CPU tensors under the interpreter, CUDA tensors compiled)."""
+
+import functools
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from specdec_kernels._methods import METHOD_CODES
 from specdec_kernels.triton._registry import OPS as TRITON_OPS
 from specdec_kernels import reference
 
+from _backends import device_for, to_device
 from _inputs import chain_case, codebook, tree_case
 
 pytestmark = pytest.mark.skipif("cpu" not in sk.available_backends(), reason="C++ extension not built")
@@ -44,19 +48,33 @@ def _samples(device="cpu"):
 
 
 SAMPLES = _samples()
+SAMPLE_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)]
+#: Where the C++ ops run in this run: the CPU, and the GPU when the CUDA kernels are built and one is visible.
+OP_DEVICES = ["cpu"] + (["cuda"] if "cuda" in sk.available_backends() else [])
+#: Where the Triton ops take their inputs: CPU tensors under the interpreter, CUDA tensors when compiled.
+TRITON_DEVICE = device_for("triton") if "triton" in sk.available_backends() else "cpu"
 
 
-@pytest.mark.parametrize("name,args", SAMPLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)])
-def test_opcheck(name, args):
+@functools.lru_cache(maxsize=None)
+def _samples_on(device: str):
+    """The same samples on ``device`` (built on first use, so that collecting the tests never starts CUDA)."""
+    return SAMPLES if device == "cpu" else [(n, to_device(a, device)) for n, a in SAMPLES]
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("index", range(len(SAMPLES)), ids=SAMPLE_IDS)
+def test_opcheck(index, device):
+    name, args = _samples_on(device)[index]
     torch.library.opcheck(torch_op(name), args)
 
 
 @pytest.mark.skipif("triton" not in sk.available_backends(), reason="Triton not usable here")
-@pytest.mark.parametrize("name,args", SAMPLES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SAMPLES)])
-def test_opcheck_triton(name, args):
-    """The Triton backend's registered ops: same schemas, same fakes, same outputs as the C++ ops."""
+@pytest.mark.parametrize("index", range(len(SAMPLES)), ids=SAMPLE_IDS)
+def test_opcheck_triton(index):
+    """The Triton backend's registered ops: same schemas, same fakes, same outputs as the C++ CPU ops."""
+    name, args = _samples_on(TRITON_DEVICE)[index]
     torch.library.opcheck(TRITON_OPS[name], args)
-    got, want = TRITON_OPS[name](*args), torch_op(name)(*args)
+    got, want = to_device(TRITON_OPS[name](*args), "cpu"), torch_op(name)(*SAMPLES[index][1])
     for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
         assert torch.allclose(g.float(), w.float(), rtol=1e-5, atol=1e-6) if g.is_floating_point() else \
             torch.equal(g, w)
@@ -66,7 +84,7 @@ def test_wrong_params_length_is_an_error():
     c = chain_case(batch=2, drafts=2, vocab=7)
     base = (c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
     with pytest.raises(ValueError, match="params for method 'gsd' must have 4 entries"):
-        TRITON_OPS["verify_chain"](*base, METHOD_CODES["gsd"], None, None, [1.0])
+        TRITON_OPS["verify_chain"](*to_device(base, TRITON_DEVICE), METHOD_CODES["gsd"], None, None, [1.0])
     with pytest.raises(RuntimeError):
         torch_op("verify_chain")(*base, METHOD_CODES["gsd"], None, None, [1.0])
 
@@ -93,16 +111,17 @@ def test_torch_compile_fullgraph(name):
 
 
 @pytest.mark.parametrize("validate", [None, True, False])
-@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in sk.available_backends()])
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton", "cuda") if b in sk.available_backends()])
 def test_public_wrapper_compiles_fullgraph(backend, validate):
     """The public wrapper (validation included, every level) also traces without graph breaks."""
     c = chain_case(batch=4, drafts=3, vocab=23, with_q=True)
+    want = sk.verify_chain(**c, backend="reference")
+    c = to_device(c, device_for(backend))
 
     @torch.compile(fullgraph=True)
     def step(p, q, draft, u_accept, u_sample, num_drafts):
         return sk.verify_chain(p, q, draft, u_accept, u_sample, num_drafts=num_drafts, backend=backend,
                                validate=validate)
 
-    got = step(c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"])
-    want = sk.verify_chain(**c, backend="reference")
+    got = to_device(step(c["p"], c["q"], c["draft"], c["u_accept"], c["u_sample"], c["num_drafts"]), "cpu")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

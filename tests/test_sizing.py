@@ -3,6 +3,7 @@ calibration, and that auto-sized methods are the fixed-size methods at the sizes
 exact and runs are reproducible)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,8 +11,8 @@ import torch
 from specdec.decoding import SamplingConfig, generate, make_method, methods
 from specdec.decoding import sizing
 from specdec.decoding.rng import _mul32
-from specdec.decoding.sizing import (AutoSizer, Calibration, ChainStats, Choice, CostCurve, DynamicTreeStats,
-                                     StaticTreeStats, best, enable_auto_size)
+from specdec.decoding.sizing import (MIN_MARGIN, AutoSizer, Calibration, ChainStats, Choice, CostCurve,
+                                     DynamicTreeStats, StaticTreeStats, best, decide, enable_auto_size)
 from specdec.decoding.toy import ToyARModel, ToyDraftHead
 
 TARGET = ToyARModel(vocab_size=8, num_tokens=9, seed=0)
@@ -75,6 +76,23 @@ def test_chain_stats_min_rule_and_geometric_extension():
     assert stats.expected_accepted(6) == pytest.approx((2 + 4 + alpha + alpha**2 + 1) / 3)
 
 
+def test_per_width_chain_stats_use_each_windows_own_records():
+    stats = ChainStats(per_width=True)
+    on = torch.tensor([True, True])
+    stats.observe(torch.tensor([15, 15]), torch.tensor([6, 15]), on, width=15)  # long window: accepts a lot
+    stats.observe(torch.tensor([3, 3]), torch.tensor([1, 0]), on, width=3)  # short window: its own, less
+    stats.fold()
+    assert stats.observed(3) and stats.observed(15) and not stats.observed(4)
+    assert stats.expected_accepted(3) == pytest.approx(0.5)  # not min(a, 3) of the 15-draft window (3.0)
+    assert stats.expected_accepted(2) == pytest.approx(0.5)  # borrowed from the nearest run width above (3)
+    assert stats.expected_accepted(8) == pytest.approx((6 + 8) / 2)  # ... here 15, truncated
+    alpha = stats.acceptance_rate()
+    assert stats.expected_accepted(17) == pytest.approx((6 + 15 + alpha + alpha**2) / 2)  # 15, extended
+    pooled = ChainStats()
+    pooled.by_width = stats.by_width
+    assert pooled.expected_accepted(3) == pytest.approx((1 + 0 + 3 + 3) / 4)  # SD: every record, truncated
+
+
 def test_dynamic_tree_stats_count_prefixes_inside_smaller_trees():
     stats = DynamicTreeStats(max_depth=2, max_nodes=6)
     beyond = 6
@@ -99,7 +117,7 @@ def test_static_tree_stats_are_per_node_frequencies():
 
 
 @pytest.mark.parametrize("name", ["sjd", "sd", "eagle2", "lantern++"])
-def test_sizer_picks_the_argmax_of_its_model(name):
+def test_sizer_runs_the_fastest_size_that_beats_ar_by_the_margin(name):
     method = enable_auto_size(FIXED[name](), calibration=CPU_LIKE)
     for seed in range(3):
         generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=seed)
@@ -108,9 +126,24 @@ def test_sizer_picks_the_argmax_of_its_model(name):
     assert len(candidates) > 2
     rate = {size: (1.0 + method.expected_accepted(method.sizer.stats, size))
             / method.step_seconds(CPU_LIKE, 2 * len(CLASSES), size, method.sizer.stats) for size in candidates}
+    ar = candidates[0]
+    margin = MIN_MARGIN  # synthetic curves have no timing noise
+    eligible = {size: r for size, r in rate.items() if size != ar and r > rate[ar] * (1 + margin)}
+    expected = max(eligible.values()) if eligible else rate[ar]
     choice = method.sizer.history[-1]
-    assert rate[choice.size] == pytest.approx(max(rate.values()), rel=1e-6)
+    assert rate[choice.size] == pytest.approx(expected, rel=1e-6)
     assert choice.tokens_per_second == pytest.approx(rate[choice.size], rel=1e-6)
+    assert choice.reason == ("fastest" if eligible else "ar") and choice.margin == margin
+
+
+def test_decide_needs_the_margin_over_ar_on_the_curves_and_with_overheads():
+    ar = Choice(0, 1.0, 1.0, 1.0)
+    assert decide([ar, Choice(1, 1.015, 1.0, 1.0)], 0.02).reason == "ar"  # 1.5 % faster: within the noise
+    top = decide([ar, Choice(1, 1.03, 1.0, 1.0), Choice(2, 1.2, 1.0, 1.0)], 0.02)
+    assert (top.size, top.reason, top.margin, top.ar_tokens_per_second) == (2, "fastest", 0.02, 1.0)
+    # the curves say size 1 wins, but its measured overhead makes it slower than AR steps (and vice versa)
+    assert decide([ar, Choice(1, 1.5, 2.0, 1.0)], 0.02).size == 0
+    assert decide([Choice(0, 1.0, 1.0, 0.5), Choice(1, 1.5, 1.0, 1.0)], 0.02).size == 0
 
 
 @pytest.mark.parametrize("name", ["sjd", "sd", "eagle2", "lantern++"])
@@ -206,3 +239,230 @@ def test_the_no_draft_size_is_plain_ar(name, size):
     assert torch.equal(res.tokens, ar.tokens)
     assert res.metrics.draft_forwards <= 1 and res.metrics.target_forwards == ar.metrics.target_forwards
 
+
+
+# -- synthetic cost curves where the right size is known ---------------------------------------------------------
+ROWS = 2  # one CFG-doubled row
+CPU_CURVE = CostCurve((1, 12, 64), (1.0, 1.4, 1.4 + 52 * 0.4 / 11))  # a 12-token forward costs 1.4 single ones
+GPU_CURVE = CostCurve((1, 64), (1.0, 1.0))  # flat: a few dozen tokens cost as much as one
+LINEAR_CURVE = CostCurve((1, 64), (1.0, 64.0))  # every token costs a forward: no draft can pay
+
+
+def _geometric_window_stats(alpha: float, widths) -> ChainStats:
+    """Per-width records of windows whose drafts are each accepted with probability ``alpha`` (truncated
+    geometric weights): a window of ``n`` drafts accepts ``sum(alpha**i, i = 1..n)`` on average."""
+    stats = ChainStats(per_width=True)
+    for n in widths:
+        counts = {(n, a, False): alpha**a * (1 - alpha) for a in range(n)}
+        counts[(n, n, True)] = alpha**n
+        stats.by_width[n] = counts
+    return stats
+
+
+def _sjd_choice(curve: CostCurve, alpha: float, **sizer_kw):
+    method = methods.SJD(window=16)
+    enable_auto_size(method, calibration=Calibration({("target", ROWS): curve}), **sizer_kw)
+    method.sizer.stats = _geometric_window_stats(alpha, range(0, methods.sjd.MAX_AUTO_WINDOW))
+    method.begin(TARGET, 1, SAMPLING, "cpu")
+    return method
+
+
+def _known_best_window(curve: CostCurve, alpha: float) -> int:
+    rate = {w: (1 + sum(alpha**i for i in range(1, w))) / curve(w) for w in range(1, methods.sjd.MAX_AUTO_WINDOW + 1)}
+    top = max(rate, key=lambda w: (rate[w], -w))
+    return top if rate[top] > rate[1] * (1 + MIN_MARGIN) else 1
+
+
+@pytest.mark.parametrize("curve,alpha,expected", [
+    (CPU_CURVE, 0.8, 10),  # a mid-sized window: by hand, window 10 gives 4.46 tokens per 1.33 forwards
+    (CPU_CURVE, 0.02, 1),  # AR is fastest: drafts are almost never accepted
+    (CPU_CURVE, 0.03, 1),  # window 2 would be 1.3 % faster than AR on the curve: within the margin, AR steps
+    (GPU_CURVE, 0.8, 32),  # flat cost: the longest window
+    (GPU_CURVE, 0.0, 1),  # nothing is accepted: drafting is no faster even when it is free
+    (LINEAR_CURVE, 0.95, 1),  # every token costs a forward: AR
+])
+def test_synthetic_curves_give_the_known_window(curve, alpha, expected):
+    assert _known_best_window(curve, alpha) == expected
+    method = _sjd_choice(curve, alpha)
+    choice = method.sizer.history[-1]
+    assert choice.size == expected and method.num_drafts == expected - 1
+    assert choice.reason == ("ar" if expected == 1 else "fastest")
+
+
+def test_synthetic_sd_gamma_on_cpu_and_gpu_curves():
+    """SD at per-draft acceptance 0.8: with drafts at a tenth of a target forward the CPU curve pays for a few
+    drafts and the flat curve for the most; with drafts as dear as a forward, AR steps."""
+    def gamma(target, draft_scale):
+        draft = CostCurve(target.tokens, tuple(draft_scale * s for s in target.seconds))
+        method = enable_auto_size(methods.SD(DRAFT, gamma=4),
+                                  calibration=Calibration({("target", ROWS): target, ("draft", ROWS): draft}))
+        stats = ChainStats()
+        stats.by_width[8] = _geometric_window_stats(0.8, [8]).by_width[8]
+        method.sizer.stats = stats
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        return method.sizer.history[-1].size
+
+    def known(target, draft_scale):
+        def rate(g):
+            seconds = target(g + 1) + (draft_scale * (target(2) + (g - 1) * target(1)) if g else 0.0)
+            return (1 + sum(0.8**i for i in range(1, g + 1))) / seconds
+        top = max(range(9), key=lambda g: (rate(g), -g))
+        return top if rate(top) > rate(0) * (1 + MIN_MARGIN) else 0
+
+    for target, scale in ((CPU_CURVE, 0.1), (GPU_CURVE, 0.1), (CPU_CURVE, 1.0), (LINEAR_CURVE, 0.01)):
+        assert gamma(target, scale) == known(target, scale)
+    assert known(CPU_CURVE, 0.1) not in (0, 8) and known(GPU_CURVE, 0.1) > known(CPU_CURVE, 0.1)
+    assert known(CPU_CURVE, 1.0) == 0 and known(LINEAR_CURVE, 0.01) == 0
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_linear_cost_runs_ar_steps_for_every_method(name):
+    """Where a feed costs as many forwards as it has tokens (and drafting is not free), no draft can pay: after
+    exploring, every method runs AR steps, token for token AR's."""
+    calib = Calibration({(role, r): CostCurve((1, 128), (scale, 128 * scale)) for role, scale in
+                         (("target", 1.0), ("draft", 0.02), ("head", 0.02)) for r in (2, 12)})
+    method = enable_auto_size(FIXED[name](), calibration=calib)
+    for seed in range(2):
+        generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=seed)
+    res = generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=7)
+    choice = method.sizer.history[-1]
+    assert choice.reason == "ar" and _key(choice.size) == _key(method.size_candidates(method.sizer.stats)[0])
+    assert torch.equal(res.tokens, generate(TARGET, CLASSES, methods.AR(), sampling=SAMPLING, seed=7).tokens)
+
+
+def _key(size):
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
+# -- measured feedback: overheads, AR probe, drift --------------------------------------------------------------
+def _simulate(curve: CostCurve, alpha: float, overhead, calls: int = 30):
+    """Calls of an auto-sized SJD whose measured step is the curve's cost plus ``overhead(window)``."""
+    method = _sjd_choice(curve, alpha, feedback=True)
+    sizer = method.sizer
+    for _ in range(calls):
+        choice = sizer.history[-1]
+        sizer.observe_step_time(choice, ROWS, choice.model_seconds_per_step + overhead(choice.size))
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+    return sizer
+
+
+def test_feedback_probes_ar_then_settles_on_the_fastest_measured_window():
+    overhead = lambda window: 0.1 + 0.02 * (window > 1)  # speculative steps cost a little more (Jacobi update)
+    sizer = _simulate(CPU_CURVE, 0.8, overhead)
+    assert sizer.history[0].reason == "probe" and sizer.history[0].size == 1
+    rate = {w: (1 + sum(0.8**i for i in range(1, w))) / (CPU_CURVE(w) + overhead(w)) for w in range(1, 33)}
+    assert sizer.history[-1].size == max(rate, key=rate.get)
+    assert sizer.history[-1].seconds_per_step == pytest.approx(CPU_CURVE(sizer.history[-1].size) + 0.12)
+
+
+def test_feedback_falls_back_to_ar_when_measured_drafting_steps_lose():
+    """The curves say windows pay, but measured speculative steps cost five forwards more than predicted: the
+    sizer tries windows (each at most once, optimistically) and then runs AR steps (at most 5 tokens per step at 6
+    forwards or more: no window can pay)."""
+    sizer = _simulate(CPU_CURVE, 0.8, lambda window: 0.1 if window == 1 else 5.0)
+    assert sizer.history[-1].size == 1 and sizer.history[-1].reason == "ar"
+    tried = [c.size for c in sizer.history if c.size != 1]
+    assert len(tried) == len(set(tried)) and len(tried) < 10
+    assert all(c.size == 1 for c in sizer.history[-10:])
+
+
+def test_drift_from_the_prediction_recalibrates(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_calibrate(model, rows, device, **kw):  # no timing: a known curve, noisier each time it is measured
+        calls.append(rows)
+        return CostCurve(CPU_CURVE.tokens, CPU_CURVE.seconds, 0.01 * len(calls))
+
+    monkeypatch.setattr(sizing, "calibrate_feed", fake_calibrate)
+    method = enable_auto_size(methods.SJD(window=16), cache_dir=tmp_path)
+    method.begin(TARGET, 1, SAMPLING, "cpu")  # fresh cache: calibrates, explores
+    assert calls == [ROWS] and method.sizer.feedback and method.sizer.history[-1].reason == "explore"
+    method.sizer.stats = _geometric_window_stats(0.8, range(32))
+    steady = lambda c: c.seconds_per_step if c.seconds_per_step == c.seconds_per_step else 1.0
+    for _ in range(sizing.RECALIBRATION_COOLDOWN + 2):  # measured as predicted: no re-calibration
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        c = method.sizer.history[-1]
+        method.sizer.observe_step_time(c, ROWS, steady(c))
+    assert calls == [ROWS] and method.sizer.recalibrations == 0
+    for _ in range(sizing.DRIFT_CALLS):  # the machine got twice as slow
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        c = method.sizer.history[-1]
+        method.sizer.observe_step_time(c, ROWS, 2 * steady(c))
+    method.begin(TARGET, 1, SAMPLING, "cpu")
+    assert calls == [ROWS, ROWS] and method.sizer.recalibrations == 1
+    assert method.sizer.history[-1].reason == "probe"  # overheads are forgotten: AR steps are timed again
+    stored = json.loads(next((tmp_path / "specdec" / "sizing").glob("*.json")).read_text())
+    assert stored[str(ROWS)]["noise"] == pytest.approx(0.02)  # the new measurement replaced the cached one
+
+
+def test_metrics_report_the_size_and_its_predicted_vs_measured_speed():
+    method = enable_auto_size(FIXED["sjd"](), calibration=CPU_LIKE)
+    reports = [generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=s).metrics for s in range(3)]
+    assert reports[0].sizing.reason == "explore"
+    last, choice = reports[-1].sizing, method.sizer.history[-1]
+    assert last.size == choice.size and last.label == method.size_label() and last.reason == choice.reason
+    assert last.predicted_tokens_per_second == pytest.approx(choice.tokens_per_second)
+    assert last.measured_tokens_per_step == pytest.approx(float(reports[-1].tokens_per_step.mean()))
+    assert 0 < last.measured_seconds_per_step < reports[-1].wall_time_s
+    summary = reports[-1].summary()
+    assert summary["size"] == last.label and summary["measured_tokens_per_second"] > 0
+    assert generate(TARGET, CLASSES, FIXED["sjd"](), sampling=SAMPLING).metrics.sizing is None
+
+
+@pytest.mark.parametrize("name", ["sjd", "sd", "lantern++"])
+def test_fresh_cache_calibrates_and_never_picks_a_size_the_curve_says_loses(name, tmp_path, monkeypatch):
+    real = sizing.calibrate_feed
+    monkeypatch.setattr(sizing, "calibrate_feed",
+                        lambda model, rows, device, **kw: real(model, rows, device, tokens=(1, 2, 4, 8, 16, 32, 64),
+                                                               reps=3, **kw))
+    method = enable_auto_size(FIXED[name](), cache_dir=tmp_path)
+    for seed in range(5):
+        generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=seed)
+    sizer, rows = method.sizer, 2 * len(CLASSES)
+    assert list((tmp_path / "specdec" / "sizing").glob("*.json")) and sizer.calibration.source == "measured"
+    assert sizer.feedback and [c.reason for c in sizer.history[:2]] == ["explore", "probe"]
+    ar = method.size_candidates(sizer.stats)[0]
+    ar_rate = 1.0 / method.step_seconds(sizer.calibration, rows, ar, sizer.stats)
+    for c in sizer.history[2:]:
+        assert c.reason in ("fastest", "ar") and c.margin >= MIN_MARGIN
+        if c.reason == "fastest":
+            rate = c.tokens_per_step / method.step_seconds(sizer.calibration, rows, c.size, sizer.stats)
+            assert rate > ar_rate * (1 + c.margin) and c.tokens_per_second > c.ar_tokens_per_second * (1 + c.margin)
+        else:
+            assert _key(c.size) == _key(ar)
+
+
+def test_an_untried_size_displaces_a_tried_one_only_beyond_the_margin():
+    ar = Choice(0, 1.0, 1.0, 1.0, measured=True)
+    tried, untried = Choice(1, 2.0, 1.0, 1.0, measured=True), Choice(2, 2.03, 1.0, 1.0)
+    assert decide([ar, tried, untried], 0.02).size == 1  # 1.5 % faster on paper: stay
+    assert decide([ar, tried, replace(untried, tokens_per_step=2.1)], 0.02).size == 2  # 5 %: try it
+    assert decide([ar, untried], 0.02).size == 2  # nothing tried yet
+
+
+def test_noise_either_way_is_not_drift():
+    method = _sjd_choice(CPU_CURVE, 0.8, feedback=True)
+    sizer = method.sizer
+    for i in range(sizing.RECALIBRATION_COOLDOWN + 4 * sizing.DRIFT_CALLS):
+        choice = sizer.history[-1]
+        factor = 1.0 if i < sizing.RECALIBRATION_COOLDOWN else (1.5 if i % 2 else 0.6)  # off by 40-50 %, alternating
+        sizer.observe_step_time(choice, ROWS, factor * (choice.model_seconds_per_step + 0.1))
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        assert not sizer._recalibrate and sizer._drift_calls <= 1
+
+
+def test_held_size_runs_the_settled_size_not_a_probe():
+    method = _sjd_choice(CPU_CURVE, 0.8, feedback=True)
+    sizer = method.sizer
+    sizer.history += [Choice(w, 1.0, 1.0, reason=r) for w, r in
+                      ((8, "fastest"), (8, "fastest"), (9, "fastest"), (8, "fastest"), (1, "probe"))]
+    assert sizer.settled() == 8 and sizer.settled(calls=1) == 8
+    method.apply_size(1)  # the last call was a probe
+    calls = len(sizer.history)
+    with sizing.held_size(method) as held:
+        assert held.sizer is None and held.num_drafts == 7
+        res = generate(TARGET, CLASSES, held, sampling=SAMPLING, seed=3)
+    assert method.sizer is sizer and len(sizer.history) == calls and res.metrics.sizing is None
+    fixed = methods.SJD(window=8)
+    assert torch.equal(res.tokens, generate(TARGET, CLASSES, fixed, sampling=SAMPLING, seed=3).tokens)
+    assert AutoSizer().settled() is None

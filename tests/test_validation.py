@@ -7,10 +7,11 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import reference
 
+from _backends import device_for, to_device
 from _inputs import chain_case, codebook, tree_case
 
-#: Every CPU-testable backend: each reports row status codes.
-ROW_CODE_BACKENDS = [b for b in ("reference", "cpu", "triton") if b in sk.available_backends()]
+#: Every backend this run has (each on its own device): each reports row status codes.
+ROW_CODE_BACKENDS = [b for b in ("reference", "cpu", "triton", "cuda") if b in sk.available_backends()]
 
 
 def _chain(**overrides):
@@ -75,9 +76,10 @@ def test_verify_chain_row_codes(name, change, match, code, backend):
     """Default level: a ValueError naming the argument and row; validate=False: next_token = -code, accept_len 0."""
     case = chain_case(batch=3, drafts=4, vocab=10)
     case.update(change(case))
+    case = to_device(case, device_for(backend))
     with pytest.raises(ValueError, match=match):
         sk.verify_chain(**case, backend=backend)
-    accept_len, next_token = sk.verify_chain(**case, backend=backend, validate=False)
+    accept_len, next_token = to_device(sk.verify_chain(**case, backend=backend, validate=False), "cpu")
     row = int(match.split(":")[0].split()[1])
     assert int(next_token[row]) == -code and int(accept_len[row]) == 0
 

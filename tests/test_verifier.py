@@ -10,38 +10,21 @@ import torch.nn.functional as F
 import specdec_kernels as sk
 from specdec import SpeculativeVerifier
 from specdec.verifier import sampling_probs as process_logits
+from specdec_kernels.reference.verify_logits import process_logits as reference_process
 
 B, L, V = 5, 6, 64
 
 
 def _oracle_process(logits: torch.Tensor, *, cfg_scale: Optional[float] = None, temperature: float = 1.0,
                     top_k: Optional[int] = 0, top_p: float = 1.0) -> torch.Tensor:
-    """An independent eager oracle of the processing (plain torch ops in the float32 pipeline's order), against
-    which the library's processing is checked (docs/TESTBED.md §1.4).
-
-    logits ``(rows, ..., V)``; with ``cfg_scale`` (not None, not 1) rows are ``2 * batch``, cond rows first, and
-    ``l = l_u + s * (l_c - l_u)`` mixes the raw logits. Then ``/ max(T, 1e-5)``, top-k (ties with the k-th value
-    kept), top-p (the smallest prefix of the sorted probabilities whose mass reaches ``top_p``, at least one token),
-    softmax. float64 input is processed in float64; the result is float32 ``(batch, ..., V)``.
-    """
-    work = logits if logits.dtype == torch.float64 else logits.float()
-    if cfg_scale is not None and float(cfg_scale) != 1.0:
-        cond, uncond = work.chunk(2, dim=0)
-        work = uncond + float(cfg_scale) * (cond - uncond)
-    work = work / max(float(temperature), 1e-5)
-    k = int(top_k or 0)
-    if 0 < k < work.shape[-1]:
-        kth = torch.topk(work, k, dim=-1).values[..., -1:]
-        work = work.masked_fill(work < kth, float("-inf"))
-    if float(top_p) < 1.0:
-        sorted_logits, order = torch.sort(work, dim=-1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        drop_sorted = mass_before >= float(top_p)
-        drop_sorted[..., 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        work = work.masked_fill(drop, float("-inf"))
-    return torch.softmax(work, dim=-1).to(torch.float32)
+    """The reference processing (specdec_kernels.reference) on ``(rows, V)`` or ``(rows, S, V)`` logits; the
+    verifier's own processing path is what the tests compare with it."""
+    if cfg_scale is not None and float(cfg_scale) == 1.0:
+        cfg_scale = None
+    rows = logits if logits.dim() == 3 else logits[:, None]
+    probs = reference_process(rows, cfg_scale=cfg_scale, temperature=temperature, top_k=int(top_k or 0),
+                              top_p=top_p)
+    return probs if logits.dim() == 3 else probs[:, 0]
 
 
 

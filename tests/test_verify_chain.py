@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import specdec_kernels as sk
-from specdec_kernels import reference
+from specdec_kernels import _methods, reference
 
 from _backends import TRITON_INTERPRETED, assert_same, check_parity, device_for, gpu_only, not_triton, to_device
-from _inputs import chain_case, codebook, probs
+from _inputs import chain_case, codebook, method_kwargs, probs
 from _opcheck import opcheck_public_call
 from _triton_compile import check_triton_compiles_for_sm90
 from stats import ALPHA, chi_square_pvalue, histogram, tv_bound
@@ -122,14 +122,11 @@ class TestNamedCases:
 
 CB = {n: codebook(n, seed=n) for n in (37, 64)}
 
-METHOD_KWARGS = {
-    "exact": lambda cb: {},
-    "gsd": lambda cb: {},
+METHOD_KWARGS = {  # every rule of the method table, plus settings that stress a rule harder
+    **{name: (lambda cb, name=name: method_kwargs(name, cb.shape[0], k=6)) for name in _methods.CHAIN_METHODS},
     "gsd_emb": lambda cb: {"embeddings": torch.nn.functional.normalize(cb, dim=-1), "rank_window": (4, 3),
                            "p_thr": 0.3, "d_thr": 1.0},
-    "lantern_delta": lambda cb: {"neighbors": reference.neighbor_table(cb, 6), "delta": 0.2},
     "lantern_lam": lambda cb: {"neighbors": reference.neighbor_table(cb, 6), "lam": 3.0},
-    "typical": lambda cb: {},
     "typical_entropy": lambda cb: {"epsilon": 0.5, "alpha": 0.9},  # the entropy side decides more often
 }
 
@@ -140,7 +137,7 @@ def _method(name):
 
 def _interpreted_subset(method, with_q, dtype, seed):
     """On the Triton interpreter: every method in float32, three in half precision, one seed."""
-    return seed == 0 and (dtype == torch.float32 or (with_q and method in ("exact", "gsd_emb", "lantern_delta")))
+    return seed == 0 and (dtype == torch.float32 or (with_q and method in ("exact", "gsd_emb", "lantern")))
 
 
 @pytest.mark.interpreter(keep=_interpreted_subset)
@@ -174,7 +171,7 @@ def _large_kwargs(method: str, vocab: int, seed: int) -> dict:
         return {"neighbors": _big_table(vocab, min(vocab - 1, 64), seed), "delta": 0.2}
     if method == "lantern_lam":
         return {"neighbors": _big_table(vocab, min(vocab - 1, 200), seed), "lam": 5.0}
-    return {}
+    return method_kwargs(method, vocab, seed=seed) if method in _methods.METHODS else {}
 
 
 @pytest.mark.select(gpu_only)
@@ -197,10 +194,10 @@ def test_parity_vocab_sizes(kernel_backend, vocab):
 
 @pytest.mark.select(gpu_only)
 @pytest.mark.parametrize("vocab", [1, 2, 33, CUDA_TILE - 1, CUDA_TILE, CUDA_TILE + 1, 8192, 16384])
-@pytest.mark.parametrize("method", ["exact", "gsd", "lantern"])
+@pytest.mark.parametrize("method", _methods.CHAIN_METHODS)
 def test_parity_codebook_sizes(kernel_backend, vocab, method):
     """Top-k-like rows (most of the vocabulary at zero) as image models produce them, across the CUDA tile."""
-    if method == "lantern" and vocab < 2:
+    if _methods.METHODS[method].needs and vocab < 2:
         pytest.skip("a neighbour table needs two codes")
     case = chain_case(batch=6, drafts=15, vocab=vocab, seed=vocab, zeros=0.0 if vocab < 64 else 0.88)
     check_parity(sk.verify_chain, kernel_backend, **case, method=method, **_large_kwargs(method, vocab, seed=1))
@@ -298,7 +295,7 @@ def test_long_accept_prefixes(kernel_backend):
 @pytest.mark.select(not_triton)
 @settings(max_examples=60, deadline=None)
 @given(batch=st.integers(1, 6), drafts=st.integers(0, 6), vocab=st.integers(1, 40), seed=st.integers(0, 10**6),
-       with_q=st.booleans(), method=st.sampled_from(["exact", "gsd", "lantern"]),
+       with_q=st.booleans(), method=st.sampled_from(_methods.CHAIN_METHODS),
        budget=st.floats(0.0, 1.0), ragged=st.booleans())
 def test_parity_hypothesis(kernel_backend, batch, drafts, vocab, seed, with_q, method, budget, ragged):
     case = chain_case(batch=batch, drafts=drafts, vocab=vocab, with_q=with_q, seed=seed, ragged=ragged,
@@ -309,8 +306,10 @@ def test_parity_hypothesis(kernel_backend, batch, drafts, vocab, seed, with_q, m
               "delta": budget}
     elif method == "gsd":
         kw = {"p_thr": budget, "rank_window": (seed % 5, seed % 3)}
+    elif _methods.METHODS[method].needs:
+        method = "exact"  # a table needs two codes
     else:
-        method = "exact"
+        kw = method_kwargs(method, vocab, seed=seed)
     check_parity(sk.verify_chain, kernel_backend, **case, method=method, **kw)
 
 
@@ -550,12 +549,10 @@ def test_gsd_single_candidate_follows_closed_form(kernel_backend):
 
 
 @pytest.mark.interpreter(keep=lambda method, with_q: with_q == (method != "exact"))
-@pytest.mark.parametrize("method", ["exact", "gsd", "lantern", "typical"])
+@pytest.mark.parametrize("method", _methods.CHAIN_METHODS)
 @pytest.mark.parametrize("with_q", [True, False])
 def test_opcheck(kernel_backend, method, with_q):
-    cb = codebook(23)
-    kw = {"gsd": {"embeddings": torch.nn.functional.normalize(cb, dim=-1)},
-          "lantern": {"neighbors": reference.neighbor_table(cb, 4), "delta": 0.2}}.get(method, {})
+    kw = method_kwargs(method, 23, embeddings=True)
     case = chain_case(batch=4, drafts=3, vocab=23, with_q=with_q)
     opcheck_public_call(sk.verify_chain, kernel_backend, **case, method=method, **kw)
 
@@ -597,7 +594,7 @@ def test_cuda_side_stream(kernel_backend):
 
 
 @pytest.mark.backends("cuda")
-@pytest.mark.parametrize("method", ["exact", "gsd", "lantern"])
+@pytest.mark.parametrize("method", _methods.CHAIN_METHODS)
 def test_cuda_graph_replay(kernel_backend, method):
     """Captured once with validate=False, replayed with rewritten uniforms (and drafts): every replay matches
     the reference on the new values, so nothing about the uniforms was baked in at capture."""

@@ -134,4 +134,5 @@ def generate(
                 accept_len = method.step(ctx)
                 recorder.record_step(active, accept_len)
     metrics = recorder.finish(time.perf_counter() - start)
+    method.end(metrics)
     return GenerationResult(state.tokens, metrics, ctx if keep_context else None)

@@ -1,9 +1,44 @@
 """Per-call generation metrics."""
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
+
+
+@dataclass
+class SizeReport:
+    """The size an auto-sized call ran (``size="auto"``, :mod:`specdec.decoding.sizing`) and its predicted vs
+    measured speed.
+
+    size / label: the size and its words (``"window 8"``); reason: why it ran (``"explore"``: the first call,
+    collecting statistics; ``"probe"``: AR steps timed once; ``"fastest"``: the fastest predicted size; ``"ar"``: no
+    size beat AR steps by ``margin``). Tokens per step are per row; seconds per step per batched step, measured
+    from the size choice to the call's end over the loop's steps and the prefill (counted as one step).
+    ar_tokens_per_second: AR steps' predicted speed when the size was chosen (NaN for explore / probe calls).
+    """
+
+    size: object
+    label: str
+    reason: str
+    predicted_tokens_per_step: float
+    predicted_seconds_per_step: float
+    measured_tokens_per_step: float
+    measured_seconds_per_step: float
+    margin: float = 0.0
+    ar_tokens_per_second: float = float("nan")
+
+    @property
+    def predicted_tokens_per_second(self) -> float:
+        return _rate(self.predicted_tokens_per_step, self.predicted_seconds_per_step)
+
+    @property
+    def measured_tokens_per_second(self) -> float:
+        return _rate(self.measured_tokens_per_step, self.measured_seconds_per_step)
+
+
+def _rate(tokens: float, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 else float("nan")
 
 
 @dataclass
@@ -15,6 +50,7 @@ class GenerationMetrics:
     row_steps: ``(batch_size,)`` speculative steps each row took (prefill excluded).
     accept_lens: ``(batch_size, max_steps)`` accepted drafts per step, -1 after a row finished.
     wall_time_s: wall-clock seconds of the whole call.
+    sizing: the size an auto-sized method ran and its predicted vs measured speed (None for fixed sizes).
     """
 
     target_forwards: int = 0
@@ -23,6 +59,7 @@ class GenerationMetrics:
     accept_lens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.int64))
     wall_time_s: float = 0.0
     num_tokens: int = 0
+    sizing: Optional[SizeReport] = None
 
     @property
     def tokens_per_step(self) -> torch.Tensor:
@@ -35,14 +72,19 @@ class GenerationMetrics:
         taken = self.accept_lens[self.accept_lens >= 0]
         return float(taken.double().mean()) if taken.numel() else 0.0
 
-    def summary(self) -> Dict[str, float]:
-        return {
+    def summary(self) -> Dict[str, object]:
+        out = {
             "target_forwards": self.target_forwards,
             "draft_forwards": self.draft_forwards,
             "tokens_per_step": float(self.tokens_per_step.mean()) if self.row_steps.numel() else 0.0,
             "mean_accept_len": self.mean_accept_len,
             "wall_time_s": self.wall_time_s,
         }
+        if self.sizing is not None:
+            out.update({"size": self.sizing.label, "size_reason": self.sizing.reason,
+                        "predicted_tokens_per_second": self.sizing.predicted_tokens_per_second,
+                        "measured_tokens_per_second": self.sizing.measured_tokens_per_second})
+        return out
 
 
 class MetricsRecorder:

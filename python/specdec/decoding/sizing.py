@@ -1,28 +1,41 @@
 """Cost-aware sizing of speculation (``size="auto"``): pick the window / draft length / tree size and depth that
-maximise expected tokens per second on the device at hand.
+maximise expected tokens per second on the device at hand, and run plain AR steps where no size beats them by
+more than the measurements' noise.
 
-Two measured inputs, one model:
+Three measured inputs, one model:
 
 * **Cost** (:class:`Calibration`): seconds of one feed (attention mask + forward + logits processing) of the target,
-  the draft model and the draft head against the tokens fed per row, at the rows a call runs (``copies * batch``).
-  Measured once per machine, model and row count by :func:`calibrate` (about a second at batch 1 on a CPU) and
-  cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides ``.cache``; ``SPECDEC_RECALIBRATE=1``
-  measures again, e.g. after a calibration taken while the machine was busy). Between measured points the
-  cost is interpolated linearly, beyond the last one extrapolated along the last segment.
+  the draft model and the draft head against the tokens fed per row, at the rows a call runs (``copies * batch``),
+  with the timings' relative noise. Measured once per machine, model and row count by :func:`calibrate_feed`
+  (about a second at batch 1 on a CPU) and cached in ``.cache/specdec/sizing/`` (``SPECDEC_CACHE_DIR`` overrides
+  ``.cache``; ``SPECDEC_RECALIBRATE=1`` measures again). Between measured points the cost is interpolated linearly,
+  beyond the last one extrapolated along the last segment.
 * **Acceptance** (:class:`ChainStats`, :class:`DynamicTreeStats`, :class:`StaticTreeStats`): running statistics of
-  what every *smaller* configuration would have accepted on the steps actually taken. A chain of ``L'`` drafts
-  accepts ``min(a, L')`` of the drafts a longer chain accepted ``a`` of (same drafts, same uniforms); a subtree
-  (a prefix of siblings in trial order, a top-``M'`` of EAGLE-2's candidate pool, fewer expansion rounds) accepts
-  the longest prefix of the full tree's accepted path that it contains (recursive rejection tries a node's
-  children in the same order). Chains longer than any run extend a fully accepted window geometrically with the
-  pooled per-draft acceptance rate.
+  what each candidate size accepts. SD's shorter drafts are the first drafts of a longer one with the same
+  uniforms, so a draft of ``L'`` accepts ``min(a, L')`` of the ``a`` a longer draft accepted; a subtree (a prefix of
+  siblings in trial order, a top-``M'`` of EAGLE-2's candidate pool, fewer expansion rounds) accepts the longest
+  prefix of the full tree's accepted path that it contains (recursive rejection tries a node's children in the
+  same order). Both rules are exact in distribution. Jacobi windows are not: a draft far into a long window has
+  been refined by more target passes than the same position of a short one, so each window length that has run is
+  estimated from its own steps (:class:`ChainStats` ``per_width``), and one that has not borrows the nearest run
+  length's (truncated from a longer one, an optimistic guess that running it replaces).
+* **Step time** (``feedback``, on with a measured calibration): the seconds per step each size measured on the
+  method's own calls, less the calibrated feeds, is that size's per-step overhead (verification, the Jacobi
+  update, drafting bookkeeping, Python), added to its prediction; sizes that have not run get the run sizes'
+  overheads interpolated. AR steps are timed once, on the second call (a *probe*). When measured steps keep
+  drifting from the predictions (:data:`DRIFT_TOLERANCE`, :data:`DRIFT_CALLS` calls in a row) the curves are
+  measured again.
 
 The size of a call maximises ``(1 + E[accepted]) / E[seconds per step]`` over the method's candidates, with ties to
-the smaller size. It is chosen once per :func:`~specdec.decoding.generate` call (in ``Method.begin``) and held for
-the whole call: the tokens of a call are those of the fixed-size method at the chosen size, so exact methods stay
-exact and a run is reproducible from its seed and the sizes chosen. The first call of a method runs its exploration
-size (the papers' setting or larger) to collect statistics for every smaller candidate. Given a calibration and the
-same sequence of calls, the chosen sizes are deterministic.
+the smaller size, among the sizes that beat the no-draft size (AR steps, the first candidate) by more than the
+margin (:data:`MIN_MARGIN`, or twice the calibration's relative noise where that is larger) both on the calibrated
+feeds alone and with the measured overheads; with none, the call runs AR steps (:func:`decide`). It is chosen once
+per :func:`~specdec.decoding.generate` call (in ``Method.begin``) and held for the whole call: the tokens of a call
+are those of the fixed-size method at the chosen size, so exact methods stay exact and a run is reproducible from
+its seed and the sizes chosen (``metrics.sizing`` reports each call's size, with its predicted and measured speed).
+The first call of a method runs its exploration size (the papers' setting or larger) to collect statistics. Given
+a calibration, the same sequence of calls and no timing feedback (a synthetic calibration), the chosen sizes are
+deterministic.
 """
 
 import hashlib
@@ -31,7 +44,7 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,12 +61,17 @@ class CostCurve:
 
     tokens: Tuple[int, ...]
     seconds: Tuple[float, ...]
+    #: Relative timing noise of the measurement (median over the points of each point's interquartile half-range
+    #: over its median); 0 for synthetic curves and for caches written before it was recorded.
+    noise: float = 0.0
 
     def __post_init__(self):
         if len(self.tokens) != len(self.seconds) or not self.tokens:
             raise ValueError("tokens and seconds must be non-empty and of equal length")
         if list(self.tokens) != sorted(set(self.tokens)):
             raise ValueError(f"tokens must be strictly increasing, got {self.tokens}")
+        if not self.noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
 
     def __call__(self, tokens: float) -> float:
         xs, ys = self.tokens, self.seconds
@@ -68,11 +86,12 @@ class CostCurve:
         raise AssertionError  # unreachable
 
     def to_json(self) -> Dict:
-        return {"tokens": list(self.tokens), "seconds": list(self.seconds)}
+        return {"tokens": list(self.tokens), "seconds": list(self.seconds), "noise": self.noise}
 
     @classmethod
     def from_json(cls, d: Dict) -> "CostCurve":
-        return cls(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]))
+        return cls(tuple(int(t) for t in d["tokens"]), tuple(float(s) for s in d["seconds"]),
+                   float(d.get("noise", 0.0)))
 
 
 @dataclass
@@ -96,19 +115,25 @@ class Calibration:
     def has(self, role: str, rows: int) -> bool:
         return (role, rows) in self.curves
 
+    def noise(self, roles, rows: int) -> float:
+        """The largest relative timing noise of the curves of ``roles`` at ``rows`` rows."""
+        return max((self.curves[(r, rows)].noise for r in roles if (r, rows) in self.curves), default=0.0)
+
     @classmethod
     def for_models(cls, models: Dict[str, object], rows: int, device, *, sampling=None,
-                   cache_dir: Optional[Path] = None, previous: Optional["Calibration"] = None) -> "Calibration":
+                   cache_dir: Optional[Path] = None, previous: Optional["Calibration"] = None,
+                   force: bool = False) -> "Calibration":
         """Curves for every ``role -> model`` at ``rows`` rows: from ``previous``, else the per-machine cache file
-        of each model, else measured now (and cached)."""
+        of each model, else measured now (and cached). ``force``: measure now (and overwrite the cache) even
+        where a curve is known: what :class:`AutoSizer` does when measured steps drift from the model."""
         calib = previous if previous is not None else cls(source="measured")
         for role, model in models.items():
-            if model is None or calib.has(role, rows):
+            if model is None or (calib.has(role, rows) and not force):
                 continue
             path = _cache_path(model, device, cache_dir)
             stored = json.loads(path.read_text()) if path.exists() else {}
             key = str(rows)
-            fresh = os.environ.get("SPECDEC_RECALIBRATE") and (path, key) not in _MEASURED_IN_THIS_PROCESS
+            fresh = force or (os.environ.get("SPECDEC_RECALIBRATE") and (path, key) not in _MEASURED_IN_THIS_PROCESS)
             if key not in stored or fresh:
                 _MEASURED_IN_THIS_PROCESS.add((path, key))
                 stored[key] = calibrate_feed(model, rows, device, head=(role == "head"), sampling=sampling).to_json()
@@ -158,7 +183,8 @@ def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
                    tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 5) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
-    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features.
+    ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features. The curve's ``noise``
+    is the median over the points of the reps' interquartile half-range relative to their median.
 
     The first feeds of a process run slow (allocator, thread pool), so the widest and the narrowest feed are run
     twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
@@ -190,7 +216,7 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
 
     for t in (max(tokens), min(tokens)) * 2:
         feed(t)
-    seconds = []
+    seconds, spreads = [], []
     for t in tokens:
         feed(t)
         times = []
@@ -200,19 +226,38 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
             feed(t)
             sync()
             times.append(time.perf_counter() - t0)
-        seconds.append(sorted(times)[len(times) // 2])
+        times.sort()
+        median = times[len(times) // 2]
+        seconds.append(median)
+        spreads.append((times[(3 * len(times)) // 4] - times[len(times) // 4]) / (2 * median) if median > 0 else 0.0)
     for i in range(len(seconds) - 2, -1, -1):
         seconds[i] = min(seconds[i], seconds[i + 1])
-    return CostCurve(tuple(int(t) for t in tokens), tuple(seconds))
+    return CostCurve(tuple(int(t) for t in tokens), tuple(seconds), sorted(spreads)[len(spreads) // 2])
 
 
 # -- acceptance statistics -------------------------------------------------------------------------------------
 class ChainStats:
-    """Accepted drafts of chain steps: counts of (drafts offered, accepted, fully-accepted full window)."""
+    """Accepted drafts of chain steps, by the window width the step ran: counts of (drafts offered, accepted,
+    fully-accepted full window) per width.
 
-    def __init__(self):
+    Two estimates of what a window of ``L'`` drafts accepts:
+
+    * **pooled** (``per_width=False``, SD's gamma): every record of every width, ``min(a, L')`` of a record that
+      offered at least ``L'`` drafts (a shorter draft is the first ``L'`` drafts of the same draft model with the
+      same uniforms, so the truncation is exact in distribution), a geometric extension past a fully accepted
+      window, ``a`` otherwise;
+    * **per width** (``per_width=True``, Jacobi windows): a width that has run is estimated from its own records
+      only. A Jacobi draft far into a long window has been refined by more target passes than the same position
+      of a short window, so a long window's records truncated to ``L'`` overstate a short window and a short
+      window's records understate a long one. A width that has not run borrows the nearest run width above it
+      (truncated, an optimistic guess: choosing it runs it, and its own records then replace the guess) or, with
+      none above, the nearest below (extended geometrically).
+    """
+
+    def __init__(self, per_width: bool = False):
+        self.per_width = per_width
         self._pending: List[Tuple[torch.Tensor, torch.Tensor, int]] = []
-        self.counts: Dict[Tuple[int, int, bool], float] = {}
+        self.by_width: Dict[int, Dict[Tuple[int, int, bool], float]] = {}
 
     def observe(self, offered: torch.Tensor, accepted: torch.Tensor, active: torch.Tensor, width: int) -> None:
         """One step: ``offered`` / ``accepted`` ``(batch,)`` for the ``active`` rows of a window of ``width``
@@ -221,32 +266,58 @@ class ChainStats:
 
     def fold(self) -> None:
         for offered, accepted, width in self._pending:
+            counts = self.by_width.setdefault(int(width), {})
             n, a = offered.cpu(), accepted.cpu()
             for ni, ai in zip(n.tolist(), a.tolist()):
                 if ni < 0:
                     continue
                 key = (ni, ai, ni == width and ai == ni)
-                self.counts[key] = self.counts.get(key, 0.0) + 1.0
+                counts[key] = counts.get(key, 0.0) + 1.0
         self._pending.clear()
 
     @property
+    def counts(self) -> Dict[Tuple[int, int, bool], float]:
+        """Records of every width together."""
+        out: Dict[Tuple[int, int, bool], float] = {}
+        for counts in self.by_width.values():
+            for key, c in counts.items():
+                out[key] = out.get(key, 0.0) + c
+        return out
+
+    @property
     def num_records(self) -> float:
-        return sum(self.counts.values())
+        return sum(sum(c.values()) for c in self.by_width.values())
 
     def acceptance_rate(self) -> float:
-        """Per-draft acceptance (accepted trials / trials, Beta(1, 1) prior): extends fully accepted windows."""
-        acc = sum(c * a for (n, a, _), c in self.counts.items())
-        rej = sum(c for (n, a, _), c in self.counts.items() if a < n)
+        """Per-draft acceptance (accepted trials / trials, Beta(1, 1) prior, every width): extends fully accepted
+        windows."""
+        counts = self.counts
+        acc = sum(c * a for (n, a, _), c in counts.items())
+        rej = sum(c for (n, a, _), c in counts.items() if a < n)
         return (acc + 1.0) / (acc + rej + 2.0)
 
+    def observed(self, drafts: int) -> bool:
+        """Whether a window of ``drafts`` drafts has run (its estimate is its own records')."""
+        return sum(self.by_width.get(int(drafts), {}).values()) > 0
+
     def expected_accepted(self, drafts: int) -> float:
-        """Mean accepted drafts per step with a window of ``drafts`` drafts."""
-        total = self.num_records
+        """Mean accepted drafts per step with a window of ``drafts`` drafts (0 before any record)."""
+        if not self.per_width:
+            return self._estimate(self.counts, drafts)
+        run = sorted(w for w, c in self.by_width.items() if sum(c.values()) > 0)
+        if not run:
+            return 0.0
+        above = [w for w in run if w >= drafts]
+        source = above[0] if above else run[-1]
+        return self._estimate(self.by_width[source], drafts)
+
+    def _estimate(self, counts: Dict[Tuple[int, int, bool], float], drafts: int) -> float:
+        total = sum(counts.values())
         if total == 0:
             return 0.0
         alpha = self.acceptance_rate()
         out = 0.0
-        for (n, a, censored), c in self.counts.items():
+        for (n, a, censored), c in counts.items():
             if drafts <= n:
                 est = min(a, drafts)
             elif censored:  # the whole window passed: what more drafts would have added, geometrically
@@ -327,15 +398,41 @@ class StaticTreeStats:
 
 
 # -- the sizer -------------------------------------------------------------------------------------------------
+#: The least relative margin by which a size must beat AR steps, on top of the calibration's measured noise.
+MIN_MARGIN = 0.02
+#: A measured step this far (relative) from its prediction, ``DRIFT_CALLS`` calls in a row, triggers a
+#: re-calibration (at most once every ``RECALIBRATION_COOLDOWN`` measured calls).
+DRIFT_TOLERANCE = 0.25
+DRIFT_CALLS = 3
+RECALIBRATION_COOLDOWN = 10
+#: Decided calls over which :meth:`AutoSizer.settled` takes the most frequent size.
+SETTLED_CALLS = 10
+
+
 @dataclass
 class Choice:
+    """A candidate size and what the sizer predicts for it: tokens per step (per row), seconds per step of the
+    calibrated feeds (``model_seconds_per_step``) and with the per-step overhead measured on this machine's calls
+    (``seconds_per_step``; the same without measurements). ``reason``: ``"explore"``, ``"probe"`` (AR steps timed
+    once so that AR's own overhead is known), ``"fastest"``, or ``"ar"`` (no size beat AR by ``margin``)."""
+
     size: object
     tokens_per_step: float
     seconds_per_step: float
+    model_seconds_per_step: float = float("nan")
+    reason: str = "fastest"
+    margin: float = 0.0
+    ar_tokens_per_second: float = float("nan")
+    measured: bool = False  # whether this size's per-step overhead is its own (it has run), not borrowed
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_per_step / self.seconds_per_step if self.seconds_per_step > 0 else 0.0
+
+    @property
+    def model_tokens_per_second(self) -> float:
+        s = self.model_seconds_per_step
+        return self.tokens_per_step / s if s > 0 else 0.0
 
 
 def best(choices: Sequence[Choice]) -> Choice:
@@ -347,19 +444,63 @@ def best(choices: Sequence[Choice]) -> Choice:
     return top
 
 
+def decide(choices: Sequence[Choice], margin: float) -> Choice:
+    """The size to run. ``choices[0]`` is the no-draft size (AR steps). A drafting size is eligible when it beats
+    AR by more than ``margin`` (relative) both on the calibrated feeds alone and with the measured overheads; the
+    fastest eligible one wins (ties to the smaller), and AR steps run when none is eligible. A size that has not
+    run (its overhead borrowed) displaces the fastest size that has only when it is faster by more than
+    ``margin`` too, so that timing noise does not send the sizer from one untried size to the next."""
+    ar = choices[0]
+    eligible = [c for c in choices[1:]
+                if c.model_tokens_per_second > ar.model_tokens_per_second * (1 + margin)
+                and c.tokens_per_second > ar.tokens_per_second * (1 + margin)]
+    top = best(eligible) if eligible else ar
+    tried = [c for c in eligible if c.measured]
+    if eligible and not top.measured and tried:
+        incumbent = best(tried)
+        if top.tokens_per_second <= incumbent.tokens_per_second * (1 + margin):
+            top = incumbent
+    return replace(top, reason="fastest" if eligible else "ar", margin=margin,
+                   ar_tokens_per_second=ar.tokens_per_second)
+
+
+def _key(size):
+    return tuple(size) if isinstance(size, (list, tuple)) else size
+
+
 class AutoSizer:
-    """Chooses a method's size at the start of every call (``method.begin``), from a :class:`Calibration` and
-    the method's running acceptance statistics. ``calibration=None`` measures (or loads the cached one) for the
-    call's models and rows; ``explore`` overrides the method's exploration size."""
+    """Chooses a method's size at the start of every call (``method.begin``), from a :class:`Calibration`, the
+    method's running acceptance statistics and, with ``feedback``, the step times measured on its own calls.
+
+    ``calibration=None`` measures (or loads the cached one) for the call's models and rows; ``explore`` overrides
+    the method's exploration size. ``feedback`` (default: on for a measured calibration, off for a synthetic one):
+    after every call but the first (a process's first call runs cold), the measured seconds per step of the size
+    it ran, less the calibrated feeds' prediction, is that size's per-step overhead (verification, drafting
+    bookkeeping, Python), which the model adds to the size's prediction; a size not run yet gets the overheads of
+    the run sizes around it, interpolated in calibrated step time (:meth:`_overhead`). The second call runs
+    AR steps once (a probe) so that AR's own overhead is measured. When a size's measured step drifts from its
+    prediction by more than :data:`DRIFT_TOLERANCE`, the same way, for :data:`DRIFT_CALLS` calls in a row, the cost
+    curves are measured again and the overheads forgotten. ``clock``: the timer of the calls (tests pass a fake one)."""
 
     def __init__(self, calibration: Optional[Calibration] = None, *, cache_dir: Optional[Path] = None,
-                 explore=None):
+                 explore=None, feedback: Optional[bool] = None, clock=time.perf_counter):
         self.calibration = calibration
         self.cache_dir = cache_dir
         self.explore = explore
+        self.feedback = feedback
+        self.clock = clock
         self.stats = None
         self.history: List[Choice] = []  # one per call
-        self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while no new statistics came in
+        self.recalibrations = 0
+        self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while nothing new was observed
+        self._model: Dict[int, list] = {}  # rows -> (size, tokens per step, calibrated seconds) per candidate
+        #: (rows, size) -> [sum of measured per-step overheads, calls]
+        self._overheads: Dict[Tuple[int, object], List[float]] = {}
+        self._current = None  # (choice, rows, roles, start time) of the call in flight
+        self._drift_calls = 0  # calls in a row whose measured step was off the prediction the same way
+        self._drift_direction = 0
+        self._since_recalibration = 0
+        self._recalibrate = False
 
     def choose(self, method, model, batch_size: int, sampling, device) -> object:
         copies = 2 if sampling.uses_cfg else 1
@@ -368,33 +509,143 @@ class AutoSizer:
         if self.calibration is None or not all(self.calibration.has(r, rows) for r, m in roles.items() if m is not None):
             self.calibration = Calibration.for_models(roles, rows, device, sampling=sampling,
                                                       cache_dir=self.cache_dir, previous=self.calibration)
+        if self.feedback is None:
+            self.feedback = self.calibration.source != "synthetic"
+        if self._recalibrate:
+            self._recalibrate = False
+            self.recalibrations += 1
+            self.calibration = Calibration.for_models(roles, rows, device, sampling=sampling, cache_dir=self.cache_dir,
+                                                      previous=self.calibration, force=True)
+            self._overheads = {k: v for k, v in self._overheads.items() if k[0] != rows}
+            self._choices.clear()
+            self._model.clear()
         if self.stats is None:
             explore = self.explore if self.explore is not None else method.explore_size()
             self.stats = method.new_size_stats(explore)
-            choice = Choice(explore, float("nan"), float("nan"))
+            choice = Choice(explore, float("nan"), float("nan"), reason="explore")
         else:
-            # The choice is a function of the statistics, the calibration and the rows: evaluating every candidate
-            # (hundreds for a tree) is skipped while no step has been observed since (a method that settled on
-            # no drafts observes nothing, so its calls stay as cheap as AR's).
+            # The choice is a function of the statistics, the calibration, the measured overheads and the rows:
+            # evaluating every candidate (hundreds for a tree) is skipped while nothing was observed since (a method
+            # that settled on no drafts observes nothing, so its calls stay as cheap as AR's).
             if self.stats._pending:
                 self._choices.clear()
+                self._model.clear()
             self.stats.fold()
             choice = self._choices.get(rows)
             if choice is None:
-                choices = [Choice(size, 1.0 + method.expected_accepted(self.stats, size),
-                                  method.step_seconds(self.calibration, rows, size, self.stats))
-                           for size in method.size_candidates(self.stats)]
-                choice = self._choices[rows] = best(choices)
+                model = self._model.get(rows)
+                if model is None:  # the statistics' and the curves' part, kept while neither changes
+                    model = self._model[rows] = [(size, 1.0 + method.expected_accepted(self.stats, size),
+                                                  method.step_seconds(self.calibration, rows, size, self.stats))
+                                                 for size in method.size_candidates(self.stats)]
+                ar_size, _, ar_seconds = model[0]
+                if self.feedback and (rows, _key(ar_size)) not in self._overheads:
+                    choice = Choice(ar_size, 1.0, ar_seconds, ar_seconds, reason="probe")
+                else:
+                    choice = self._choices[rows] = self._decide(rows, roles, model)
         self.history.append(choice)
+        self._current = (choice, rows, roles, self.clock())
         return choice.size
+
+    def settled(self, calls: int = SETTLED_CALLS):
+        """The size this sizer settled on: the most frequent among its last ``calls`` decided calls (explore and
+        probe calls left out; ties to the latest), None before any."""
+        decided = [c.size for c in self.history if c.reason in ("fastest", "ar")][-calls:]
+        if not decided:
+            return None
+        counts: Dict[object, int] = {}
+        for size in decided:
+            counts[_key(size)] = counts.get(_key(size), 0) + 1
+        top = max(counts.values())
+        return next(size for size in reversed(decided) if counts[_key(size)] == top)
+
+    def _decide(self, rows: int, roles, model) -> Choice:
+        """:func:`decide` over ``model``'s candidates ``(size, tokens per step, calibrated seconds per step)``
+        (the no-draft size first), each with its measured (or borrowed) per-step overhead."""
+        # The noise is an interquartile half-range (about 0.67 sigma of one timing); a ratio of two timings has
+        # sqrt(2) sigma: twice the noise is about that.
+        margin = max(MIN_MARGIN, 2.0 * self.calibration.noise([r for r, m in roles.items() if m is not None], rows))
+        measured = [(seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
+        measured = [(seconds, o[0] / o[1]) for seconds, o in measured if o is not None]
+        choices = []
+        for size, tokens, seconds in model:
+            overhead = self._overhead(rows, size, seconds, measured)
+            own = (rows, _key(size)) in self._overheads
+            choices.append(Choice(size, tokens, seconds + overhead, seconds, measured=own))
+        return decide(choices, margin)
+
+    def _overhead(self, rows: int, size, seconds: float, measured) -> float:
+        """The size's own measured overhead, else interpolated linearly in calibrated step seconds between the
+        run sizes around it (the nearest one's beyond them; 0 before any has run)."""
+        own = self._overheads.get((rows, _key(size)))
+        if own is not None:
+            return own[0] / own[1]
+        if not measured:
+            return 0.0
+        below = [m for m in measured if m[0] <= seconds]
+        above = [m for m in measured if m[0] >= seconds]
+        if not below or not above:
+            return min(measured, key=lambda m: (abs(m[0] - seconds), m[1]))[1]
+        (x0, y0), (x1, y1) = max(below, key=lambda m: (m[0], -m[1])), min(above, key=lambda m: (m[0], m[1]))
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (seconds - x0) / (x1 - x0)
+
+    def end(self, method, metrics) -> None:
+        """Called by :func:`~specdec.decoding.generate` after a call: puts the call's size and its predicted vs
+        measured speed into ``metrics.sizing`` and, with feedback, learns the size's per-step overhead and watches
+        for drift."""
+        from .metrics import SizeReport
+
+        if self._current is None:
+            return
+        choice, rows, roles, start = self._current
+        self._current = None
+        seconds = self.clock() - start
+        steps = int(metrics.accept_lens.shape[1])  # loop iterations (the prefill excluded)
+        # The prefill (a one-token feed) counts as one step: about an AR step, within a few percent of any step
+        # over the dozens of steps of a call.
+        measured_step = seconds / (steps + 1)
+        tokens = float(metrics.tokens_per_step.mean()) if metrics.row_steps.numel() else float("nan")
+        metrics.sizing = SizeReport(size=choice.size, label=method.size_label(), reason=choice.reason,
+                                    predicted_tokens_per_step=choice.tokens_per_step,
+                                    predicted_seconds_per_step=choice.seconds_per_step,
+                                    measured_tokens_per_step=tokens, measured_seconds_per_step=measured_step,
+                                    margin=choice.margin, ar_tokens_per_second=choice.ar_tokens_per_second)
+        if not self.feedback or choice.reason == "explore" or not steps:
+            return
+        self.observe_step_time(choice, rows, measured_step)
+
+    def observe_step_time(self, choice: Choice, rows: int, measured_step: float) -> None:
+        """Learn ``choice``'s per-step overhead from one call's measured seconds per step at ``rows`` rows, and
+        schedule a re-calibration when measured steps keep drifting from the predictions."""
+        key = (rows, _key(choice.size))
+        predicted = choice.seconds_per_step
+        if predicted > 0 and any(k[0] == rows for k in self._overheads):  # a prediction with measured overheads
+            # drift: off by more than the tolerance, the same way as the calls before (noise goes both ways)
+            direction = (measured_step > predicted) - (measured_step < predicted)
+            drifted = abs(measured_step - predicted) > DRIFT_TOLERANCE * predicted
+            same_way = self._drift_calls == 0 or direction == self._drift_direction
+            self._drift_calls = (self._drift_calls + 1 if same_way else 1) if drifted else 0
+            self._drift_direction = direction
+        entry = self._overheads.setdefault(key, [0.0, 0])
+        entry[0] += measured_step - choice.model_seconds_per_step
+        entry[1] += 1
+        self._since_recalibration += 1
+        self._choices.clear()
+        if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
+            # (a synthetic calibration is a cost model by fiat: nothing to measure again, the overheads adapt)
+            self._recalibrate = self.calibration.source != "synthetic"
+            self._drift_calls = self._since_recalibration = 0
 
 
 @contextmanager
 def held_size(method):
-    """Within the block, ``method`` runs every call at the size it holds now (its last auto-sized call's choice),
-    without re-choosing or collecting statistics; outside it, auto sizing resumes. Used to judge the quality of
-    an auto-sized method at the size its timed run settled on."""
+    """Within the block, ``method`` runs every call at the size its sizer settled on (:meth:`AutoSizer.settled`;
+    kept after the block), without re-choosing or collecting statistics; outside it, auto sizing resumes. Used to
+    judge the quality of an auto-sized method at the size its timed run settled on."""
     sizer, method.sizer = method.sizer, None
+    settled = sizer.settled() if sizer is not None else None
+    if settled is not None:
+        method.apply_size(settled)
     try:
         yield method
     finally:

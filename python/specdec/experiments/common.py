@@ -119,6 +119,23 @@ class MethodRun:
     accept_lens: List[torch.Tensor]  # per batch (rows, steps), -1 padded
     num_tokens: int
     seconds: float  # wall-clock of all generate calls (after one untimed warm-up call)
+    batch_seconds: Optional[List[float]] = None  # wall-clock of each call, in row order (when recorded)
+
+    def select(self, calls: Sequence[int]) -> "MethodRun":
+        """This run over some of its calls (indices into its calls, in row order): what it spent on the rows another
+        run, timed on those calls only (:func:`run_methods`' ``calls``), covered."""
+        if self.batch_seconds is None:
+            raise ValueError(f"{self.name}: per-call times were not recorded")
+        starts = [0]
+        for a in self.accept_lens:
+            starts.append(starts[-1] + a.shape[0])
+        calls = sorted(set(int(c) for c in calls))
+        if calls and not 0 <= calls[0] <= calls[-1] < len(self.accept_lens):
+            raise ValueError(f"{self.name}: calls must lie in [0, {len(self.accept_lens)}), got {calls}")
+        rows = [r for c in calls for r in range(starts[c], starts[c + 1])]
+        return MethodRun(self.name, self.tokens[rows], self.row_steps[rows], [self.accept_lens[c] for c in calls],
+                         self.num_tokens, float(sum(self.batch_seconds[c] for c in calls)),
+                         [self.batch_seconds[c] for c in calls])
 
     @property
     def seconds_per_image(self) -> float:
@@ -150,34 +167,56 @@ def run_method(tb, name: str, method, classes: torch.Tensor, row_keys: torch.Ten
                        progress=progress)[name]
 
 
+def spread_calls(num_calls: int, count: int) -> List[int]:
+    """``count`` call indices spread evenly over ``num_calls`` calls, the last one included (the first calls of an
+    auto-sized method explore; spread out, the picked calls sample the whole run)."""
+    count = max(0, min(int(count), int(num_calls)))
+    return [((i + 1) * num_calls) // count - 1 for i in range(count)]
+
+
 def run_methods(tb, methods: Dict[str, object], classes: torch.Tensor, row_keys: torch.Tensor, *,
-                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1,
-                progress: bool = True) -> Dict[str, MethodRun]:
+                sampling: SamplingConfig = DEFAULT_SAMPLING, batch_size: int = 1, progress: bool = True,
+                calls: Optional[Dict[str, Sequence[int]]] = None) -> Dict[str, MethodRun]:
     """:func:`run_method` for several methods side by side: after every method's warm-up call, batch ``i`` of
     every method runs before batch ``i + 1`` of any, in an order rotated by one per batch. The speed of a shared
     or thermally limited CPU drifts by 10-30 % over minutes; interleaved, a drift falls on every method alike
-    instead of on whichever method happened to run through it, so the ratios of the timings stay fair."""
+    instead of on whichever method happened to run through it, so the ratios of the timings stay fair.
+
+    ``calls``: ``name -> call indices`` runs that method on those calls' rows only (call ``i``: rows
+    ``i * batch_size ..``), interleaved with the others there; compare it with the others'
+    :meth:`MethodRun.select` of the same calls."""
+    n = len(classes)
+    num_calls = -(-n // batch_size)
+    only = {}
+    for name, picked in (calls or {}).items():
+        picked = set(int(c) for c in picked)
+        if name not in methods or not picked or not all(0 <= c < num_calls for c in picked):
+            raise ValueError(f"calls: {name!r} must name a method and give call indices in [0, {num_calls}), got "
+                             f"{sorted(picked)}")
+        only[name] = picked
     names = list(methods)
     for name in names:
         generate(tb.target, classes[:batch_size], methods[name], sampling=sampling, row_keys=row_keys[:batch_size])
-    parts = {name: {"tokens": [], "steps": [], "accepts": [], "seconds": 0.0} for name in names}
-    n = len(classes)
+    parts = {name: {"tokens": [], "steps": [], "accepts": [], "calls": []} for name in names}
     starts = range(0, n, batch_size)
     desc = names[0] if len(names) == 1 else f"{len(names)} methods, interleaved"
     for j, i in enumerate(tqdm(starts, desc=desc, leave=False, disable=not progress)):
         for name in names[j % len(names):] + names[: j % len(names)]:
+            if name in only and j not in only[name]:
+                continue
             _synchronize(classes.device)
             start = time.perf_counter()
             res = generate(tb.target, classes[i : i + batch_size], methods[name], sampling=sampling,
                            row_keys=row_keys[i : i + batch_size])
             _synchronize(classes.device)
             part = parts[name]
-            part["seconds"] += time.perf_counter() - start
+            part["calls"].append(time.perf_counter() - start)
             part["tokens"].append(res.tokens.cpu())
             part["steps"].append(res.metrics.row_steps)
             part["accepts"].append(res.metrics.accept_lens)
     return {name: MethodRun(name, torch.cat(p["tokens"]), torch.cat(p["steps"]), p["accepts"],
-                            int(tb.target.num_tokens), p["seconds"]) for name, p in parts.items()}
+                            int(tb.target.num_tokens), float(sum(p["calls"])), p["calls"])
+            for name, p in parts.items()}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -291,9 +330,12 @@ def timed_run(setup: Setup, name: str, method, *, batch_size: int, progress: boo
     return timed_runs(setup, {name: method}, batch_size=batch_size, progress=progress)[name]
 
 
-def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False):
-    """:func:`run_methods` (interleaved) over the timed rows, decoded: ``name -> (run, images)``."""
-    runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress)
+def timed_runs(setup: Setup, methods: Dict[str, object], *, batch_size: int, progress: bool = False,
+               calls: Optional[Dict[str, Sequence[int]]] = None):
+    """:func:`run_methods` (interleaved; ``calls`` limits some methods to some calls) over the timed rows,
+    decoded: ``name -> (run, images)``."""
+    runs = run_methods(setup.tb, methods, setup.classes, setup.keys, batch_size=batch_size, progress=progress,
+                       calls=calls)
     return {name: (run, decode(setup.tb, run.tokens)) for name, run in runs.items()}
 
 

@@ -1,11 +1,15 @@
 """``specdec demo``: every decoding method on the shipped testbed, same classes and seeds, side by side.
 
-Each method is run twice:
+Each method is run twice (and its other sizes once, side by side):
 
 * **timed**: the timed rows (``images_per_class`` per class) at ``batch_size`` (1 by default, the setting the
   targets are stated for): accepted drafts per verification, tokens per step, step compression (AR's target
   forwards / the method's), wall-clock seconds per image and the speed-up over AR measured in the same run, every
   method's calls interleaved with the others' (:func:`~specdec.experiments.common.run_methods`);
+* **side by side**: on ``speed_images`` of the timed rows (spread over the run), the other sizing's rows (with ``size="auto"``: each
+  method at the papers' size and at the fixed sizes of ``fixed_sizes``; with ``"fixed"``: auto-sized), their calls
+  interleaved with the timed rows' calls, so that auto and fixed sizes are compared on the same images under the
+  same drift (demo.md's *Sizes side by side*, and throughput.md);
 * **judged**: ``judge_images`` rows (the same classes and per-row seeds for every method), generated in batches and
   untimed, judged against as many held-out images: class accuracy, FD-cls, KID, precision / recall with bootstrap
   95 % intervals, the paired difference to AR and a verdict (:mod:`specdec.metrics.bootstrap`). An
@@ -32,14 +36,14 @@ from ..decoding.sizing import held_size
 from ..metrics.evaluate import save_grid
 from .common import (DEFAULT_SAMPLING, KID_SCALE, QUALITY_COLUMNS, QUALITY_FIELDS, MethodRun, RunConfig, Setup,
                      build_method, cost_row, judged_header, judged_images, judged_run, machine_line, markdown_table, prepare,
-                     timed_run, timed_runs, write_outputs)
+                     spread_calls, timed_run, timed_runs, write_outputs)
 
 #: The registered methods the demo runs by default (``register(..., demo=True)``), in registration order.
 DEMO_METHODS = demo_methods()
 
 SPEED_COLUMNS = (
     ("method", "method", "{}"),
-    ("size", "size (last call)", "{}"),
+    ("size", "size (settled)", "{}"),
     ("accepted_per_step", "accepted / step", "{:.2f}"),
     ("tokens_per_step", "tokens / step", "{:.2f}"),
     ("step_compression", "step compression", "{:.2f}x"),
@@ -51,6 +55,18 @@ QUALITY_TABLE_COLUMNS = (("method", "method", "{}"),) + QUALITY_COLUMNS
 CSV_FIELDS = tuple(k for k, _, _ in SPEED_COLUMNS) + ("judged_step_compression",) + QUALITY_FIELDS
 
 
+#: Fixed sizes (``method.apply_size`` values) timed side by side with the auto-sized rows, besides the papers'
+#: size (the constructor's): shorter Jacobi windows and drafts, smaller trees.
+DEMO_FIXED_SIZES = {
+    "sd": (1, 2),
+    "sjd": (4, 8, 12),
+    "gsd": (4, 8, 12),
+    "eagle2": ((4, 2), (10, 3)),
+    "lantern": ((4, 2), (10, 3)),
+    "lantern++": ((3, 0), (4, 1)),
+}
+
+
 @dataclass
 class DemoConfig(RunConfig):
     images_per_class: int = 20
@@ -58,7 +74,11 @@ class DemoConfig(RunConfig):
     methods: Sequence[str] = DEMO_METHODS
     options: Dict[str, dict] = field(default_factory=dict)  # per-method constructor options
     size: str = "auto"  # "auto": cost-aware sizes (specdec.decoding.sizing); "fixed": the papers' sizes
-    speed_images: int = 10  # rows of the speed table (fixed vs auto sizes; ragged vs truncated at batch > 1)
+    #: Timed rows (whole calls, spread evenly over the run) on which the other sizing's rows (with size="auto": the papers' size and
+    #: ``fixed_sizes``; with "fixed": auto) run, their calls interleaved with every method's: the side-by-side
+    #: table of demo.md and throughput.md (fixed vs auto sizes; ragged vs truncated at batch > 1).
+    speed_images: int = 20
+    fixed_sizes: Dict[str, Sequence] = field(default_factory=lambda: dict(DEMO_FIXED_SIZES))
     cspd: bool = True  # run the CSpD rows of the continuous testbed (demo_cspd.md)
 
     @classmethod
@@ -110,10 +130,15 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         raise ValueError("the demo needs 'ar' among the methods: speed-ups and quality are relative to it")
     setup = prepare(config, progress)
     names = ["ar"] + [m for m in config.methods if m != "ar"]
-    # The registry's methods are timed together, their calls interleaved (fair ratios on a drifting machine).
+    # The registry's methods are timed together, their calls interleaved (fair ratios on a drifting machine), and
+    # so are the other sizing's rows, on speed_images of the rows spread over the run.
     methods = {n: build_method(setup.tb, n, **{"size": config.size, **config.options.get(n, {})})
                for n in names if n not in ROW_PRODUCERS}
-    timed = timed_runs(setup, methods, batch_size=config.batch_size, progress=progress)
+    picked = spread_calls(-(-len(setup.classes) // config.batch_size), -(-config.speed_images // config.batch_size))
+    others = other_sizing_methods(setup, config, [n for n in methods if n != "ar"]) if picked else {}
+    timed = timed_runs(setup, {**methods, **{key: m for key, (_, _, m) in others.items()}},
+                       batch_size=config.batch_size, progress=progress, calls={key: picked for key in others})
+    speed_images = len(timed["ar"][0].select(picked).row_steps) if picked else 0
     rows, ar_run, ar_judged, timed_runs_by_name = [], None, None, {}
     for name in tqdm(names, desc="methods", disable=not progress):
         if name in ROW_PRODUCERS:
@@ -129,6 +154,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         save_grid(out.timed_images, setup.classes.cpu(), setup.out / f"samples_{_file_name(name)}.png",
                   per_class=min(10, config.images_per_class),
                   title=f"{name}: {out.timed.step_compression:.2f}x fewer target forwards")
+    # (after the judged runs: an auto-sized method now holds the size it settled on, which its label names)
+    side_by_side = side_by_side_rows(timed, methods, others, picked, config.size) if picked else []
     # Chance alone: AR with other seeds on the judged rows' classes.
     other_keys = _other_seed_keys(setup)
     noise, _, judged = judged_run(setup, "ar (seed + 1)", build_method(setup.tb, "ar"), keys=other_keys,
@@ -141,17 +168,24 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
                 f"{machine_line(config.threads, setup.device)}.\n\n## Speed\n\n{len(setup.classes)} images "
                 f"({config.images_per_class} per class), seed {config.seed}, batch {config.batch_size}, timed.\n\n"
                 + markdown_table([r for r in rows if "speedup" in r], SPEED_COLUMNS)
+                + (f"\n## Sizes side by side\n\n{SIDE_BY_SIDE_HEADER.format(images=speed_images)}\n\n"
+                   + markdown_table(side_by_side, SIDE_BY_SIDE_COLUMNS) if side_by_side else "")
                 + f"\n## Quality\n\n{judged_header(setup)}\n\n" + markdown_table(rows, QUALITY_TABLE_COLUMNS))
-    write_outputs(setup, "demo", rows, CSV_FIELDS, markdown, {"config": _jsonable(config), "rows": rows},
-                  plot_demo, progress)
-    if config.speed_images:  # throughput.md: fixed vs auto sizes (and ragged vs truncated rows at batch > 1)
+    write_outputs(setup, "demo", rows, CSV_FIELDS, markdown, {"config": _jsonable(config), "rows": rows,
+                                                               "side_by_side": side_by_side}, plot_demo, progress)
+    if speed_images:  # throughput.md: fixed vs auto sizes (and ragged vs truncated rows at batch > 1)
         from .throughput import SpeedConfig, run_speed
 
         registered = [n for n in names if n not in ROW_PRODUCERS]  # sizes apply to the decoding registry's methods
-        # The timed runs above are the rows of their own sizing: only the other sizing is run again.
-        reuse = {(n, "fixed" if n == "ar" else config.size): timed_runs_by_name[n] for n in registered}
-        run_speed(setup, registered, SpeedConfig(config.batch_size, max(config.speed_images, config.batch_size)),
-                  config.threads, progress, reuse=reuse)
+        # Every ragged row was timed above, interleaved: AR and this sizing's rows over the picked calls, the other
+        # sizing's (the papers' size for "fixed") there too. Only truncated rows (batch > 1) run again.
+        other = "fixed" if config.size == "auto" else "auto"
+        reuse = {(n, "fixed" if n == "ar" else config.size):
+                 (timed[n][0].select(picked), timed_runs_by_name[n][1]) for n in registered}
+        reuse.update({(n, other): (timed[key][0], method.size_label()) for key, (n, _, method) in others.items()
+                      if key == _other_key(n, None if other == "fixed" else "auto")})
+        run_speed(setup, registered, SpeedConfig(config.batch_size, speed_images), config.threads, progress,
+                  reuse=reuse)
     # CSpD on the continuous-token testbed: own table (demo_cspd.md), plot and grids, same seed, as many rows as the
     # timed rows (at most 200: each CSpD row decodes all of them).
     from ..continuous.demo import run_cspd_demo
@@ -160,6 +194,77 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = True) -> List[D
         run_cspd_demo(setup.out, 10 * min(config.images_per_class, 20), config.seed,
                       bootstrap_replicates=config.bootstrap_replicates, progress=progress)
     return rows
+
+
+SIDE_BY_SIDE_HEADER = (
+    "{images} of the timed images, spread evenly over the run (the last one included), every row's calls "
+    "interleaved with every other's (AR's and the auto rows are the speed table's calls on these images): each "
+    "method at its auto size, at the papers' size and at the fixed sizes of `fixed_sizes`. *vs best fixed*: the "
+    "auto row's speed over the fastest fixed row's of its method.")
+SIDE_BY_SIDE_COLUMNS = (
+    ("method", "method", "{}"),
+    ("sizing", "sizes", "{}"),
+    ("size", "size", "{}"),
+    ("images", "images", "{}"),
+    ("tokens_per_step", "tokens / step", "{:.2f}"),
+    ("seconds_per_image", "s / image", "{:.3f}"),
+    ("speedup", "speed-up vs ar", "{:.2f}x"),
+    ("vs_best_fixed", "vs best fixed", "{:.2f}x"),
+)
+
+
+def _other_key(name: str, size) -> str:
+    return f"{name} [{'papers' if size is None else size}]"
+
+
+def other_sizing_methods(setup: Setup, config: DemoConfig, names: Sequence[str]) -> Dict[str, tuple]:
+    """The rows timed side by side with the demo's own: ``key -> (method name, size label, method)``. With
+    ``size="auto"``: each method at the papers' size (key ``"<name> [papers]"``) and at its ``fixed_sizes``
+    (``"<name> [<size>]"``); with ``size="fixed"``: each method auto-sized (``"<name> [auto]"``)."""
+    out = {}
+    for name in names:
+        options = config.options.get(name, {})
+        if config.size == "fixed":
+            method = build_method(setup.tb, name, **{**options, "size": "auto"})
+            out[_other_key(name, "auto")] = (name, "auto", method)
+            continue
+        for size in (None,) + tuple(config.fixed_sizes.get(name, ())):
+            method = build_method(setup.tb, name, **{**options, "size": "fixed"})
+            if size is not None:
+                method.apply_size(size)
+            out[_other_key(name, size)] = (name, method.size_label(), method)
+    return out
+
+
+def side_by_side_rows(timed: Dict[str, tuple], methods: Dict[str, object], others: Dict[str, tuple],
+                      calls: Sequence[int], sizing: str) -> List[Dict]:
+    """AR, then per method its demo row (sizes ``sizing``; the size it settled on) over the ``calls`` the other
+    sizing's rows were timed on, and those rows, with speed-ups over AR on the same rows and, for an auto row, its
+    speed over the method's fastest fixed row (``vs_best_fixed``)."""
+    ar = timed["ar"][0].select(calls)
+    rows = [{"method": "ar", "sizing": "-", "size": "-", **_speed_fields(ar, ar)}]
+    for name in dict.fromkeys(n for n, _, _ in others.values()):
+        method_rows = [{"method": name, "sizing": sizing, "size": methods[name].size_label() or "-",
+                        **_speed_fields(timed[name][0].select(calls), ar)}]
+        for key, (n, label, method) in others.items():
+            if n == name:
+                other = "auto" if label == "auto" else "fixed"
+                if other == "auto":
+                    with held_size(method):  # the size it settled on
+                        label = method.size_label()
+                method_rows.append({"method": name, "sizing": other, "size": label or "-",
+                                    **_speed_fields(timed[key][0], ar)})
+        fixed = [r["speedup"] for r in method_rows if r["sizing"] == "fixed"]
+        for r in method_rows:
+            if r["sizing"] == "auto" and fixed:
+                r["vs_best_fixed"] = r["speedup"] / max(fixed)
+        rows += method_rows
+    return rows
+
+
+def _speed_fields(run, ar) -> Dict[str, float]:
+    return {"images": len(run.row_steps), "tokens_per_step": run.tokens_per_step,
+            "seconds_per_image": run.seconds_per_image, "speedup": ar.seconds_per_image / run.seconds_per_image}
 
 
 def _other_seed_keys(setup: Setup) -> torch.Tensor:

@@ -34,6 +34,12 @@ class Method:
         if self.sizer is not None:
             self.apply_size(self.sizer.choose(self, model, batch_size, sampling, device))
 
+    def end(self, metrics) -> None:
+        """Called by :func:`~specdec.decoding.generate` after the call with its metrics: an auto-sized method's
+        sizer records the call's measured speed (and puts the size's report into ``metrics.sizing``)."""
+        if self.sizer is not None:
+            self.sizer.end(self, metrics)
+
     def size_label(self) -> str:
         """The size this method runs at, in words (``"window 16"``); empty for methods without one."""
         return ""
@@ -83,7 +89,7 @@ class ChainMethod(Method):
             if self.truncate_to_worst:
                 out = truncate_to_worst(out, active)
             self.commit(ctx, out)  # 4. commit
-            if self.sizer is not None:
+            if self.sizer is not None and drafts.shape[1]:  # (AR steps teach the sizer nothing)
                 self.sizer.stats.observe(n, out.accept_len, active, drafts.shape[1])
         self.after_verify(ctx, out.probs, out.accept_len, out.next_token, n, active)
         return torch.where(active, out.accept_len, 0)

@@ -70,7 +70,7 @@ class SJD(ChainMethod):
         return self.num_drafts + 1
 
     def new_size_stats(self, explore):
-        return ChainStats()
+        return ChainStats(per_width=True)  # Jacobi windows: each window length's own statistics
 
     def size_candidates(self, stats):
         return list(range(1, MAX_AUTO_WINDOW + 1))  # window 1: no drafts (plain AR) where speculation cannot pay
