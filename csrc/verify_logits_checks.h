@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <optional>
+#include <utility>
 
 #include "checks.h"
 
@@ -166,6 +167,26 @@ inline LogitsShape check_tree_logits(const at::Tensor& logits, const std::option
   check_draft_probs(draft_probs, shape.batch, shape.slots, shape.vocab, logits);
   check_method_tensors(*mp, neighbors, std::nullopt, shape.vocab, logits);
   return shape;
+}
+
+// The checks jacobi_step adds to check_chain_logits (which it runs with q as draft_probs): q float32, the refresh's
+// uniforms u_draft / u_keep / u_init (B, L) float32, update (B,) bool, all on the logits' device.
+inline void check_jacobi_step(const std::optional<at::Tensor>& q, const at::Tensor& u_draft,
+                              const std::optional<at::Tensor>& u_keep, const std::optional<at::Tensor>& u_init,
+                              const at::Tensor& update, const LogitsShape& shape, const at::Tensor& logits) {
+  const int64_t batch = shape.batch, width = shape.slots - 1;
+  TORCH_CHECK(!q || q->scalar_type() == at::kFloat, "q must be float32, got ", q->scalar_type());
+  const std::pair<const at::Tensor*, const char*> uniforms[] = {
+      {&u_draft, "u_draft"}, {u_keep ? &*u_keep : nullptr, "u_keep"}, {u_init ? &*u_init : nullptr, "u_init"}};
+  for (const auto& [u, name] : uniforms) {
+    if (u == nullptr) continue;
+    check_shape(*u, {batch, width}, name);
+    check_dtype(*u, at::kFloat, name);
+    check_same(*u, logits, name);
+  }
+  check_shape(update, {batch}, "update");
+  check_dtype(update, at::kBool, "update");
+  check_same(update, logits, "update");
 }
 
 }  // namespace specdec::logits

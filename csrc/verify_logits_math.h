@@ -31,7 +31,13 @@ SPECDEC_HD inline double double_of(int64_t b) {
 // Processed logit z = float32((l_u + s * (l_c - l_u)) / T) in float64 (no CFG: l_c / T). T is already clamped.
 // One float32 rounding at the end, so an FMA contraction of the float64 steps cannot change z in practice.
 SPECDEC_HD inline float processed_logit(double cond, double uncond, bool cfg, double scale, double temperature) {
+#if defined(__CUDA_ARCH__)
+  // Explicit roundings on the device: no FMA contraction, so every kernel computing z (the row statistics and each
+  // entry read) gets the same value, the reference's separate float64 steps.
+  const double combined = cfg ? __dadd_rn(uncond, __dmul_rn(scale, __dsub_rn(cond, uncond))) : cond;
+#else
   const double combined = cfg ? uncond + scale * (cond - uncond) : cond;
+#endif
   return static_cast<float>(combined / temperature);
 }
 
@@ -69,6 +75,29 @@ SPECDEC_HD inline double exp_nonpositive(double x) {
   const int64_t k = bits_of(shifted) - bits_of(kShift);
   const double scale = double_of((k + 1023) << 52);
   return in_range ? poly * scale : 0.0;
+}
+
+// What processing one logits row leaves behind: the statistics every processed probability of the row is computed
+// from (processed_probability), so a backend can compute an entry wherever it reads it instead of materialising the
+// row. Filled by a whole-row pass (the CUDA row-statistics kernel); the values are the reference's.
+struct RowStatistics {
+  double shift;       // the row's max processed logit z (exp(z - shift) <= 1)
+  double total;       // sum of exp(z - shift) over the top-k survivors: the normaliser top-p tests against
+  double kept_total;  // the same sum over the top-k and top-p survivors: the probabilities' normaliser
+  float k_threshold;  // top-k: an entry survives iff z >= k_threshold, the k-th largest z (-inf: top-k off)
+  float p_cut;        // top-p: an entry survives iff float32(e / total) >= p_cut (only read when top_p)
+  bool top_p;         // top-p is on
+  bool usable;        // false: a NaN / +inf processed logit or every logit -inf; the row is no distribution (code 6)
+};
+
+// The processed probability of one entry from its processed logit z (processed_logit) and its row's statistics:
+// float32(e / kept_total) with e = exp(z - shift), 0 where top-k or top-p drops the entry. The reference's
+// rounding (one float32 rounding of float64 values), so equal to its process_logits entry.
+SPECDEC_HD inline float processed_probability(float z, const RowStatistics& s) {
+  if (!(z >= s.k_threshold)) return 0.0f;
+  const double e = exp_nonpositive(static_cast<double>(z) - s.shift);
+  if (s.top_p && static_cast<float>(e / s.total) < s.p_cut) return 0.0f;
+  return static_cast<float>(e / s.kept_total);
 }
 
 // The row status checks are shared with the probability kernels (verify_math.h).

@@ -191,6 +191,19 @@ SPECDEC_HD inline bool cdf_crosses(double cumulative, double threshold, double w
   return w > 0.0 && cumulative > threshold;
 }
 
+// ---- Jacobi refresh (specdec_kernels/reference/jacobi_step.py).
+
+// A fresh Jacobi entry drawn uniformly over the vocabulary: min(floor(float32(u) * V), V - 1) in float32, as the
+// decoding loop draws it. Whatever u is, the token is in [0, V) and the float -> integer conversion is defined:
+// uniforms outside [0, 1) (refused by the wrappers' validation) give what the reference's float32 -> int64 cast and
+// clamp give on the CPU: 0 for NaN, for scaled values <= 0 and for those past the int64 range (+inf included).
+SPECDEC_HD inline int64_t jacobi_init_token(float u, int64_t vocab) {
+  const float scaled = u * static_cast<float>(vocab);
+  if (!(scaled > 0.0f && scaled < 9.2233720368547758e18f)) return 0;  // 2^63: the int64 range
+  const int64_t token = static_cast<int64_t>(scaled);
+  return token < vocab - 1 ? token : vocab - 1;
+}
+
 // ---- GSD (docs/ALGORITHMS.md §3.3).
 
 // Rank order: p descending, ties by the lower token id.

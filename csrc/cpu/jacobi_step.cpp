@@ -19,14 +19,6 @@ namespace {
 
 using logits::LogitsShape;
 
-void check_uniforms(const std::optional<at::Tensor>& u, const char* name, int64_t batch, int64_t width,
-                    const at::Tensor& like) {
-  if (!u) return;
-  check_shape(*u, {batch, width}, name);
-  check_dtype(*u, at::kFloat, name);
-  check_same(*u, like, name);
-}
-
 template <typename T>
 void jacobi_rows(const at::Tensor& logits, const LogitsShape& shape, const Processing& proc, const at::Tensor& window,
                  const at::Tensor& q, const at::Tensor& u_accept, const at::Tensor& u_sample,
@@ -109,14 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> jacobi_st
       logits::check_chain_logits(logits_in, std::nullopt, q_in, window_in, u_accept_in, u_sample_in, num_drafts_in,
                                  cfg_scale, temperature, top_k, top_p, method, params, neighbors_in, embeddings_in,
                                  &mp);
+  logits::check_jacobi_step(q_in, u_draft_in, u_keep_in, u_init_in, update_in, shape, logits_in);
   const int64_t batch = shape.batch, width = shape.slots - 1, vocab = shape.vocab;
-  TORCH_CHECK(!q_in || q_in->scalar_type() == at::kFloat, "q must be float32, got ", q_in->scalar_type());
-  check_uniforms(u_draft_in, "u_draft", batch, width, logits_in);
-  check_uniforms(u_keep_in, "u_keep", batch, width, logits_in);
-  check_uniforms(u_init_in, "u_init", batch, width, logits_in);
-  check_shape(update_in, {batch}, "update");
-  check_dtype(update_in, at::kBool, "update");
-  check_same(update_in, logits_in, "update");
   const at::Tensor logits = logits_in.contiguous(), window = window_in.contiguous(),
                    u_accept = u_accept_in.contiguous(), u_sample = u_sample_in.contiguous(),
                    u_draft = u_draft_in.contiguous(), num_drafts = num_drafts_in.contiguous(),

@@ -233,12 +233,8 @@ int64_t jacobi_refresh(P& p, Q* q_old, int64_t b, int64_t a, int64_t n, int64_t 
     row.new_window[j] = token;
   }
   for (int64_t j = std::max<int64_t>(refreshed, 0); j < drafts; ++j) {
-    int64_t token = -1;
-    if (row.u_init) {  // uniform over the vocabulary, in float32 as the decoding loop draws it
-      const float scaled = row.u_init[j] * static_cast<float>(vocab);
-      token = std::min<int64_t>(static_cast<int64_t>(scaled), vocab - 1);
-      token = std::max<int64_t>(token, 0);
-    }
+    // Uniform over the vocabulary, in float32 as the decoding loop draws it (shared with CUDA: verify_math.h).
+    const int64_t token = row.u_init ? jacobi_init_token(row.u_init[j], vocab) : -1;
     row.new_window[j] = token;
     one_hot_row(row.new_q + j * vocab, vocab, token);
   }

@@ -1,6 +1,7 @@
-// CUDA backend of specdec_kernels: structural checks from csrc/checks.h, the device guard and the current
-// stream, then the torch-free launchers of csrc/cuda/*.cuh, whose status is checked with an error naming
-// the kernel. Registered under the CUDA dispatch key; the schemas live in csrc/ops.cpp.
+// CUDA backend of specdec_kernels: structural checks from csrc/checks.h (and the rule parameters decoded once by
+// csrc/verify_logits_checks.h), the device guard and the current stream, then the torch-free launchers of
+// csrc/cuda/*.cuh, whose status is checked with an error naming the kernel. Registered under the CUDA dispatch key;
+// the schemas live in csrc/ops.cpp.
 // Includes are deliberately minimal (docs/BUILD.md §4): never ATen/cuda/CUDAContext.h, which needs
 // cuBLAS / cuSPARSE headers that the CI toolkit lacks.
 #include <ATen/core/Tensor.h>
@@ -17,9 +18,12 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../verify_logits_checks.h"
 #include "build_tree.cuh"
 #include "cspd_verify.cuh"
+#include "glue_common.h"
 #include "gsd_group_mass.cuh"
+#include "jacobi_step_glue.h"
 #include "lantern_relaxed_mass.cuh"
 #include "neighbor_table.cuh"
 #include "verify_chain.cuh"
@@ -29,51 +33,12 @@
 namespace specdec::gpu {
 namespace {
 
-void check_status(cudaError_t status, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, "specdec_kernels: CUDA kernel ", kernel, " failed: ", cudaGetErrorName(status),
-              " (", cudaGetErrorString(status), ")");
-}
-
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
-
-// Kernels index within a row (and grids count rows) with 32-bit ints.
-int to_int(int64_t value, const char* what) {
-  TORCH_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), "specdec_kernels CUDA: ", what, " = ", value,
-              " exceeds the 32-bit range of the CUDA kernels");
-  return static_cast<int>(value);
-}
-
-template <class T>
-struct TypeTag {
-  using type = T;
-};
-
-// Probability dtypes -> the CUDA element types the kernels are instantiated with.
-template <class Fn>
-void dispatch_prob(at::ScalarType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat:
-      fn(TypeTag<float>{});
-      break;
-    case at::kHalf:
-      fn(TypeTag<__half>{});
-      break;
-    case at::kBFloat16:
-      fn(TypeTag<__nv_bfloat16>{});
-      break;
-    default:
-      TORCH_CHECK(false, op, ": unsupported probability dtype ", dtype);
-  }
-}
-
-template <class T>
-const T* ptr(const at::Tensor& t) {
-  return t.defined() ? static_cast<const T*>(t.const_data_ptr()) : nullptr;
-}
-
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
+using glue::check_status;
+using glue::contiguous_or_undefined;
+using glue::dispatch_prob;
+using glue::ptr;
+using glue::stream_of;
+using glue::to_int;
 
 std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, const std::optional<at::Tensor>& q_in,
                                                      const at::Tensor& draft_in, const at::Tensor& u_accept_in,
@@ -87,47 +52,23 @@ std::tuple<at::Tensor, at::Tensor> verify_chain_cuda(const at::Tensor& p_in, con
   const at::Tensor p = p_in.contiguous(), draft = draft_in.contiguous(), u_accept = u_accept_in.contiguous(),
                    u_sample = u_sample_in.contiguous(), num_drafts = num_drafts_in.contiguous();
   const at::Tensor q = contiguous_or_undefined(q_in);
-  const at::Tensor neighbors = method == kLantern ? neighbors_in->contiguous() : at::Tensor();
-  const at::Tensor embeddings = method == kGsd ? contiguous_or_undefined(embeddings_in) : at::Tensor();
   const int64_t batch = p.size(0);
-  const int vocab = to_int(p.size(2), "vocab");
+  const int drafts = to_int(p.size(1) - 1, "num_draft_tokens"), vocab = to_int(p.size(2), "vocab");
+  to_int(batch, "batch");
+  logits::MethodParams mp = logits::decode_params(method, params, /*chain=*/true, vocab);
+  const logits::MethodTables tables = logits::bind_tables(&mp, neighbors_in, embeddings_in);
+  const ChainParams cfg{batch, drafts, vocab, glue::rule_params(mp)};
+  at::Tensor gsd_flags = glue::chain_workspace(mp.method, batch, drafts, p);
   at::Tensor accept_len = at::empty({batch}, draft.options());
   at::Tensor next_token = at::empty({batch}, draft.options());
-
-  ChainParams cfg{};
-  cfg.batch = to_int(batch, "batch");
-  cfg.max_drafts = to_int(p.size(1) - 1, "num_draft_tokens");
-  cfg.vocab = vocab;
-  cfg.neighbors = ptr<int32_t>(neighbors);
-  cfg.k = neighbors.defined() ? to_int(neighbors.size(1), "k") : 0;
-  if (method == kLantern) cfg.lantern = LanternConfig::decode(params.data());
-  for (size_t i = 0; i < params.size(); ++i) cfg.params[i] = params[i];  // length checked: param_count(method)
-  if (method == kGsd) {
-    // A side of the window never holds more than V - 1 tokens (GsdConfig clips), so the counts fit an int.
-    const GsdConfig gsd = GsdConfig::decode(params.data(), vocab);
-    cfg.gsd.h_lo = static_cast<int>(gsd.h_lo);
-    cfg.gsd.h_hi = static_cast<int>(gsd.h_hi);
-    cfg.gsd.p_thr = gsd.p_thr;
-    cfg.gsd.d_thr = gsd.d_thr;
-  }
-  cfg.gsd.emb = ptr<float>(embeddings);
-  cfg.gsd.emb_dim = embeddings.defined() ? to_int(embeddings.size(1), "embedding dim") : 0;
-
-  // GSD: one pass/fail flag per draft from the parallel pre-pass (one block per draft).
-  at::Tensor gsd_flags;
-  if (method == kGsd) {
-    to_int(batch * cfg.max_drafts, "batch * num_draft_tokens");
-    gsd_flags = at::empty({static_cast<int64_t>(VerifyChainGsdFlags(batch, cfg.max_drafts))},
-                          p.options().dtype(at::kChar));
-  }
-
   const cudaStream_t stream = stream_of(p);
   dispatch_prob(p.scalar_type(), "verify_chain", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    check_status(VerifyChain<T>(ptr<T>(p), ptr<T>(q), ptr<int64_t>(draft), ptr<float>(u_accept),
-                                ptr<float>(u_sample), ptr<int64_t>(num_drafts), static_cast<int>(method), cfg,
-                                gsd_flags.defined() ? gsd_flags.data_ptr<int8_t>() : nullptr,
-                                accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
+    const TensorRows<T> p_rows{ptr<T>(p), drafts + 1, vocab};
+    const TensorRows<T> q_rows{ptr<T>(q), drafts, vocab};
+    check_status(VerifyChain(p_rows, q_rows, ptr<int64_t>(draft), ptr<float>(u_accept), ptr<float>(u_sample),
+                             ptr<int64_t>(num_drafts), cfg, glue::data_or_null(gsd_flags),
+                             accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
                  "VerifyChainKernel (verify_chain)");
   });
   return {accept_len, next_token};
@@ -144,31 +85,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
                    u_accept = u_accept_in.contiguous(), u_sample = u_sample_in.contiguous(),
                    num_nodes = num_nodes_in.contiguous();
   const at::Tensor q = contiguous_or_undefined(q_in);
-  const at::Tensor neighbors = method == kLantern ? neighbors_in->contiguous() : at::Tensor();
-  const int64_t batch = p.size(0), nodes = p.size(1);
-  const int vocab = to_int(p.size(2), "vocab");
+  const int64_t batch = p.size(0);
+  const int nodes = to_int(p.size(1), "num_nodes"), vocab = to_int(p.size(2), "vocab");
+  to_int(batch, "batch");
+  logits::MethodParams mp = logits::decode_params(method, params, /*chain=*/false, vocab);
+  const logits::MethodTables tables = logits::bind_tables(&mp, neighbors_in, std::nullopt);
+  const TreeParams cfg{batch, nodes, vocab, glue::rule_params(mp)};
   at::Tensor accepted_nodes = at::empty({batch, std::max<int64_t>(nodes - 1, 0)}, tokens.options());
   at::Tensor accept_len = at::empty({batch}, tokens.options());
   at::Tensor next_token = at::empty({batch}, tokens.options());
   // r, the current target row of each tree, in float64 (never materialised per node).
   at::Tensor r_scratch = at::empty({batch, static_cast<int64_t>(vocab)}, p.options().dtype(at::kDouble));
-
-  TreeParams cfg{};
-  cfg.batch = to_int(batch, "batch");
-  cfg.nodes = to_int(nodes, "num_nodes");
-  cfg.vocab = vocab;
-  cfg.neighbors = ptr<int32_t>(neighbors);
-  cfg.k = neighbors.defined() ? to_int(neighbors.size(1), "k") : 0;
-  if (method == kLantern) cfg.lantern = LanternConfig::decode(params.data());
-
   const cudaStream_t stream = stream_of(p);
   dispatch_prob(p.scalar_type(), "verify_tree", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    check_status(VerifyTree<T>(ptr<T>(p), ptr<T>(q), ptr<int64_t>(tokens), ptr<int64_t>(parents),
-                               ptr<float>(u_accept), ptr<float>(u_sample), ptr<int64_t>(num_nodes),
-                               method == kLantern, cfg, r_scratch.data_ptr<double>(),
-                               accepted_nodes.data_ptr<int64_t>(), accept_len.data_ptr<int64_t>(),
-                               next_token.data_ptr<int64_t>(), stream),
+    const TensorRows<T> p_rows{ptr<T>(p), nodes, vocab};
+    const TensorRows<T> q_rows{ptr<T>(q), nodes, vocab};
+    check_status(VerifyTree(p_rows, q_rows, ptr<int64_t>(tokens), ptr<int64_t>(parents), ptr<float>(u_accept),
+                            ptr<float>(u_sample), ptr<int64_t>(num_nodes), cfg, r_scratch.data_ptr<double>(),
+                            accepted_nodes.data_ptr<int64_t>(), accept_len.data_ptr<int64_t>(),
+                            next_token.data_ptr<int64_t>(), stream),
                  "VerifyTreeKernel (verify_tree)");
   });
   return {accepted_nodes, accept_len, next_token};
@@ -301,6 +237,7 @@ TORCH_LIBRARY_IMPL(specdec_kernels, CUDA, m) {
   m.impl("verify_tree", &verify_tree_cuda);
   m.impl("verify_chain_logits", &logits_glue::verify_chain_logits_cuda);
   m.impl("verify_tree_logits", &logits_glue::verify_tree_logits_cuda);
+  m.impl("jacobi_step", &logits_glue::jacobi_step_cuda);
   m.impl("cspd_verify", &cspd_verify_cuda);
 }
 

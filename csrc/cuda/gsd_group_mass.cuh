@@ -3,18 +3,9 @@
 // launcher.
 #pragma once
 
-#include "verify_common.cuh"
+#include "row_sources.cuh"
 
 namespace specdec::gpu {
-
-struct GsdParams {
-  int h_lo;             // less-probable window members, clipped to [0, vocab - 1]
-  int h_hi;             // more-probable window members, clipped to [0, vocab - 1]
-  float p_thr;          // |p(j) - p(x)| < p_thr, compared in float32 as the reference does
-  float d_thr;          // squared distance < d_thr (float32), only with an embedding table
-  const float* emb;     // [vocab, emb_dim] float32 or nullptr (no distance filter)
-  int emb_dim;
-};
 
 struct GroupMass {
   double p;
@@ -25,9 +16,10 @@ struct GroupMass {
   bool embeddings_ok;
 };
 
-// (P_G, Q_G) of draft x under one row, by a whole block. Rank order = p descending, ties by lower id,
-// encoded as distinct 64-bit keys A(j) = (bits(p_j) << id_bits) | (id_mask - j): a larger key ranks
-// first. The window is the h_hi keys just above A(x) and the h_lo keys just below, found without a sort:
+// (P_G, Q_G) of draft x under one row, by a whole block. p_row / q_row are rows of a source (row_sources.cuh:
+// entry j as float32 where it is read); q_row nullptr means one-hot drafts (Q_G = 1). Rank order = p descending,
+// ties by lower id, encoded as distinct 64-bit keys A(j) = (bits(p_j) << id_bits) | (id_mask - j): a larger key
+// ranks first. The window is the h_hi keys just above A(x) and the h_lo keys just below, found without a sort:
 //   1. count_above = #{A(j) > A(x)} (an O(V) block count);
 //   2. if a side holds more candidates than its half-width, one radix selection finds its boundary key
 //      (above: the h_hi-th smallest key above A(x); below: the h_lo-th largest key below) - both sides
@@ -46,24 +38,24 @@ struct GroupMassBlock {
     typename Select::TempStorage select;
   };
 
-  template <class T>
-  __device__ static GroupMass run(const T* p_row, const T* q_row, int vocab, int x, const GsdParams& g,
+  template <class PRow, class QRow>
+  __device__ static GroupMass run(const PRow& p_row, const QRow* q_row, int vocab, int x, const GsdParams& g,
                                   TempStorage& s) {
     const int tid = static_cast<int>(threadIdx.x);
     const int id_bits = index_bits(vocab);
     const unsigned long long id_mask = (1ull << id_bits) - 1ull;
     auto key_of = [&](int j) -> unsigned long long {
-      return (static_cast<unsigned long long>(nonneg_float_bits(to_float(p_row[j]))) << id_bits) |
+      return (static_cast<unsigned long long>(nonneg_float_bits(p_row(j))) << id_bits) |
              (id_mask - static_cast<unsigned long long>(j));
     };
-    const float px = to_float(p_row[x]);
+    const float px = p_row(x);
     const unsigned long long kx = key_of(x);
 
     int local_above = 0;
     bool bad = false;
     for (int j = tid; j < vocab; j += BLOCK) {
       local_above += key_of(j) > kx ? 1 : 0;
-      bad = bad || !valid_probability(to_float(p_row[j]));
+      bad = bad || !valid_probability(p_row(j));
     }
     const bool p_ok = !__syncthreads_or(bad);
     const int count_above = Sum::sum(local_above, s.sum);
@@ -89,7 +81,7 @@ struct GroupMassBlock {
         keep = true;
       } else {
         const bool member = key > kx ? (g.h_hi > 0 && key <= t_hi) : (g.h_lo > 0 && key >= t_lo);
-        keep = member && gsd_close_in_probability(to_float(p_row[j]), px, g.p_thr);
+        keep = member && gsd_close_in_probability(p_row(j), px, g.p_thr);
         if (keep && g.emb != nullptr) {  // sequential float32, as the reference and the CPU kernel
           const float* e_j = g.emb + static_cast<int64_t>(j) * g.emb_dim;
           const float* e_x = g.emb + static_cast<int64_t>(x) * g.emb_dim;
@@ -98,9 +90,9 @@ struct GroupMassBlock {
         }
       }
       if (keep) {
-        sum_p += prob64(p_row, j);
+        sum_p += static_cast<double>(p_row(j));
         if (q_row != nullptr) {
-          const double qj = prob64(q_row, j);
+          const double qj = static_cast<double>((*q_row)(j));
           bad = bad || !valid_probability(qj);
           sum_q += qj;
         }
@@ -131,8 +123,8 @@ __global__ void __launch_bounds__(BLOCK)
                        float* group_q) {
   __shared__ typename GroupMassBlock<BLOCK>::TempStorage storage;
   const int64_t row = blockIdx.x;
-  const T* p_row = p + row * static_cast<int64_t>(vocab);
-  const T* q_row = q != nullptr ? q + row * static_cast<int64_t>(vocab) : nullptr;
+  const TensorRow<T> p_row{p + row * static_cast<int64_t>(vocab), vocab};
+  const TensorRow<T> q_row{q != nullptr ? q + row * static_cast<int64_t>(vocab) : nullptr, vocab};
   const int64_t xr = x[row];
   if (!valid_id(xr, vocab)) {  // uniform
     if (threadIdx.x == 0) {
@@ -141,7 +133,8 @@ __global__ void __launch_bounds__(BLOCK)
     }
     return;
   }
-  const GroupMass m = GroupMassBlock<BLOCK>::run(p_row, q_row, vocab, static_cast<int>(xr), g, storage);
+  const GroupMass m =
+      GroupMassBlock<BLOCK>::run(p_row, q != nullptr ? &q_row : nullptr, vocab, static_cast<int>(xr), g, storage);
   if (threadIdx.x == 0) {
     const bool ok = m.values_ok && m.embeddings_ok;
     group_p[row] = ok ? static_cast<float>(m.p) : static_cast<float>(-kBadProbability);

@@ -4,29 +4,46 @@
 #include "build_tree.cuh"
 #include "cspd_verify.cuh"
 #include "gsd_group_mass.cuh"
+#include "jacobi_step.cuh"
 #include "lantern_relaxed_mass.cuh"
 #include "neighbor_table.cuh"
+#include "row_sources.cuh"
 #include "verify_chain.cuh"
-#include "verify_logits.cuh"
 #include "verify_tree.cuh"
 
 namespace specdec::gpu {
 
-// Probability dtypes: float32, float16, bfloat16 (every launcher below launches all of its kernels:
-// verify_chain its three methods, verify_tree exact and lantern).
-#define SPECDEC_INSTANTIATE(T)                                                                                     \
-  template cudaError_t VerifyChain<T>(const T*, const T*, const int64_t*, const float*, const float*,              \
-                                      const int64_t*, int, const ChainParams&, int8_t*, int64_t*, int64_t*,        \
-                                      cudaStream_t);                                                               \
-  template cudaError_t VerifyTree<T>(const T*, const T*, const int64_t*, const int64_t*, const float*,             \
-                                     const float*, const int64_t*, bool, const TreeParams&, double*, int64_t*,     \
-                                     int64_t*, int64_t*, cudaStream_t);                                            \
-  template cudaError_t LanternRelaxedMass<T>(const T*, const int64_t*, const int32_t*, int64_t, int, int,          \
-                                             LanternConfig, float*, int32_t*, cudaStream_t);                       \
-  template cudaError_t GsdGroupMass<T>(const T*, const T*, const int64_t*, int64_t, int, GsdParams, float*,        \
-                                       float*, cudaStream_t);                                                     \
-  template cudaError_t ProcessLogits<T>(const T*, int64_t, int, const LogitsProcessing&, float*, int8_t*,         \
-                                        cudaStream_t);
+// Every launcher below launches all of its kernels (verify_chain: every chain rule and the unknown-code
+// instantiation, with and without the row caches; verify_tree: exact, lantern and unknown), for every source pair
+// the glue passes: probability tensors of float32 / float16 / bfloat16 (verify_chain, verify_tree), and raw logits of
+// those dtypes with draft logits, draft probabilities (float32) or none (verify_chain_logits, jacobi_step,
+// verify_tree_logits).
+#define SPECDEC_INSTANTIATE(T)                                                                                      \
+  template cudaError_t VerifyChain<TensorRows<T>, TensorRows<T>>(                                                  \
+      const TensorRows<T>&, const TensorRows<T>&, const int64_t*, const float*, const float*, const int64_t*,      \
+      const ChainParams&, int8_t*, int64_t*, int64_t*, cudaStream_t);                                              \
+  template cudaError_t VerifyChain<LogitsRows<T>, LogitsRows<T>>(                                                  \
+      const LogitsRows<T>&, const LogitsRows<T>&, const int64_t*, const float*, const float*, const int64_t*,      \
+      const ChainParams&, int8_t*, int64_t*, int64_t*, cudaStream_t);                                              \
+  template cudaError_t VerifyChain<LogitsRows<T>, TensorRows<float>>(                                              \
+      const LogitsRows<T>&, const TensorRows<float>&, const int64_t*, const float*, const float*, const int64_t*,  \
+      const ChainParams&, int8_t*, int64_t*, int64_t*, cudaStream_t);                                              \
+  template cudaError_t VerifyTree<TensorRows<T>, TensorRows<T>>(                                                   \
+      const TensorRows<T>&, const TensorRows<T>&, const int64_t*, const int64_t*, const float*, const float*,      \
+      const int64_t*, const TreeParams&, double*, int64_t*, int64_t*, int64_t*, cudaStream_t);                     \
+  template cudaError_t VerifyTree<LogitsRows<T>, TensorRows<float>>(                                               \
+      const LogitsRows<T>&, const TensorRows<float>&, const int64_t*, const int64_t*, const float*, const float*,  \
+      const int64_t*, const TreeParams&, double*, int64_t*, int64_t*, int64_t*, cudaStream_t);                     \
+  template cudaError_t JacobiRefresh<LogitsRows<T>, TensorRows<float>>(                                            \
+      const LogitsRows<T>&, const TensorRows<float>&, const int64_t*, const float*, const float*, const float*,    \
+      const int64_t*, const bool*, const JacobiParams&, int8_t*, int64_t*, int64_t*, int64_t*, float*, int64_t*,   \
+      cudaStream_t);                                                                                               \
+  template cudaError_t RowStats<T>(const T*, int64_t, int, const LogitsProcessing&, logits::RowStatistics*,       \
+                                   cudaStream_t);                                                                  \
+  template cudaError_t LanternRelaxedMass<T>(const T*, const int64_t*, const int32_t*, int64_t, int, int,           \
+                                             LanternConfig, float*, int32_t*, cudaStream_t);                        \
+  template cudaError_t GsdGroupMass<T>(const T*, const T*, const int64_t*, int64_t, int, GsdParams, float*,         \
+                                       float*, cudaStream_t);
 
 SPECDEC_INSTANTIATE(float)
 SPECDEC_INSTANTIATE(__half)
@@ -42,11 +59,6 @@ extern "C" void* const* specdec_standalone_check_launchers() {
       reinterpret_cast<void*>(&specdec::gpu::BuildTree),
       reinterpret_cast<void*>(&specdec::gpu::NeighborTable),
       reinterpret_cast<void*>(&specdec::gpu::CspdVerify),
-      reinterpret_cast<void*>(&specdec::gpu::InvalidRows),
-      reinterpret_cast<void*>(&specdec::gpu::ChainRowCodes),
-      reinterpret_cast<void*>(&specdec::gpu::ChainFixup),
-      reinterpret_cast<void*>(&specdec::gpu::TreeRowCodes),
-      reinterpret_cast<void*>(&specdec::gpu::TreeFixup),
   };
   return launchers;
 }

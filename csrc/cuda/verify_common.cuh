@@ -65,6 +65,33 @@ __device__ __forceinline__ T* dynamic_smem() {
 __device__ __forceinline__ bool test_bit(const unsigned* bits, int j) { return (bits[j >> 5] >> (j & 31)) & 1u; }
 
 // ---------------------------------------------------------------------------------------------
+// A verification rule's decoded parameters as the kernels take them (built on the host from the one decoder,
+// logits::decode_params, by the glue's rule_params): the method code, its tables and every rule's settings.
+
+// GSD's settings (GsdConfig with the tables), as the group-mass routine reads them.
+struct GsdParams {
+  int h_lo;             // less-probable window members, clipped to [0, vocab - 1]
+  int h_hi;             // more-probable window members, clipped to [0, vocab - 1]
+  float p_thr;          // |p(j) - p(x)| < p_thr, compared in float32 as the reference does
+  float d_thr;          // squared distance < d_thr (float32), only with an embedding table
+  const float* emb;     // [vocab, emb_dim] float32 or nullptr (no distance filter)
+  int emb_dim;
+};
+
+// The kernels' instantiation for a method code this build does not implement (method_traits(code).known is
+// false): it reports every row as code 7 (methods.h kBadMethod) instead of guessing a rule.
+constexpr int kUnknownMethod = -1;
+
+struct RuleParams {
+  int64_t method;            // methods.h code; the kernels branch on method_traits(method)
+  const int32_t* neighbors;  // [V, k] int32 when the rule needs_neighbors, else nullptr
+  int k;
+  LanternConfig lantern;
+  GsdParams gsd;
+  TypicalConfig typical;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Block-wide float64 / int sums, broadcast to every thread. The trailing barrier makes back-to-back
 // calls on the same storage safe (nobody starts the next reduction before all have read the result).
 template <int BLOCK>

@@ -1,12 +1,13 @@
-// CUDA glue of verify_chain_logits / verify_tree_logits, included by glue.cu (which registers the two functions):
-// the shared structural checks, the device guard and stream, workspaces, then the launchers of verify_logits.cuh
-// around the chain / tree verification kernels. No host synchronisation (capturable in a CUDA graph).
+// CUDA glue of verify_chain_logits / verify_tree_logits, included by glue.cu (which registers the two functions): the
+// shared structural checks and parameter decoding (csrc/verify_logits_checks.h), the device guard and stream, the
+// row statistics of the logits (row_sources.cuh), then the same chain / tree kernels as verify_chain / verify_tree
+// over the logits source, whose rows are processed where the kernels read them. No host synchronisation (capturable
+// in a CUDA graph).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 #include <limits>
@@ -14,22 +15,15 @@
 #include <tuple>
 
 #include "../verify_logits_checks.h"
+#include "glue_common.h"
+#include "row_sources.cuh"
 #include "verify_chain.cuh"
-#include "verify_logits.cuh"
 #include "verify_tree.cuh"
 
 namespace specdec::gpu::logits_glue {
 
-inline void check(cudaError_t status, const char* kernel) {
-  TORCH_CHECK(status == cudaSuccess, "specdec_kernels: CUDA kernel ", kernel, " failed: ", cudaGetErrorName(status),
-              " (", cudaGetErrorString(status), ")");
-}
-
-inline int as_int(int64_t value, const char* what) {
-  TORCH_CHECK(value >= 0 && value <= std::numeric_limits<int>::max(), "specdec_kernels CUDA: ", what, " = ", value,
-              " exceeds the 32-bit range of the CUDA kernels");
-  return static_cast<int>(value);
-}
+using glue::check_status;
+using glue::to_int;
 
 inline LogitsProcessing processing(std::optional<double> cfg_scale, double temperature, int64_t top_k, double top_p,
                                    bool cfg) {
@@ -37,34 +31,22 @@ inline LogitsProcessing processing(std::optional<double> cfg_scale, double tempe
           static_cast<int>(std::min<int64_t>(top_k, std::numeric_limits<int>::max())), top_p};
 }
 
-// Processes a (rows or 2 * rows, S, V) logits tensor into float32 probabilities (rows, S, V) and per-row flags.
-inline std::pair<at::Tensor, at::Tensor> process(const at::Tensor& logits_in, int64_t rows, bool cfg,
-                                                 const LogitsProcessing& proc_in, cudaStream_t stream) {
-  const at::Tensor logits = logits_in.contiguous();
-  const int64_t slots = logits.size(1), vocab = logits.size(2);
-  at::Tensor out = at::empty({rows, slots, vocab}, logits.options().dtype(at::kFloat));
-  at::Tensor bad = at::empty({rows, slots}, logits.options().dtype(at::kChar));
+// A logits source over a contiguous (rows or 2 * rows, S, V) tensor of T (cfg: a doubled batch, cond rows first),
+// with its row statistics computed into *stats_out (kept alive by the caller until the kernels reading it ran).
+template <class T>
+LogitsRows<T> logits_rows(const at::Tensor& logits, int64_t rows, bool cfg, const LogitsProcessing& proc_in,
+                          at::Tensor* stats_out, cudaStream_t stream) {
+  const int slots = to_int(logits.size(1), "slots"), vocab = to_int(logits.size(2), "vocab");
+  const int64_t count = rows * slots;
+  to_int(count, "logits rows (batch * slots)");  // one statistics block per row
+  *stats_out = at::empty({count * static_cast<int64_t>(sizeof(logits::RowStatistics))},
+                         logits.options().dtype(at::kByte));
+  auto* stats = reinterpret_cast<logits::RowStatistics*>(stats_out->data_ptr<uint8_t>());
   LogitsProcessing proc = proc_in;
   proc.cfg = cfg;
-  const int v = as_int(vocab, "vocab");
-  const auto launch = [&](auto* data) {
-    check(ProcessLogits(data, rows * slots, v, proc, out.data_ptr<float>(), bad.data_ptr<int8_t>(), stream),
-          "ProcessLogitsKernel (verify_logits)");
-  };
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      launch(static_cast<const float*>(logits.const_data_ptr()));
-      break;
-    case at::kHalf:
-      launch(static_cast<const __half*>(logits.const_data_ptr()));
-      break;
-    case at::kBFloat16:
-      launch(static_cast<const __nv_bfloat16*>(logits.const_data_ptr()));
-      break;
-    default:
-      TORCH_CHECK(false, "verify_logits: unsupported logits dtype ", logits.scalar_type());
-  }
-  return {out, bad};
+  const T* cond = glue::ptr<T>(logits);
+  check_status(RowStats(cond, count, vocab, proc, stats, stream), "RowStatsKernel (logits processing)");
+  return LogitsRows<T>{cond, cfg ? cond + count * vocab : nullptr, slots, vocab, proc.scale, proc.temperature, stats};
 }
 
 inline std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cuda(
@@ -79,67 +61,38 @@ inline std::tuple<at::Tensor, at::Tensor> verify_chain_logits_cuda(
                                  num_drafts_in, cfg_scale, temperature, top_k, top_p, method, params, neighbors_in,
                                  embeddings_in, &mp);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits_in.device().index()).stream();
+  const cudaStream_t stream = glue::stream_of(logits_in);
   const int64_t batch = shape.batch;
-  const int drafts = as_int(shape.slots - 1, "num_draft_tokens"), vocab = as_int(shape.vocab, "vocab");
-  const at::Tensor draft = draft_in.contiguous(), u_accept = u_accept_in.contiguous(),
-                   u_sample = u_sample_in.contiguous(), num_drafts = num_drafts_in.contiguous();
-  const at::Tensor neighbors = mp.method == kLantern ? neighbors_in->contiguous() : at::Tensor();
-  const at::Tensor embeddings = (mp.method == kGsd && embeddings_in) ? embeddings_in->contiguous() : at::Tensor();
+  const int drafts = to_int(shape.slots - 1, "num_draft_tokens"), vocab = to_int(shape.vocab, "vocab");
+  to_int(batch, "batch");
+  const at::Tensor logits = logits_in.contiguous(), draft = draft_in.contiguous(),
+                   u_accept = u_accept_in.contiguous(), u_sample = u_sample_in.contiguous(),
+                   num_drafts = num_drafts_in.contiguous();
+  const at::Tensor draft_logits = glue::contiguous_or_undefined(draft_logits_in);
+  const at::Tensor draft_probs = draft_probs_in ? draft_probs_in->to(at::kFloat).contiguous() : at::Tensor();
+  const logits::MethodTables tables = logits::bind_tables(&mp, neighbors_in, embeddings_in);
   const LogitsProcessing proc = processing(cfg_scale, temperature, top_k, top_p, shape.cfg);
-
-  ChainLogitsRows rows{batch, drafts, vocab, neighbors.defined() ? neighbors.const_data_ptr<int32_t>() : nullptr,
-                       neighbors.defined() ? as_int(neighbors.size(1), "k") : 0};
-  at::Tensor code = at::empty({batch}, draft.options());
-  at::Tensor safe_n = at::empty({batch}, draft.options());
-  check(ChainRowCodes(num_drafts.const_data_ptr<int64_t>(), draft.const_data_ptr<int64_t>(),
-                      u_accept.const_data_ptr<float>(), u_sample.const_data_ptr<float>(), rows,
-                      code.data_ptr<int64_t>(), safe_n.data_ptr<int64_t>(), stream),
-        "ChainRowCodesKernel (verify_chain_logits)");
-
-  const auto [p, bad_p] = process(logits_in, batch, shape.cfg, proc, stream);
-  at::Tensor q, bad_q;
-  if (draft_logits_in) {
-    std::tie(q, bad_q) = process(*draft_logits_in, batch, shape.draft_cfg, proc, stream);
-  } else if (draft_probs_in) {
-    q = draft_probs_in->to(at::kFloat).contiguous();
-    bad_q = at::empty({batch, static_cast<int64_t>(drafts)}, draft.options().dtype(at::kChar));
-    check(InvalidRows(q.const_data_ptr<float>(), batch * drafts, vocab, bad_q.data_ptr<int8_t>(), stream),
-          "InvalidRowsKernel (verify_chain_logits)");
-  }
-
-  ChainParams cfg{};
-  cfg.batch = batch;
-  cfg.max_drafts = drafts;
-  cfg.vocab = vocab;
-  cfg.neighbors = rows.neighbors;
-  cfg.k = rows.k;
-  cfg.lantern = mp.lantern;
-  cfg.gsd.h_lo = static_cast<int>(mp.gsd.h_lo);  // clipped to [0, V - 1] by GsdConfig::decode
-  cfg.gsd.h_hi = static_cast<int>(mp.gsd.h_hi);
-  cfg.gsd.p_thr = mp.gsd.p_thr;
-  cfg.gsd.d_thr = mp.gsd.d_thr;
-  cfg.gsd.emb = embeddings.defined() ? embeddings.const_data_ptr<float>() : nullptr;
-  cfg.gsd.emb_dim = embeddings.defined() ? as_int(embeddings.size(1), "embedding dim") : 0;
+  const ChainParams cfg{batch, drafts, vocab, glue::rule_params(mp)};
+  at::Tensor gsd_flags = glue::chain_workspace(mp.method, batch, drafts, draft);
   at::Tensor accept_len = at::empty({batch}, draft.options());
   at::Tensor next_token = at::empty({batch}, draft.options());
-  at::Tensor gsd_flags;  // GSD: the verification's per-draft pass/fail workspace
-  if (mp.method == kGsd) {
-    as_int(batch * drafts, "batch * num_draft_tokens");
-    gsd_flags = at::empty({static_cast<int64_t>(VerifyChainGsdFlags(batch, drafts))}, draft.options().dtype(at::kChar));
-  }
-  // Bad rows run with num_drafts = 0 (no id of theirs is read) and are overwritten by the fix-up.
-  check(VerifyChain<float>(p.const_data_ptr<float>(), q.defined() ? q.const_data_ptr<float>() : nullptr,
-                           draft.const_data_ptr<int64_t>(), u_accept.const_data_ptr<float>(),
-                           u_sample.const_data_ptr<float>(), safe_n.const_data_ptr<int64_t>(),
-                           static_cast<int>(mp.method), cfg,
-                           gsd_flags.defined() ? gsd_flags.data_ptr<int8_t>() : nullptr,
-                           accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
-        "VerifyChainKernel (verify_chain_logits)");
-  check(ChainFixup(code.const_data_ptr<int64_t>(), safe_n.const_data_ptr<int64_t>(), bad_p.const_data_ptr<int8_t>(),
-                   bad_q.defined() ? bad_q.const_data_ptr<int8_t>() : nullptr, rows, accept_len.data_ptr<int64_t>(),
-                   next_token.data_ptr<int64_t>(), stream),
-        "ChainFixupKernel (verify_chain_logits)");
+  at::Tensor p_stats, q_stats;
+  glue::dispatch_prob(logits.scalar_type(), "verify_chain_logits", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const LogitsRows<T> p = logits_rows<T>(logits, batch, shape.cfg, proc, &p_stats, stream);
+    auto verify = [&](const auto& q) {
+      check_status(VerifyChain(p, q, glue::ptr<int64_t>(draft), glue::ptr<float>(u_accept),
+                               glue::ptr<float>(u_sample), glue::ptr<int64_t>(num_drafts), cfg,
+                               glue::data_or_null(gsd_flags), accept_len.data_ptr<int64_t>(),
+                               next_token.data_ptr<int64_t>(), stream),
+                   "VerifyChainKernel (verify_chain_logits)");
+    };
+    if (draft_logits.defined()) {  // the draft's rows get the same processing (CFG only for a doubled batch)
+      verify(logits_rows<T>(draft_logits, batch, shape.draft_cfg, proc, &q_stats, stream));
+    } else {  // draft probabilities, or none (one-hot drafts)
+      verify(TensorRows<float>{glue::ptr<float>(draft_probs), drafts, vocab});
+    }
+  });
   return {accept_len, next_token};
 }
 
@@ -153,56 +106,33 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_logits_cuda(
       logits::check_tree_logits(logits_in, draft_probs_in, tokens_in, parents_in, u_accept_in, u_sample_in,
                                 num_nodes_in, cfg_scale, temperature, top_k, top_p, method, params, neighbors_in, &mp);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(logits_in.device().index()).stream();
+  const cudaStream_t stream = glue::stream_of(logits_in);
   const int64_t batch = shape.batch;
-  const int nodes = as_int(shape.slots, "num_nodes"), vocab = as_int(shape.vocab, "vocab");
-  const at::Tensor tokens = tokens_in.contiguous(), parents = parents_in.contiguous(),
-                   u_accept = u_accept_in.contiguous(), u_sample = u_sample_in.contiguous(),
-                   num_nodes = num_nodes_in.contiguous();
-  const at::Tensor neighbors = mp.method == kLantern ? neighbors_in->contiguous() : at::Tensor();
+  const int nodes = to_int(shape.slots, "num_nodes"), vocab = to_int(shape.vocab, "vocab");
+  to_int(batch, "batch");
+  const at::Tensor logits = logits_in.contiguous(), tokens = tokens_in.contiguous(),
+                   parents = parents_in.contiguous(), u_accept = u_accept_in.contiguous(),
+                   u_sample = u_sample_in.contiguous(), num_nodes = num_nodes_in.contiguous();
+  const at::Tensor draft_probs = draft_probs_in ? draft_probs_in->to(at::kFloat).contiguous() : at::Tensor();
+  const logits::MethodTables tables = logits::bind_tables(&mp, neighbors_in, std::nullopt);
   const LogitsProcessing proc = processing(cfg_scale, temperature, top_k, top_p, shape.cfg);
-
-  TreeLogitsRows rows{batch, nodes, vocab, neighbors.defined() ? neighbors.const_data_ptr<int32_t>() : nullptr,
-                      neighbors.defined() ? as_int(neighbors.size(1), "k") : 0};
-  at::Tensor code = at::empty({batch}, tokens.options());
-  at::Tensor safe_nodes = at::empty({batch}, tokens.options());
-  check(TreeRowCodes(num_nodes.const_data_ptr<int64_t>(), tokens.const_data_ptr<int64_t>(),
-                     parents.const_data_ptr<int64_t>(), u_accept.const_data_ptr<float>(),
-                     u_sample.const_data_ptr<float>(), rows, code.data_ptr<int64_t>(), safe_nodes.data_ptr<int64_t>(),
-                     stream),
-        "TreeRowCodesKernel (verify_tree_logits)");
-  const auto [p, bad_p] = process(logits_in, batch, shape.cfg, proc, stream);
-  at::Tensor q, bad_q;
-  if (draft_probs_in) {
-    q = draft_probs_in->to(at::kFloat).contiguous();
-    bad_q = at::empty({batch, static_cast<int64_t>(nodes)}, tokens.options().dtype(at::kChar));
-    check(InvalidRows(q.const_data_ptr<float>(), batch * nodes, vocab, bad_q.data_ptr<int8_t>(), stream),
-          "InvalidRowsKernel (verify_tree_logits)");
-  }
-  TreeParams cfg{};
-  cfg.batch = batch;
-  cfg.nodes = nodes;
-  cfg.vocab = vocab;
-  cfg.neighbors = rows.neighbors;
-  cfg.k = rows.k;
-  cfg.lantern = mp.lantern;
+  const TreeParams cfg{batch, nodes, vocab, glue::rule_params(mp)};
   at::Tensor accepted_nodes = at::empty({batch, std::max<int64_t>(nodes - 1, 0)}, tokens.options());
   at::Tensor accept_len = at::empty({batch}, tokens.options());
   at::Tensor next_token = at::empty({batch}, tokens.options());
-  at::Tensor r_scratch = at::empty({batch, static_cast<int64_t>(vocab)}, p.options().dtype(at::kDouble));
-  check(VerifyTree<float>(p.const_data_ptr<float>(), q.defined() ? q.const_data_ptr<float>() : nullptr,
-                          tokens.const_data_ptr<int64_t>(), parents.const_data_ptr<int64_t>(),
-                          u_accept.const_data_ptr<float>(), u_sample.const_data_ptr<float>(),
-                          safe_nodes.const_data_ptr<int64_t>(), mp.method == kLantern, cfg,
-                          r_scratch.data_ptr<double>(), accepted_nodes.data_ptr<int64_t>(),
-                          accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
-        "VerifyTreeKernel (verify_tree_logits)");
-  check(TreeFixup(code.const_data_ptr<int64_t>(), safe_nodes.const_data_ptr<int64_t>(),
-                  parents.const_data_ptr<int64_t>(), bad_p.const_data_ptr<int8_t>(),
-                  bad_q.defined() ? bad_q.const_data_ptr<int8_t>() : nullptr, rows,
-                  accepted_nodes.data_ptr<int64_t>(), accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(),
-                  stream),
-        "TreeFixupKernel (verify_tree_logits)");
+  // r, the current target row of each tree, in float64 (never materialised per node).
+  at::Tensor r_scratch = at::empty({batch, static_cast<int64_t>(vocab)}, logits.options().dtype(at::kDouble));
+  at::Tensor p_stats;
+  glue::dispatch_prob(logits.scalar_type(), "verify_tree_logits", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const LogitsRows<T> p = logits_rows<T>(logits, batch, shape.cfg, proc, &p_stats, stream);
+    const TensorRows<float> q{glue::ptr<float>(draft_probs), nodes, vocab};
+    check_status(VerifyTree(p, q, glue::ptr<int64_t>(tokens), glue::ptr<int64_t>(parents),
+                            glue::ptr<float>(u_accept), glue::ptr<float>(u_sample), glue::ptr<int64_t>(num_nodes),
+                            cfg, r_scratch.data_ptr<double>(), accepted_nodes.data_ptr<int64_t>(),
+                            accept_len.data_ptr<int64_t>(), next_token.data_ptr<int64_t>(), stream),
+                 "VerifyTreeKernel (verify_tree_logits)");
+  });
   return {accepted_nodes, accept_len, next_token};
 }
 

@@ -12,7 +12,8 @@ Defined as :func:`process_logits` followed by :func:`verify_chain`, then, per ro
   whose marginal is ``q_new`` whatever ``q_old`` was. The position ``a + 1 + j = L`` (the bonus row) has no old
   draft and is drawn plainly; so is a position ``>= n`` (an unused, unchecked window entry). The refresh reads
   ``q_old(x)`` and, when ``x`` is not kept, the whole row ``q_old``: a NaN, inf or negative value there makes the row
-  a bad row (code 6), like a value verification reads.
+  a bad row (code 6), like a value verification reads; so does a target row a + 1 .. n that is not a
+  distribution (NaN / +inf logits, or all -inf after processing).
 * entries ``j >= n - a`` (fresh): ``min(floor(float32(u_init[b, j]) * V), V - 1)`` in float32 with a one-hot q; with
   ``u_init`` None they are ``-1`` with an all-zero q row, for the caller to fill (and to set the one).
 * ``first_init[b] = n - a``. Rows with ``update[b]`` False, or not verified (``next_token < 0``), keep their window
@@ -72,7 +73,9 @@ def jacobi_step(
     src = (accept_len[:, None] + 1 + j[None, :]).clamp(0, width)  # target row of entry j
     rows = p.gather(1, src[:, :, None].expand(-1, -1, vocab))  # q_new per entry
     drawn = inverse_cdf(rows.reshape(-1, vocab), u_draft.reshape(-1)).view(batch, width)
-    bad_refresh = torch.zeros(batch, dtype=torch.bool, device=device)
+    # A target row the refresh reads (a + 1 .. n) that is not a distribution is code 6, as for verification's rows.
+    row_bad = ~(torch.isfinite(rows).all(-1) & (rows.sum(-1) > 0))
+    bad_refresh = (refreshed & row_bad).any(-1)
     if u_keep is not None:
         old_pos = src.clamp_max(width - 1)
         has_old = refreshed & (src < num_drafts[:, None])  # the old draft there was used, so checked
@@ -88,7 +91,7 @@ def jacobi_step(
         coupled = torch.where(keep, x_old, torch.where(has_mass, redrawn, drawn))
         drawn = torch.where(has_old, coupled, drawn)
         read_bad = bad_prob(qx_old) | (~keep & bad_prob(q_prev).any(-1))
-        bad_refresh = (has_old & read_bad).any(-1)
+        bad_refresh = bad_refresh | (has_old & read_bad).any(-1)
     if u_init is not None:
         scaled = u_init.to(torch.float32) * torch.tensor(float(vocab), dtype=torch.float32)
         init = scaled.to(torch.int64).clamp(0, vocab - 1)
