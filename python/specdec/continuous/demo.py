@@ -202,8 +202,8 @@ def _write_frontier(out: Path, rows: List[Dict], target, drafts: Dict, vq, cfg_s
               f"head they share.")
     (out / "demo_cspd_frontier.md").write_text(header + "\n\n" + markdown_table(dist, columns))
     (out / "demo_cspd_frontier.json").write_text(json.dumps({"rows": dist}, indent=2, default=str) + "\n")
-    plot_frontier(rows, dist, {r["method"]: r["draft"] for r in rows if r.get("draft")},
-                  out / "demo_cspd_frontier.png")
+    aligned_exact = {r["method"]: r["draft"] for r in rows if r.get("draft") and not r["options"].keys() - {"draft"}}
+    plot_frontier(rows, dist, aligned_exact, out / "demo_cspd_frontier.png")
 
 
 def _write(out: Path, rows: List[Dict], images: int, seed: int, batch_size: int, cfg_scale: float,

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..testbed.model import ARConfig, Block, KVCache, RMSNorm, rope_2d
