@@ -33,7 +33,7 @@ def _threads(n: int) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train testbed models (resumable; exports weights + metrics.json)")
     p.add_argument("model", choices=["vq", "classifier", "tokens", "target", "draft", "eagle", "all",
-                                     "cspd-target", "cspd-draft"],
+                                     "cspd-target", "cspd-draft", "cspd-eagle", "cspd-eagle-2l"],
                    help="what to train ('tokens' pre-tokenises the dataset; 'all' runs everything in order; "
                         "cspd-*: the continuous-token testbed)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")

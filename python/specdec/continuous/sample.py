@@ -107,14 +107,88 @@ def generate_ar(model: ContinuousAR, classes: torch.Tensor, keys: torch.Tensor, 
     return Result(tokens, {"target_forwards": torch.full((B,), N)})
 
 
+class _TrunkDrafter:
+    """A :class:`ContinuousAR` draft: its own trunk (fed the committed tokens) and its own diffusion head."""
+
+    def __init__(self, draft: ContinuousAR, classes, num_slots: int, refeed: int):
+        self.model, self.head, self.refeed = draft, draft.head, refeed
+        self.rows_cls = _rows(classes, draft.num_classes)
+        self.cache = draft.new_cache(2 * len(classes), num_slots)
+
+    def observe(self, slots, z_c, z_u) -> None:
+        """The target's conditions at ``slots`` (unused: this draft computes its own)."""
+
+    def after_prefill(self, tokens, prefill: int) -> None:
+        B = len(tokens)
+        if prefill > 1:  # catch up on the pre-filled prefix (its last token comes with the first round)
+            _conditions(self.model, tokens, self.rows_cls, torch.arange(prefill, device=tokens.device).expand(B, -1),
+                        self.cache)
+
+    def first(self, tokens, n):
+        """Conditions ``(B, dim)`` x 2 of the first draft token of a round (at positions ``n``), after re-feeding
+        the committed tokens the cache may lack."""
+        slots = (n[:, None] + torch.arange(-self.refeed, 1, device=n.device)).clamp_min(0)
+        z_c, z_u = _conditions(self.model, tokens, self.rows_cls, slots, self.cache)
+        return z_c[:, -1], z_u[:, -1]
+
+    def next(self, tokens, pos):
+        """Conditions of the draft token at positions ``pos`` once token ``pos - 1`` is drafted."""
+        z_c, z_u = _conditions(self.model, tokens, self.rows_cls, pos[:, None], self.cache)
+        return z_c[:, 0], z_u[:, 0]
+
+
+class _FeatureDrafter:
+    """A :class:`~.feature_draft.FeatureDraft`: reads the target's conditions of the committed tokens (kept in
+    ``feats``, CFG halves as rows ``[cond; uncond]``) and its own predictions for the drafted ones, and drafts with
+    the target's head. Each round re-feeds the entries of the last ``gamma + 1`` committed tokens with the
+    target's conditions (idempotent for entries already fed so)."""
+
+    def __init__(self, draft, classes, num_slots: int, gamma: int):
+        B = len(classes)
+        self.model, self.head, self.gamma = draft, draft.head, gamma
+        self.cache = draft.new_cache(2 * B, num_slots)
+        self.feats = torch.zeros(2 * B, num_slots, draft.config.dim, device=classes.device)
+        self.rows = torch.arange(2 * B, device=classes.device)
+
+    def observe(self, slots, z_c, z_u) -> None:
+        self.feats[self.rows[:, None], slots.repeat(2, 1)] = torch.cat([z_c, z_u])
+
+    def after_prefill(self, tokens, prefill: int) -> None:
+        if prefill < 1:
+            raise ValueError("a feature draft needs at least one pre-filled token (prefill_ratio * 64 >= 1): its "
+                             "first entry reads the target's condition of the token before")
+        if prefill > 1:  # entries of the whole pre-filled prefix (each round re-feeds only the last gamma + 1)
+            slots = torch.arange(1, prefill + 1, device=tokens.device).expand(2 * len(tokens), -1)
+            self.model.forward_slots(tokens.repeat(2, 1, 1), self.feats, slots, self.cache)
+
+    def _predict(self, tokens, slots):
+        z = self.model.forward_slots(tokens.repeat(2, 1, 1), self.feats, slots.repeat(2, 1), self.cache)[:, -1]
+        self.feats[self.rows, slots[:, -1].repeat(2)] = z  # read by the next draft token's entry
+        return z.chunk(2)
+
+    def first(self, tokens, n):
+        return self._predict(tokens, (n[:, None] + torch.arange(-self.gamma, 1, device=n.device)).clamp_min(1))
+
+    def next(self, tokens, pos):
+        return self._predict(tokens, pos[:, None])
+
+
+def is_feature_draft(draft) -> bool:
+    from .feature_draft import FeatureDraft
+
+    return isinstance(draft, FeatureDraft)
+
+
 @torch.no_grad()
-def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tensor, keys: torch.Tensor, *,
+def generate_cspd(target: ContinuousAR, draft, classes: torch.Tensor, keys: torch.Tensor, *,
                   cfg_scale: float = 3.0, gamma: int = DEFAULT_GAMMA, prefill_ratio: float = DEFAULT_PREFILL,
                   align: bool = True, causal: bool = True, max_tries: int = DEFAULT_MAX_TRIES,
                   inner_temperature: Optional[float] = None) -> Result:
     """Continuous speculative decoding of ``(B, 64, D)`` tokens (module docstring for the steps).
 
-    ``align``: draft and target share every position's diffusion noise (off: independent noise);
+    ``draft``: a :class:`ContinuousAR` (own trunk and head) or a :class:`~.feature_draft.FeatureDraft` of
+    ``target`` (reads the target's conditions, drafts with the target's head; causal rule and pre-fill >= 1
+    token only). ``align``: draft and target share every position's diffusion noise (off: independent noise);
     ``prefill_ratio``: share of leading tokens sampled by the target alone (0 switches pre-fill off); ``gamma``:
     drafts per verification; ``causal``: first-rejection truncation (paper) or independent per-token commits
     (released code); ``max_tries``: residual proposals per rejected token (``cspd_verify``'s K);
@@ -131,16 +205,29 @@ def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tens
         raise ValueError(f"prefill_ratio must be in [0, 1], got {prefill_ratio}")
     if max_tries < 1 or max_tries * target.token_dim > 4096:
         raise ValueError(f"max_tries must be in [1, {4096 // target.token_dim}], got {max_tries}")
-    shared = lambda m: (m.config.num_steps, m.config.variance, m.config.final_std, m.token_dim)  # noqa: E731
-    if shared(target) != shared(draft):
-        raise ValueError(f"draft and target must share the diffusion schedule (steps, variance, final std) and "
-                         f"the token dimension: {shared(draft)} != {shared(target)}")
+    feature = is_feature_draft(draft)
+    if feature:
+        if draft.target is not target:
+            raise ValueError("the feature draft was built for another target model")
+        if not causal:
+            raise ValueError("a feature draft supports the causal rule only (the released rule replaces committed "
+                             "tokens whose target conditions the draft has already read)")
+    else:
+        shared = lambda m: (m.config.num_steps, m.config.variance, m.config.final_std, m.token_dim)  # noqa: E731
+        if shared(target) != shared(draft):
+            raise ValueError(f"draft and target must share the diffusion schedule (steps, variance, final std) "
+                             f"and the token dimension: {shared(draft)} != {shared(target)}")
     device = classes.device
     B, N, D = len(classes), target.num_tokens, target.token_dim
     tokens = torch.zeros(B, N + gamma + 1, D, device=device)  # drafts of the last rows may run past N
     num_slots = N + gamma + 2
-    t_cache, d_cache = target.new_cache(2 * B, num_slots), draft.new_cache(2 * B, num_slots)
-    t_rows, d_rows = _rows(classes, target.num_classes), _rows(classes, draft.num_classes)
+    t_cache = target.new_cache(2 * B, num_slots)
+    t_rows = _rows(classes, target.num_classes)
+    # Re-fed committed entries: the causal loop's caches miss at most the last one or two committed tokens; the
+    # independent loop may have replaced any of the last gamma drafts. Re-feeding a committed slot is idempotent.
+    refeed = 1 if causal else gamma
+    drafter = (_FeatureDrafter(draft, classes, num_slots, gamma) if feature
+               else _TrunkDrafter(draft, classes, num_slots, refeed))
     rows = torch.arange(B, device=device)
     stats = {"target_forwards": torch.zeros(B, dtype=torch.long), "verifications": 0, "drafts_tested": 0,
              "drafts_accepted": 0, "accept_prefix": 0, "fallbacks": 0, "draft_tokens": 0}
@@ -150,40 +237,35 @@ def generate_cspd(target: ContinuousAR, draft: ContinuousAR, classes: torch.Tens
     for j in range(prefill):
         slots = torch.full((B, 1), j, device=device)
         z_c, z_u = _conditions(target, tokens, t_rows, slots, t_cache)
+        drafter.observe(slots, z_c, z_u)
         noise = trajectory_noise(target, keys, slots, LANE_TRAJECTORY)
         tokens[:, j] = _cfg_denoise(target, z_c[:, 0], z_u[:, 0], noise, cfg_scale).x0
     stats["target_forwards"] += prefill
     n = torch.full((B,), prefill, dtype=torch.long, device=device)  # committed tokens per row
-    if prefill > 1:  # the draft catches up on the pre-filled prefix (its last token comes with the first round)
-        _conditions(draft, tokens, d_rows, torch.arange(prefill, device=device).expand(B, prefill), d_cache)
+    drafter.after_prefill(tokens, prefill)
 
-    # Re-fed committed entries: the causal loop's caches miss at most the last one or two committed tokens; the
-    # independent loop may have replaced any of the last gamma drafts. Re-feeding a committed slot is idempotent.
-    refeed = 1 if causal else gamma
     steps = torch.arange(gamma + 1, device=device)
     draft_lane = LANE_TRAJECTORY if align else LANE_DRAFT_NOISE
     while bool((n < N).any()):
         active = n < N
         num_pending = torch.where(active, (N - n).clamp(max=gamma), 0)  # drafts judged per row
         # 2. Draft gamma tokens.
-        slots = (n[:, None] + torch.arange(-refeed, 1, device=device)).clamp_min(0)
-        z_c, z_u = _conditions(draft, tokens, d_rows, slots, d_cache)
-        z_c, z_u = z_c[:, -1], z_u[:, -1]
+        z_c, z_u = drafter.first(tokens, n)
         mu_q, s_q = torch.empty(B, gamma, D, device=device), torch.empty(B, gamma, D, device=device)
         sigma_q = torch.empty(B, gamma, D, device=device)
         for k in range(gamma):
-            traj = _cfg_denoise(draft, z_c, z_u, trajectory_noise(draft, keys, (n + k)[:, None], draft_lane),
-                                cfg_scale)
+            traj = denoise(drafter.head, z_c, trajectory_noise(target, keys, (n + k)[:, None], draft_lane), z_u,
+                           cfg_scale)
             tokens[rows, n + k] = traj.x0
             mu_q[:, k], sigma_q[:, k], s_q[:, k] = traj.mu0, traj.sigma0, traj.log_sigma_sum
             if k + 1 < gamma:
-                z_c, z_u = _conditions(draft, tokens, d_rows, (n + k + 1)[:, None], d_cache)
-                z_c, z_u = z_c[:, 0], z_u[:, 0]
+                z_c, z_u = drafter.next(tokens, n + k + 1)
         stats["draft_tokens"] += int(num_pending.sum())
 
         # 3. One target forward over [last committed, drafts] and one batched head run over gamma + 1 positions.
         slots = (n[:, None] + torch.arange(-refeed + 1, gamma + 1, device=device)).clamp_min(0)
         z_c, z_u = _conditions(target, tokens, t_rows, slots, t_cache)
+        drafter.observe(slots, z_c, z_u)
         z_c, z_u = z_c[:, -(gamma + 1):].flatten(0, 1), z_u[:, -(gamma + 1):].flatten(0, 1)
         positions = n[:, None] + steps
         p = _cfg_denoise(target, z_c, z_u, trajectory_noise(target, keys, positions, LANE_TRAJECTORY), cfg_scale)

@@ -1,4 +1,4 @@
-"""Training recipes behind ``specdec train cspd-target`` and ``specdec train cspd-draft``.
+"""Training recipes behind ``specdec train cspd-target | cspd-draft | cspd-eagle | cspd-eagle-2l``.
 
 * ``cspd-target``: the continuous AR model (:data:`TARGET_CONFIG`) trained on the shipped VQ encoder's
   pre-quantisation latents of Fashion-MNIST with the DDPM loss of its diffusion head.
@@ -8,6 +8,11 @@
   ``(x_t, t, class or null class)``. Under trajectory alignment the draft
   and target tokens differ only through their epsilon predictions along the shared trajectory, which is what
   this loss shrinks (as an EAGLE draft is distilled from its target's features).
+* ``cspd-eagle`` / ``cspd-eagle-2l``: the feature-conditioned draft of :mod:`.feature_draft` (one / two decoder
+  layers) that predicts the shipped target's next condition from its previous one and the previous token and
+  drafts with the target's own diffusion head; distilled on the target's teacher-forced conditions
+  (:func:`.feature_draft.distill_loss`). Exported with their held-out final-mean distance and expected
+  acceptance (:func:`.feature_draft.heldout_distance`).
 
 Both reuse the discrete testbed's resumable loop (:func:`specdec.testbed.checkpoint.train_loop`: seeded,
 checkpointed every ``--ckpt-every`` seconds under ``<cache>/ckpt``, tqdm progress), export
@@ -40,6 +45,12 @@ TARGET_RECIPE = Recipe(steps=1600, batch_size=64, lr=2e-3, weight_decay=0.01, ex
 DRAFT_RECIPE = Recipe(steps=650, batch_size=64, lr=1e-3, weight_decay=0.01, extra={"repeats": 2})
 #: Figures of the target's CFG samples reported in ``metrics.json`` (the demo uses the same scale).
 EVAL_CFG, EVAL_SAMPLES = 3.0, 1000
+#: Feature-conditioned drafts (``continuous/feature_draft.py``): name -> decoder size.
+FEATURE_DRAFTS = {"cspd-eagle": {"n_layer": 1, "n_head": 4}, "cspd-eagle-2l": {"n_layer": 2, "n_head": 4}}
+#: The shipped cspd-eagle ran 273 steps of a 1200-step schedule and was resumed with ``--steps 800``; the shipped
+#: cspd-eagle-2l ran ``--steps 600`` (metrics.json ``history``; about 1 s / 2 s per step on a quiet core).
+FEATURE_DRAFT_RECIPE = Recipe(steps=800, batch_size=32, lr=2e-3, weight_decay=0.0,
+                              extra={"eps_weight": 1.0, "unroll_weight": 0.5})
 
 
 def weights_dir(opts_out: Optional[Path] = None) -> Path:
@@ -201,4 +212,40 @@ def train_draft(opts: RunOptions) -> Dict:
     return _export(opts, DRAFT_NAME, model, extra)
 
 
-RECIPES: Dict[str, Callable[[RunOptions], Dict]] = {TARGET_NAME: train_target, DRAFT_NAME: train_draft}
+def train_feature_draft(opts: RunOptions, name: str = "cspd-eagle") -> Dict:
+    """Distil the feature draft ``name`` (:data:`FEATURE_DRAFTS`) from the shipped target (module docstring)."""
+    from .feature_draft import FeatureDraft, FeatureDraftConfig, distill_loss, heldout_distance
+
+    r = FEATURE_DRAFT_RECIPE.resolve(opts)
+    data = load_latents(Path(opts.cache))
+    train = data["train"]
+    dev = opts.torch_device()
+    target = load_continuous(TARGET_NAME, dev, weights_dir(opts.out))
+    torch.manual_seed(opts.seed)
+    config = FeatureDraftConfig(dim=target.config.dim, token_dim=target.token_dim, grid_size=target.config.grid_size,
+                                **FEATURE_DRAFTS[name])
+    draft = FeatureDraft(config, target).to(dev)
+    order = EpochOrder(len(train["labels"]), r.batch_size, opts.seed)
+
+    def loss_fn(step):
+        idx = order.indices(step)
+        tokens = target.from_latents(train["latents"][idx].float().to(dev))
+        return distill_loss(draft, train["labels"][idx].to(dev), tokens, EVAL_CFG, r.extra["eps_weight"],
+                            r.extra["unroll_weight"])
+
+    result = _run(opts, name, draft, r, loss_fn)
+    draft = draft.cpu().eval()
+    out = weights_dir(opts.out)
+    shipped.save_weights(draft, name, "cspd-feature-draft", config.to_dict(), torch.float32, out)
+    from .feature_draft import load_feature_draft
+
+    draft = load_feature_draft(name, load_continuous(TARGET_NAME, in_dir=out), out)
+    metrics = {"parameters": sum(p.numel() for p in draft.parameters()),
+               "heldout": heldout_distance(draft, data["test"]), **result, **_meta(opts, r)}
+    shipped.update_metrics(name, metrics, out)
+    return metrics
+
+
+RECIPES: Dict[str, Callable[[RunOptions], Dict]] = {
+    TARGET_NAME: train_target, DRAFT_NAME: train_draft,
+    **{name: (lambda opts, name=name: train_feature_draft(opts, name)) for name in FEATURE_DRAFTS}}
