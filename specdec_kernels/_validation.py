@@ -240,8 +240,9 @@ def row_error_message(op: str, code: int, row: int) -> str:
     return f"{op}: row {row}: {argument} {problem} (status code {code})"
 
 
-_ASYNC_MESSAGE = "{op}: a row was reported bad (next_token = -code; codes: " + "; ".join(
-    f"{c} = {a} {p}" for c, (a, p) in ROW_CODES.items()) + ")"
+# torch._assert_async takes at most 254 characters: the codes' meanings are in specdec_kernels._methods.ROW_CODES.
+_ASYNC_MESSAGE = ("{op}: a row was reported bad (next_token = -code; 1 count, 2 id, 3 parents, 4 neighbours, 5 uniform, "
+                  "6 probability / value, 7 method: specdec_kernels._methods.ROW_CODES)")
 
 
 def raise_on_bad_rows(op: str, codes: torch.Tensor):
