@@ -197,7 +197,7 @@ def test_eagle_head_cached_path_matches_training_path(model):
 
 @torch.no_grad()
 def test_plain_ar_sampling_is_seeded_and_shaped(model):
-    from specdec.testbed.sample import generate, process_logits
+    from specdec.testbed.sample import _sampling_probs as process_logits, generate
 
     classes = torch.tensor([0, 2])
     a = generate(model, classes, cfg=3.0, top_k=5, generator=torch.Generator().manual_seed(0))
