@@ -255,3 +255,25 @@ def test_neighbor_table_never_lists_self_next_to_nan_distances(backend):
     book = torch.tensor([[-1.3754044771194458], [-INF], [-0.9555367231369019]])
     got = _cpu(sk.neighbor_table(*_on(backend, book), 2, backend=backend, validate=False))
     assert got.tolist() == [[2, 1], [-6, -6], [0, 1]]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_verify_chain_gsd_reports_a_nan_embedding_it_compares(backend):
+    """GSD through verify_chain: a NaN embedding row of a window member whose distance the tested draft's group
+    computes is code 6 for that row on every backend (the group's own op already reported it); rows whose groups
+    never compare that code are verified as usual."""
+    vocab, drafts = 8, 2
+    gen = torch.Generator().manual_seed(21)
+    p = torch.softmax(torch.randn(3, drafts + 1, vocab, generator=gen), -1)
+    emb = torch.nn.functional.normalize(torch.randn(vocab, 3, generator=gen), dim=-1)
+    draft = p[:, :drafts].argmax(-1)
+    emb[int(draft[1, 0])] = NAN  # row 1's first tested draft: its own embedding row is compared
+    kwargs = dict(method="gsd", embeddings=emb, rank_window=(vocab - 1, vocab - 1), p_thr=1.0, d_thr=4.0)
+    u_accept, u_sample = torch.rand(3, drafts, generator=gen), torch.rand(3, generator=gen)
+    want = reference.verify_chain(p, None, draft, u_accept, u_sample, **kwargs)
+    assert want[1][1].item() == -6
+    device = device_for(backend)
+    on = lambda t: t.to(device)  # noqa: E731
+    got = sk.verify_chain(on(p), None, on(draft), on(u_accept), on(u_sample), backend=backend, validate=False,
+                          **{**kwargs, "embeddings": on(emb)})
+    assert got[1].cpu().tolist() == want[1].tolist() and got[0].cpu().tolist() == want[0].tolist()

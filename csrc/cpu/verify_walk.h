@@ -106,7 +106,7 @@ ChainOutcome chain_walk(P& p, Q* q, int64_t b, int64_t n, int64_t drafts, int64_
         break;
       case kGsd: {
         const GroupMass g = group_mass(p, q, vocab, x, mp.gsd, mp.embeddings, mp.emb_dim, s.above, s.below);
-        if (!g.values_ok) return bad_row(kBadProbability);
+        if (!g.values_ok || !g.embeddings_ok) return bad_row(kBadProbability);  // a value it read is unusable
         pass = group_accepts(u, g.q, g.p);
         break;
       }

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(BLOCK)
       } else {
         g = GroupMassBlock<BLOCK>::run(p_row, q_ptr, V, static_cast<int>(x), cfg.rule.gsd, storage);
       }
-      if (!g.values_ok) {
+      if (!g.values_ok || !g.embeddings_ok) {  // a value it read is unusable (code 6)
         flag = kGsdBadValues;
       } else if (group_accepts(static_cast<double>(u_accept[b * L + i]), g.q, g.p)) {
         flag = kGsdPass;

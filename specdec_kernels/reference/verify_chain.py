@@ -7,7 +7,7 @@ import torch
 
 from ._sampling import inverse_cdf
 from ._status import ROW_BAD_PROB, bad_prob, chain_status
-from .gsd_group_mass import group_mass64
+from .gsd_group_mass import group_mass_checked64
 from .lantern_relaxed_mass import relaxed_mass64
 
 
@@ -67,10 +67,12 @@ def verify_chain(
     qx = torch.ones_like(px) if flat_q is None else flat_q.to(torch.float64).gather(1, flat_x[:, None]).squeeze(1)
     u = u_accept.reshape(-1).to(torch.float64)
     merged = torch.zeros_like(flat_x)
+    group_bad = torch.zeros_like(px, dtype=torch.bool)  # GSD: a bad q of a member or embedding row it compared
     if method == "exact":
         passed = u * qx < px
     elif method == "gsd":
-        group_p, group_q = group_mass64(flat_p, flat_q, flat_x, embeddings, rank_window, p_thr, d_thr)
+        group_p, group_q, group_bad = group_mass_checked64(flat_p, flat_q, flat_x, embeddings, rank_window, p_thr,
+                                                           d_thr)
         passed = u * group_q < group_p
     elif method == "lantern":
         p_tilde, merged = relaxed_mass64(flat_p, flat_x, neighbors, delta, lam)
@@ -117,7 +119,7 @@ def verify_chain(
     # Code 6 on the values the walk read: the tested entries p(x), q(x) (GSD ranks, so reads, the whole row),
     # and the row sampled from (with q's row for a residual), which must also carry mass.
     tested = used & (torch.arange(max_drafts, device=device) <= accept_len[:, None])
-    bad_read = bad_prob(px) | bad_prob(qx)
+    bad_read = bad_prob(px) | bad_prob(qx) | group_bad
     if method in ("gsd", "typical"):  # GSD's ranking and typical's entropy read the whole row
         bad_read = bad_read | bad_prob(flat_p).any(-1)
     bad_value = (bad_read.view(batch, max_drafts) & tested).any(-1)

@@ -108,8 +108,9 @@ def _chain_kernel(p_ptr, p_buf_ptr, q_ptr, q_buf_ptr, draft_ptr, u_accept_ptr, u
         if METHOD == c.EXACT:
             passed = u * qx < px
         elif METHOD == c.GSD:
-            group_p, group_q = c.gsd_group_mass(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi, p_thr, d_thr, HAS_Q,
-                                                HAS_EMB, BLOCK_V)
+            group_p, group_q, group_bad = c.gsd_group_mass_checked(p_row, q_row, x, V, emb_ptr, D_EMB, h_lo, h_hi,
+                                                                   p_thr, d_thr, HAS_Q, HAS_EMB, BLOCK_V)
+            bad_read = bad_read | group_bad  # code 6: q of a member or an embedding row it compared
             passed = u * group_q < group_p
         elif METHOD == c.TYPICAL:
             entropy = tl.zeros((), tl.float64)
