@@ -64,9 +64,9 @@ def verify_chain(
         Draft distributions the drafts were drawn from; None means one-hot drafts (Jacobi inits, greedy drafts).
     draft : ``(batch_size, num_draft_tokens)`` int64
         Draft token ids; entries past ``num_drafts[b]`` are ignored.
-    u_accept : ``(batch_size, num_draft_tokens)`` float32 in [0, 1)
+    u_accept : ``(batch_size, num_draft_tokens)`` float32 in [0, 1] (docs/ALGORITHMS.md §3.1: 1.0 is valid)
         One uniform per draft, used only by that draft's test.
-    u_sample : ``(batch_size,)`` float32 in [0, 1)
+    u_sample : ``(batch_size,)`` float32 in [0, 1] (docs/ALGORITHMS.md §3.1: 1.0 is valid)
         One uniform per row for the recovered or bonus sample.
     num_drafts : ``(batch_size,)`` int64 in [0, num_draft_tokens], optional
         Drafts per row (ragged rows; 0 makes a plain AR sample from ``p[b, 0]``). Default: all.
@@ -89,7 +89,7 @@ def verify_chain(
         reads and reports a row whose inputs break a precondition instead of verifying it: ``accept_len[b] = 0``,
         ``next_token[b] = -code`` with code 1 ``num_drafts[b]`` outside [0, L], 2 a used draft id outside
         [0, V), 4 (lantern) a bad neighbour id (outside [0, V), or the draft itself) in a used draft's table row,
-        5 a used uniform outside [0, 1) or NaN, 6 a NaN / inf / negative value among the entries read (the
+        5 a used uniform outside [0, 1] or NaN, 6 a NaN / inf / negative value among the entries read (the
         tested p(x), q(x); the whole row for GSD's ranking; the row sampled from, with q's row for a residual) or
         a sampled row without mass.
 
@@ -118,7 +118,7 @@ def verify_chain(
     ValueError
         Wrong shapes, dtypes or devices; unknown method or parameters it would ignore; neighbour table or
         embeddings that do not match the vocabulary; a bad row (see ``validate``); with ``validate=True`` also
-        NaN/inf or negative probabilities anywhere, uniforms outside [0, 1) and a bad neighbour table.
+        NaN/inf or negative probabilities anywhere, uniforms outside [0, 1] and a bad neighbour table.
 
     Examples
     --------

@@ -249,7 +249,7 @@ def verify_chain_logits(
         ``cfg_scale`` None or 1: no guidance). Row ``i`` judges ``draft[:, i]``; row ``L`` is the bonus row.
     draft, u_accept, u_sample, num_drafts, method, neighbors, delta, lam, embeddings, rank_window, p_thr, d_thr
         As in :func:`verify_chain` (``draft`` ``(B, L)`` int64, ``u_accept`` ``(B, L)`` and ``u_sample`` ``(B,)``
-        float32 in [0, 1), ``num_drafts`` ``(B,)`` int64 in [0, L]).
+        float32 in [0, 1], ``num_drafts`` ``(B,)`` int64 in [0, L]).
     draft_probs : ``(B, L, V)`` float, optional
         The draft's (already processed) distributions.
     draft_logits : ``(B or 2B, L, V)`` same dtype as logits, optional
@@ -268,7 +268,7 @@ def verify_chain_logits(
     accept_len : ``(B,)`` int64
     next_token : ``(B,)`` int64; ``-code`` for a row that was not verified: 1 ``num_drafts`` outside [0, L];
         2 a used draft id outside [0, V); 4 (lantern) a bad neighbour id of a used draft; 5 a used uniform outside
-        [0, 1); 6 a processed row that is not a distribution (NaN / +inf logits, or all -inf) or a read
+        [0, 1]; 6 a processed row that is not a distribution (NaN / +inf logits, or all -inf) or a read
         ``draft_probs`` entry NaN, inf or negative.
 
     Raises

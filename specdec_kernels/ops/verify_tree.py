@@ -122,9 +122,9 @@ def verify_tree(
     tree_tokens : ``(batch_size, num_nodes)`` int64
         Token of every node; node 0 is the root (the last committed token).
     parents : ``(batch_size, num_nodes)`` int64, as in :func:`build_tree`.
-    u_accept : ``(batch_size, num_nodes)`` float32 in [0, 1)
+    u_accept : ``(batch_size, num_nodes)`` float32 in [0, 1] (docs/ALGORITHMS.md §3.1: 1.0 is valid)
         ``u_accept[b, n]`` is used only by node n's test (column 0 is unused).
-    u_sample : ``(batch_size,)`` float32 in [0, 1)
+    u_sample : ``(batch_size,)`` float32 in [0, 1] (docs/ALGORITHMS.md §3.1: 1.0 is valid)
     num_nodes : ``(batch_size,)`` int64, optional (ragged trees; default all).
     method : {"exact", "lantern"}; neighbors, delta, lam : as in :func:`verify_chain`.
     backend : as in :func:`verify_chain`.
@@ -133,7 +133,7 @@ def verify_tree(
         ``next_token[b] = -code``: 1 ``num_nodes[b]`` outside [1, M]; 2 a valid node's token outside [0, V) (the
         root's included); 3 malformed parents among the valid nodes; 4 (lantern) a bad neighbour id in a valid
         node token's table row; 5 ``u_accept[b, n]`` of a valid node (column 0 included) or ``u_sample[b]``
-        outside [0, 1); 6 a NaN / inf / negative tested entry ``p[b, cur, t]`` / ``q[b, cur, t]``, or in the
+        outside [0, 1]; 6 a NaN / inf / negative tested entry ``p[b, cur, t]`` / ``q[b, cur, t]``, or in the
         final node's row ``p[b, cur]`` (and ``q[b, cur]`` after a rejection), or that row has no mass.
         ``None`` raises a ValueError naming the argument and row (CUDA / compile: a device assertion);
         ``True`` adds the full value checks before the kernel; ``False`` only reports.
