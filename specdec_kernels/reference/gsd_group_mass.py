@@ -9,20 +9,6 @@ from .._methods import ROW_BAD_ID, ROW_BAD_PROB, gsd_window
 from ._status import bad_prob
 
 
-def group_mass64(
-    p: torch.Tensor,
-    q: Optional[torch.Tensor],
-    x: torch.Tensor,
-    embeddings: Optional[torch.Tensor],
-    rank_window: Tuple[int, int],
-    p_thr: float,
-    d_thr: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 core shared with the chain reference: ``(P_G [R], Q_G [R])`` in float64."""
-    group_p, group_q, _ = group_mass_checked64(p, q, x, embeddings, rank_window, p_thr, d_thr)
-    return group_p, group_q
-
-
 def group_mass_checked64(
     p: torch.Tensor,
     q: Optional[torch.Tensor],
@@ -32,7 +18,8 @@ def group_mass_checked64(
     p_thr: float,
     d_thr: float,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`group_mass64` plus, per row, whether a value it reads is bad (code 6 of ``gsd_group_mass``): a NaN,
+    """float64 core shared with the chain reference: ``(P_G [R], Q_G [R])`` in float64 and, per row, whether a value it
+    reads is bad (code 6 of ``gsd_group_mass``): a NaN,
     inf or negative entry of the ranked row p or of q at a group member, or a NaN / inf embedding row whose
     distance is computed (x's and each window member's that passes the probability filter)."""
     rows, vocab = p.shape
