@@ -195,10 +195,13 @@ if wanted tests; then
   if [ "$REHEARSE" = 1 ]; then
     # No device: the whole selection is collected (imports, parametrisation, markers under the GPU mode), then
     # the same command runs on a fast part of it (no torch.compile), where every case runs on the CPU backends.
+    # SPECDEC_TEST_ASYNC_ROW_CHECKS=1: the default level checks row codes by device assertion on the CPU too, as on
+    # CUDA, so a test that expects a ValueError from it (which on a GPU would abort the worker's CUDA context and
+    # every test after it) fails here; bad-row tests use tests/_backends.raises_bad_row.
     phase "tests (collect)" 90 env SPECDEC_TEST_DEVICE=cuda $PY -m pytest --collect-only -qq -p no:cacheprovider $tests
-    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda $PY -m pytest "${pytest_args[@]}" -q \
-      -k "not compile" \
-      tests/test_hardening.py tests/test_sample_from_probs.py
+    phase tests "$(limit_of $LIMIT_TESTS)" env SPECDEC_TEST_DEVICE=cuda SPECDEC_TEST_ASYNC_ROW_CHECKS=1 \
+      $PY -m pytest "${pytest_args[@]}" -q -k "not compile" \
+      tests/test_hardening.py tests/test_sample_from_probs.py tests/test_bad_values.py tests/test_validation.py
   else
     # pytest-xdist (preinstalled there) spreads the Triton compiles over the cores; a crashed worker is replaced.
     # pytest-timeout (likewise) ends a hung test after 60 s and the session before the phase limit, so the

@@ -4,10 +4,10 @@
 - ``validate=None`` (default): the structural checks, then the kernel's own row status codes (every backend
   reports a bad row as ``next_token = -code``); :func:`raise_on_bad_rows` turns them into a ValueError naming the
   argument and the row (CPU: one check over the B outputs) or, on CUDA and under ``torch.compile``, a
-  ``torch._assert_async`` on the device (no host synchronisation).
+  ``torch._assert_async`` on the device (no host synchronisation; :func:`row_checks_are_async`).
 - ``validate=True``: additionally the full value checks before the kernel (NaN/inf anywhere in p / q, every id, the
   whole neighbour table; one host synchronisation), which also run under ``torch.compile`` as one
-  ``torch._assert_async`` per condition.
+  ``torch._assert_async`` per condition; the row codes then raise an eager ValueError on every device too.
 
 Every eager error is a ValueError naming the argument.
 """
@@ -245,16 +245,27 @@ _ASYNC_MESSAGE = ("{op}: a row was reported bad (next_token = -code; 1 count, 2 
                   "6 probability / value, 7 method: specdec_kernels._methods.ROW_CODES)")
 
 
-def raise_on_bad_rows(op: str, codes: torch.Tensor):
+def row_checks_are_async(device) -> bool:
+    """Whether the default level reports bad rows on ``device`` by an asynchronous device assertion (CUDA, or any
+    device under ``torch.compile``) instead of an eager ValueError (the CPU). ``validate=True`` is eager
+    everywhere outside ``torch.compile``."""
+    return _compiling() or torch.device(device).type != "cpu"
+
+
+def raise_on_bad_rows(op: str, codes: torch.Tensor, validate: Optional[bool] = None):
     """``codes`` ``[B]`` int (or a float output that is ``-code`` where bad and >= 0 elsewhere, as
-    ``gsd_group_mass``'s ``group_p``): negative where a row was reported bad (``-code``). Eager CPU: one check over
-    the B values, then a ValueError naming the argument and the first bad row. CUDA or ``torch.compile``: an
-    asynchronous device assertion (no host synchronisation), which fails the next synchronising call."""
-    if _compiling() or not codes.is_cpu:
+    ``gsd_group_mass``'s ``group_p``): negative where a row was reported bad (``-code``).
+
+    Eager (the CPU at the default level; every device with ``validate=True``, which has synchronised once
+    already): one check over the B values, then a ValueError naming the argument and the first bad row. The
+    default level on CUDA and anything under ``torch.compile``: an asynchronous device assertion (no host
+    synchronisation), which fails the next synchronising call and leaves the CUDA context unusable, as every
+    device-side assertion does."""
+    if _compiling() or (validate is not True and row_checks_are_async(codes.device)):
         if codes.numel() > 0:
             torch._assert_async((codes >= 0).all(), _ASYNC_MESSAGE.format(op=op))
         return
-    # Eager CPU: the B outputs as a Python list (about 2 µs; a torch reduction plus .item() costs twice that).
+    # Eager: the B outputs as a Python list (about 2 µs on the CPU; a torch reduction plus .item() costs twice that).
     values = codes.tolist()
     if values and min(values) < 0:
         row = next(i for i, value in enumerate(values) if value < 0)

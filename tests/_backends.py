@@ -4,9 +4,11 @@ The backend lists are fixed when ``tests/conftest.py`` is imported (after it has
 ``reference`` is the oracle; the kernel backends are compared with it token for token.
 """
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Optional
 
+import pytest
 import torch
 
 import specdec_kernels
@@ -40,6 +42,26 @@ def not_triton(backend: str, **params) -> bool:
     """For ``@pytest.mark.select``: statistical, property and hypothesis tests run on the reference's peers in C++
     (cpu, cuda); Triton is held to them through parity on the same inputs."""
     return backend != "triton"
+
+
+@contextlib.contextmanager
+def raises_bad_row(match: Optional[str] = None):
+    """``pytest.raises(ValueError, match=match)`` around default-level calls that must refuse a bad row, with the
+    kernels' row codes checked on the host on every device, as the default level does on the CPU.
+
+    On CUDA the default level checks them by an asynchronous device assertion instead (no host synchronisation),
+    and a device-side assertion leaves the process's CUDA context unusable for every later test; the host check
+    makes the same decision on the same codes and names the row. The device assertion itself runs in a fresh
+    process (``test_hardening.test_compiled_validation_is_not_skipped``)."""
+    from specdec_kernels import _validation
+
+    saved = _validation.row_checks_are_async
+    _validation.row_checks_are_async = lambda device: False
+    try:
+        with pytest.raises(ValueError, match=match) as info:
+            yield info
+    finally:
+        _validation.row_checks_are_async = saved
 
 
 def to_device(value: Any, device) -> Any:

@@ -22,6 +22,7 @@ import torch
 torch.set_num_threads(1)
 
 _FORK = multiprocessing.get_context("fork")
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 @dataclass
@@ -109,8 +110,20 @@ def run_isolated(fn: Callable, *args, timeout: float = 120.0) -> Outcome:
     if not fork_is_safe():
         outcomes = _run_in_thread(fn, [args], timeout)
         return outcomes[0] if outcomes else Outcome("hung", message=f"no result within {timeout:.0f} s")
-    parent, child = _FORK.Pipe(duplex=False)
-    proc = _FORK.Process(target=_child, args=(child, fn, [args]), daemon=True)
+    return _run_child(_FORK, fn, args, timeout)
+
+
+def run_in_fresh_process(fn: Callable, *args, timeout: float = 300.0) -> Outcome:
+    """``fn(*args)`` in a newly started (spawned) Python process, with its own CUDA context: for calls that may
+    end in a CUDA device-side assertion, which leaves the context of the process it happens in unusable. ``fn``
+    must be a module-level function (the child imports it by name) and ``args`` picklable; the child pays for
+    importing torch and starting CUDA."""
+    return _run_child(_SPAWN, fn, args, timeout)
+
+
+def _run_child(context, fn: Callable, args: tuple, timeout: float) -> Outcome:
+    parent, child = context.Pipe(duplex=False)
+    proc = context.Process(target=_child, args=(child, fn, [args]), daemon=True)
     proc.start()
     child.close()
     if not parent.poll(timeout):

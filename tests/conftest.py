@@ -20,6 +20,13 @@ if os.environ.get("SPECDEC_TEST_DEVICE", "cpu") == "cpu":  # a GPU run sets SPEC
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import specdec_kernels._validation as _validation  # noqa: E402
+
+if os.environ.get("SPECDEC_TEST_ASYNC_ROW_CHECKS") == "1":
+    # The GPU rehearsal (.ci/run): the default level reports bad rows by device assertion on the CPU too, as it does
+    # on CUDA, so a test that would catch a ValueError from it (and, on a GPU, abort its CUDA context) fails here.
+    _validation.row_checks_are_async = lambda device: True
+
 from _backends import ALL_BACKENDS, KERNEL_BACKENDS, TRITON_INTERPRETED, device_for  # noqa: E402,F401
 
 #: The C++-extension backends (CPU; CUDA where built and a GPU is visible), for tests that pick their own list.

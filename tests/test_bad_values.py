@@ -15,7 +15,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import ALL_BACKENDS, device_for
+from _backends import ALL_BACKENDS, device_for, raises_bad_row
 
 NAN, INF = math.nan, math.inf
 
@@ -51,7 +51,7 @@ def test_neighbor_table_reports_non_finite_codes(backend, normalize):
     bad = torch.tensor([5, 11, 17])
     assert (got[bad] == -6).all() and (want[bad] == -6).all()
     assert torch.equal(got, want)
-    with pytest.raises(ValueError, match=r"neighbor_table: row 5: codebook holds NaN or inf .*status code 6"):
+    with raises_bad_row(match=r"neighbor_table: row 5: codebook holds NaN or inf .*status code 6"):
         _cpu(sk.neighbor_table(*_on(backend, book), 5, normalize=normalize, backend=backend))
 
 
@@ -93,7 +93,7 @@ def test_lantern_relaxed_mass_reports_the_values_it_reads(backend):
     assert torch.isnan(p_tilde[[0, 1, 2, 4]]).all() and p_tilde[3].item() == pytest.approx(0.2)
     want = reference.lantern_relaxed_mass(p, x, table, delta=0.15)
     assert torch.equal(merged, want[1]) and torch.allclose(p_tilde, want[0], equal_nan=True)
-    with pytest.raises(ValueError, match=r"lantern_relaxed_mass: row 0: p holds a NaN, inf or negative"):
+    with raises_bad_row(match=r"lantern_relaxed_mass: row 0: p holds a NaN, inf or negative"):
         sk.lantern_relaxed_mass(*_on(backend, p, x, table), delta=0.15, backend=backend)
     ok = p[3:4]
     sk.lantern_relaxed_mass(*_on(backend, ok, x[3:4], table), delta=0.15, backend=backend)  # an unread NaN is fine
@@ -123,7 +123,7 @@ def test_gsd_group_mass_reports_the_values_it_reads(backend):
     assert (group_p[[0, 3, 4]] > 0).all() and torch.isfinite(group_q[[0, 3, 4]]).all()
     want = reference.gsd_group_mass(p, q, x, embeddings=emb, **kwargs)
     assert torch.allclose(group_p, want[0], equal_nan=True) and torch.allclose(group_q, want[1], equal_nan=True)
-    with pytest.raises(ValueError, match=r"gsd_group_mass: row 1: p / q / embeddings holds"):
+    with raises_bad_row(match=r"gsd_group_mass: row 1: p / q / embeddings holds"):
         sk.gsd_group_mass(*args, embeddings=_on(backend, emb)[0], **kwargs, backend=backend)
     # a NaN embedding row of a window member whose distance is computed (p_thr = 1: every member passes)
     emb_bad = emb.clone()
@@ -135,7 +135,7 @@ def test_gsd_group_mass_reports_the_values_it_reads(backend):
     assert group_p.tolist() == [-6.0] and torch.isnan(group_q).all()
     no_filter = dict(kwargs, p_thr=0.0)  # no member passes the probability filter: no distance is computed
     assert (_cpu(sk.gsd_group_mass(*one[:3], embeddings=one[3], **no_filter, backend=backend))[0] > 0).all()
-    with pytest.raises(ValueError, match=r"gsd_group_mass: row 1: x holds an id outside"):
+    with raises_bad_row(match=r"gsd_group_mass: row 1: x holds an id outside"):
         sk.gsd_group_mass(*_on(backend, p[[0, 5]], None, x[[0, 5]]), backend=backend)
 
 
@@ -172,10 +172,10 @@ def test_cspd_verify_reports_bad_values(backend):
     got = _cpu(sk.cspd_verify(*_on(backend, *args), backend=backend, validate=False))
     assert torch.equal(got[1], accepted) and torch.equal(got[2], fallback)
     assert torch.allclose(got[0], tokens, rtol=1e-5, atol=1e-6, equal_nan=True)
-    with pytest.raises(ValueError, match=r"cspd_verify: row 1: x / mu_q / sigma_q / mu_p / sigma_p / s_q / s_p"):
+    with raises_bad_row(match=r"cspd_verify: row 1: x / mu_q / sigma_q / mu_p / sigma_p / s_q / s_p"):
         sk.cspd_verify(*_on(backend, *args), backend=backend)
     only_uniform = [a[7:8] for a in args]
-    with pytest.raises(ValueError, match=r"cspd_verify: row 0: u_accept / u_prop / u_ar holds a value outside"):
+    with raises_bad_row(match=r"cspd_verify: row 0: u_accept / u_prop / u_ar holds a value outside"):
         sk.cspd_verify(*_on(backend, *only_uniform), backend=backend)
 
 
@@ -244,7 +244,7 @@ def test_verify_tree_reports_bad_rows_it_loads(backend, where):
     args = _on(backend, p, q, tokens, parents, u_accept, u_sample)
     out = _cpu(sk.verify_tree(*args, backend=backend, validate=False))
     assert out[2].tolist() == [-6] and out[1].tolist() == [0]
-    with pytest.raises(ValueError, match="status code 6"):
+    with raises_bad_row(match="status code 6"):
         sk.verify_tree(*args, backend=backend)
 
 

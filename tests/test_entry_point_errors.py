@@ -57,7 +57,7 @@ def test_verifier_rejects_draft_ids_outside_the_vocabulary(bad_id, fused, method
     verifier = SpeculativeVerifier(method, codebook=codebook)
     logits, drafts, gen = _inputs()
     drafts[1, 0] = bad_id
-    with pytest.raises(ValueError, match=r"row 1: draft holds an id outside"):
+    with raises_bad_row(match=r"row 1: draft holds an id outside"):
         verifier.step(logits, drafts, generator=gen, return_probs=not fused)
 
 
@@ -67,7 +67,7 @@ def test_verifier_rejects_tree_ids_outside_the_vocabulary(fused):
     logits, _, gen = _inputs()
     tokens = torch.tensor([[0, 1, 2], [0, VOCAB, 2]])
     parents = torch.tensor([[-1, 0, 0]] * 2)
-    with pytest.raises(ValueError, match=r"row 1: tree_tokens holds an id outside"):
+    with raises_bad_row(match=r"row 1: tree_tokens holds an id outside"):
         verifier.step_tree(logits, tokens, parents, generator=gen, return_probs=not fused)
 
 
@@ -85,7 +85,7 @@ import math  # noqa: E402
 
 import specdec_kernels as sk  # noqa: E402
 
-from _backends import device_for, to_device  # noqa: E402
+from _backends import device_for, raises_bad_row, to_device  # noqa: E402
 
 #: Every backend this run has; each one's inputs live on its device.
 LOGITS_BACKENDS = [b for b in ("reference", "cpu", "triton", "cuda") if b in sk.available_backends()]

@@ -16,7 +16,7 @@ import specdec_kernels as sk
 from specdec_kernels import reference
 
 import _isolate
-from _backends import device_for, to_device
+from _backends import device_for, raises_bad_row, to_device
 from _inputs import chain_case, codebook, probs, tree_case
 from _isolate import run_isolated
 
@@ -154,22 +154,31 @@ def _compiled_chain(backend, validate):
     return step
 
 
+def _compiled_chain_outputs(backend, validate, case):
+    """The compiled chain call on ``case`` (CPU tensors, moved here), its outputs copied back (which synchronises)."""
+    case = _on(backend, case)
+    out = _compiled_chain(backend, validate)(*(case[k] for k in ("p", "q", "draft", "u_accept", "u_sample",
+                                                                   "num_drafts")))
+    return tuple(t.cpu() for t in out)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize("validate", [True, None])
 def test_compiled_validation_is_not_skipped(backend, validate):
-    """Validation once returned early under torch.compile, so the compiled call read out of bounds."""
+    """Validation once returned early under torch.compile, so the compiled call read out of bounds. Compiled, both
+    levels check on the device (``torch._assert_async``): on CUDA a device-side assertion, which the call must
+    meet in a process of its own (it leaves the CUDA context unusable)."""
     case = chain_case(batch=2, drafts=3, vocab=10, seed=8)
     case["num_drafts"] = torch.tensor([3, 3])
     case["draft"][1, 0] = 10**6
-    case = _on(backend, case)
-
-    def call():
-        return _compiled_chain(backend, validate)(*(case[k] for k in ("p", "q", "draft", "u_accept", "u_sample",
-                                                                     "num_drafts")))
-
-    outcome = run_isolated(call, timeout=600)
-    assert outcome.kind == "raised" and outcome.error in ("RuntimeError", "ValueError"), str(outcome)
-    assert "draft" in outcome.message or "row was reported bad" in outcome.message
+    if device_for(backend) == "cuda":
+        outcome = _isolate.run_in_fresh_process(_compiled_chain_outputs, backend, validate, case, timeout=600)
+    else:
+        outcome = run_isolated(_compiled_chain_outputs, backend, validate, case, timeout=600)
+    assert outcome.kind == "raised" and outcome.error in ("RuntimeError", "ValueError", "AcceleratorError"), \
+        str(outcome)
+    assert any(text in outcome.message for text in ("draft", "row was reported bad", "device-side assert")), \
+        str(outcome)
 
 
 @pytest.mark.skipif("triton" not in sk.available_backends(), reason="Triton not usable here")
@@ -216,7 +225,7 @@ def test_bad_sampled_row_is_code_6_everywhere(backend, row):
     accept_len, next_token = _ok(run_isolated(_chain_call(case, backend=backend, validate=False)))
     assert int(next_token[0]) == -6 and int(accept_len[0]) == 0
     assert int(next_token[1]) == int(reference.verify_chain(**case)[1][1]) >= 0
-    with pytest.raises(ValueError, match="row 0: p / q"):
+    with raises_bad_row(match="row 0: p / q"):
         sk.verify_chain(**_on(backend, case), backend=backend)
 
 

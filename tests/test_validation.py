@@ -7,7 +7,7 @@ import torch
 import specdec_kernels as sk
 from specdec_kernels import reference
 
-from _backends import device_for, to_device
+from _backends import device_for, raises_bad_row, to_device
 from _inputs import chain_case, codebook, tree_case
 
 #: Every backend this run has (each on its own device): each reports row status codes.
@@ -77,7 +77,7 @@ def test_verify_chain_row_codes(name, change, match, code, backend):
     case = chain_case(batch=3, drafts=4, vocab=10)
     case.update(change(case))
     case = to_device(case, device_for(backend))
-    with pytest.raises(ValueError, match=match):
+    with raises_bad_row(match=match):
         sk.verify_chain(**case, backend=backend)
     accept_len, next_token = to_device(sk.verify_chain(**case, backend=backend, validate=False), "cpu")
     row = int(match.split(":")[0].split()[1])
@@ -131,23 +131,23 @@ def test_tree_errors():
                                        "tree_tokens holds ids outside")),
                                (None, ("row 0: parents", "row 0: parents", "row 0: parents", "row 0: num_nodes",
                                        "row 0: tree_tokens"))):
-        with pytest.raises(ValueError, match=messages[0]):
+        with raises_bad_row(match=messages[0]):
             sk.verify_tree(**{**case, "parents": bad_root}, validate=validate, backend="reference")
-        with pytest.raises(ValueError, match=messages[1]):
+        with raises_bad_row(match=messages[1]):
             sk.verify_tree(**{**case, "parents": forward, "num_nodes": torch.tensor([5, 5])}, validate=validate,
                            backend="reference")
-        with pytest.raises(ValueError, match=messages[2]):
+        with raises_bad_row(match=messages[2]):
             sk.build_tree(forward, validate=validate, backend="reference")
-        with pytest.raises(ValueError, match=messages[3]):
+        with raises_bad_row(match=messages[3]):
             sk.verify_tree(**{**case, "num_nodes": torch.tensor([0, 5])}, validate=validate, backend="reference")
-        with pytest.raises(ValueError, match=messages[4]):
+        with raises_bad_row(match=messages[4]):
             sk.verify_tree(**{**case, "tree_tokens": case["tree_tokens"] + 10, "num_nodes": torch.tensor([5, 5])},
                            validate=validate, backend="reference")
-    with pytest.raises(ValueError, match="method must be one of"):
+    with raises_bad_row(match="method must be one of"):
         sk.verify_tree(**case, method="gsd")
-    with pytest.raises(ValueError, match="parents must have 2 dimensions"):
+    with raises_bad_row(match="parents must have 2 dimensions"):
         sk.verify_tree(**{**case, "parents": case["parents"][0]})
-    with pytest.raises(ValueError, match="parents must have 2 dimensions"):
+    with raises_bad_row(match="parents must have 2 dimensions"):
         sk.build_tree(case["parents"][0])
 
 
@@ -155,23 +155,23 @@ def test_other_op_errors():
     p = torch.softmax(torch.randn(4, 10), -1)
     x = torch.randint(0, 10, (4,))
     table = reference.neighbor_table(codebook(10), 3)
-    with pytest.raises(ValueError, match="x holds ids outside"):
+    with raises_bad_row(match="x holds ids outside"):
         sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1, validate=True)
-    with pytest.raises(ValueError, match="row 0: x holds an id"):
+    with raises_bad_row(match="row 0: x holds an id"):
         sk.lantern_relaxed_mass(p, x + 10, table, delta=0.1, backend="reference")
-    with pytest.raises(ValueError, match="row 0: x holds an id"):
+    with raises_bad_row(match="row 0: x holds an id"):
         sk.gsd_group_mass(p, None, x + 10)
-    with pytest.raises(ValueError, match="x must have shape"):
+    with raises_bad_row(match="x must have shape"):
         sk.gsd_group_mass(p, None, x[:2])
-    with pytest.raises(ValueError, match="codebook contains NaN"):
+    with raises_bad_row(match="codebook contains NaN"):
         sk.neighbor_table(torch.full((5, 2), float("nan")), 2, validate=True)
     z = torch.zeros(3, 2)
-    with pytest.raises(ValueError, match="sigma_p must be finite and > 0"):
+    with raises_bad_row(match="sigma_p must be finite and > 0"):
         sk.cspd_verify(z, z, z + 1, z, z, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2), validate=True)
-    with pytest.raises(ValueError, match="inner_temperature"):
+    with raises_bad_row(match="inner_temperature"):
         sk.cspd_verify(z, z, z + 1, z, z + 1, z, z, torch.rand(3), torch.rand(3, 2, 2), torch.rand(3, 2),
                        inner_temperature=True)
-    with pytest.raises(ValueError, match="u_prop must be"):
+    with raises_bad_row(match="u_prop must be"):
         sk.cspd_verify(z, z, z + 1, z, z + 1, z, z, torch.rand(3), torch.rand(3, 2, 3), torch.rand(3, 2))
 
 

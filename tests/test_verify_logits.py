@@ -19,7 +19,7 @@ import specdec_kernels as sk
 from specdec_kernels import _methods, reference
 from specdec_kernels.reference.verify_logits import process_logits as ref_process
 
-from _backends import TRITON_INTERPRETED
+from _backends import TRITON_INTERPRETED, raises_bad_row
 from _inputs import codebook, method_kwargs, random_parents
 from _triton_compile import check_triton_compiles_for_sm90
 from conftest import COMPILED_BACKENDS, device_for
@@ -280,6 +280,7 @@ def test_chain_all_accepted_and_zero_drafts(logits_backend):
 def test_guidance_scale_one(backend):
     """cfg_scale = 1 is no guidance: on B rows it is accepted as such, on 2B rows it uses the cond rows."""
     case, kw = chain_logits_case(processing={"cfg_scale": 3.0}, source="none", seed=8)
+    case = _to(case, device_for(backend))
     batch = case["draft"].shape[0]
     args = {k: v for k, v in case.items() if k != "logits"}
     plain = sk.verify_chain_logits(case["logits"][:batch], **args, backend=backend)
@@ -389,9 +390,9 @@ def test_chain_bad_rows_are_reported(logits_backend, code):
     want = reference.verify_chain(p, case["draft_probs"][good], case["draft"][good], case["u_accept"][good],
                                   case["u_sample"][good], num_drafts=case["num_drafts"][good], **extra)
     assert torch.equal(next_token.cpu()[good], want[1]) and torch.equal(accept_len.cpu()[good], want[0])
-    with pytest.raises(ValueError, match="row 1"):
+    with raises_bad_row(match="row 1"):
         sk.verify_chain_logits(**_to(case, device), **kw, **_to(extra, device), backend=backend)
-    with pytest.raises(ValueError):
+    with raises_bad_row():
         sk.verify_chain_logits(**_to(case, device), **kw, **_to(extra, device), backend=backend, validate=True)
 
 
@@ -422,7 +423,7 @@ def test_tree_bad_rows_are_reported(logits_backend, code):
     device = device_for(backend)
     accepted, accept_len, next_token = sk.verify_tree_logits(**_to(case, device), backend=backend, validate=False)
     assert next_token[1].item() == -code and accept_len[1].item() == 0 and (accepted[1] == -1).all()
-    with pytest.raises(ValueError, match="row 1"):
+    with raises_bad_row(match="row 1"):
         sk.verify_tree_logits(**_to(case, device), backend=backend)
 
 

@@ -102,5 +102,5 @@ def cspd_verify(
         args + (float(inner_temperature),),
     )
     if validate is not False:
-        v.raise_on_bad_rows("cspd_verify", status)
+        v.raise_on_bad_rows("cspd_verify", status, validate)
     return tokens, accepted, fallback

@@ -89,5 +89,5 @@ def gsd_group_mass(
         (p, q, x, embeddings, h_lo, h_hi, float(p_thr), float(d_thr)),
     )
     if validate is not False:
-        v.raise_on_bad_rows("gsd_group_mass", group_p)
+        v.raise_on_bad_rows("gsd_group_mass", group_p, validate)
     return group_p, group_q

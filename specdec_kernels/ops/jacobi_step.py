@@ -133,5 +133,5 @@ def jacobi_step(
 
     out = JacobiStep(*run("jacobi_step", backend, device, reference_step, args))
     if validate is not False:
-        v.raise_on_bad_rows("jacobi_step", out.next_token)
+        v.raise_on_bad_rows("jacobi_step", out.next_token, validate)
     return out

@@ -67,7 +67,7 @@ def neighbor_table(
         (codebook, k, bool(normalize)),
     )
     if validate is not False:
-        v.raise_on_bad_rows("neighbor_table", table[:, 0])
+        v.raise_on_bad_rows("neighbor_table", table[:, 0], validate)
     return table
 
 
@@ -144,5 +144,5 @@ def lantern_relaxed_mass(
         (p, x, neighbors, delta, lam),
     )
     if validate is not False:
-        v.raise_on_bad_rows("lantern_relaxed_mass", merged)
+        v.raise_on_bad_rows("lantern_relaxed_mass", merged, validate)
     return p_tilde, merged

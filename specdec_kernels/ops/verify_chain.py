@@ -150,5 +150,5 @@ def verify_chain(
         (p, q, draft, u_accept, u_sample, num_drafts, code, neighbors, embeddings, params),
     )
     if validate is not False:
-        v.raise_on_bad_rows("verify_chain", next_token)
+        v.raise_on_bad_rows("verify_chain", next_token, validate)
     return accept_len, next_token

@@ -300,7 +300,7 @@ def verify_chain_logits(
 
     accept_len, next_token = run("verify_chain_logits", backend, call.logits.device, reference, args)
     if validate is not False:
-        v.raise_on_bad_rows("verify_chain_logits", next_token)
+        v.raise_on_bad_rows("verify_chain_logits", next_token, validate)
     return accept_len, next_token
 
 
@@ -397,5 +397,5 @@ def verify_tree_logits(
 
     out = run("verify_tree_logits", backend, device, reference, args)
     if validate is not False:
-        v.raise_on_bad_rows("verify_tree_logits", out[2])
+        v.raise_on_bad_rows("verify_tree_logits", out[2], validate)
     return out

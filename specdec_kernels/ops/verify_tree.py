@@ -79,7 +79,7 @@ def build_tree(
         "build_tree", backend, parents.device, lambda: reference.build_tree(parents, num_nodes), (parents, num_nodes)
     )
     if validate is not False:
-        v.raise_on_bad_rows("build_tree", depth[:, 0])
+        v.raise_on_bad_rows("build_tree", depth[:, 0], validate)
     return mask, depth, paths
 
 
@@ -177,5 +177,5 @@ def verify_tree(
         (p, q, tree_tokens, parents, u_accept, u_sample, num_nodes, code, neighbors, params),
     )
     if validate is not False:
-        v.raise_on_bad_rows("verify_tree", next_token)
+        v.raise_on_bad_rows("verify_tree", next_token, validate)
     return accepted_nodes, accept_len, next_token
