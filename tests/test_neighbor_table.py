@@ -35,7 +35,8 @@ def test_matches_brute_force(kernel_backend, normalize, n, dim, k):
     d_got = neighbor_distances(cb, got, normalize=normalize)
     torch.testing.assert_close(d_got, neighbor_distances(cb, want, normalize=normalize), atol=1e-5, rtol=1e-5)
     assert (got != torch.arange(n)[:, None]).all()  # no self entries
-    assert (d_got[:, 1:] >= d_got[:, :-1] - 1e-6).all()  # ascending
+    # Ascending, up to the float32 rounding of the kernels' distances (a near-tie may be ranked either way).
+    assert (d_got[:, 1:] >= d_got[:, :-1] - (1e-6 + 1e-5 * d_got[:, :-1].abs())).all()
     assert all(len(set(row)) == k for row in got.tolist())
     assert (got != want).float().mean() < 0.01  # indices differ only where float32 rounding reorders near-ties
     if (n, dim, k) in SMALL:
