@@ -78,12 +78,16 @@ fi
 
 # The commit: from git where there is a checkout, else from .gpu-bundle/COMMIT (written by `make gpu-bundle`,
 # since the lent machine gets the tree without .git).
+# The bundle's commit wins: a lent machine may hold a .git that is not the tree it was sent (seen on the H200).
+git_commit=
 if git rev-parse --git-dir >/dev/null 2>&1; then
-  SPECDEC_COMMIT=$(git rev-parse --short HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo -dirty)
-elif [ -f .gpu-bundle/COMMIT ]; then
+  git_commit=$(git rev-parse --short HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo -dirty)
+fi
+if [ -f .gpu-bundle/COMMIT ]; then
   SPECDEC_COMMIT=$(head -c 64 .gpu-bundle/COMMIT | tr -d '\n')
+  [ -n "$git_commit" ] && [ "${git_commit%-dirty}" != "$SPECDEC_COMMIT" ] && SPECDEC_COMMIT="$SPECDEC_COMMIT(git:$git_commit)"
 else
-  SPECDEC_COMMIT=unknown
+  SPECDEC_COMMIT=${git_commit:-unknown}
 fi
 export SPECDEC_COMMIT
 
