@@ -135,6 +135,9 @@ def resources(janus, emu3, chameleon):
     return get
 
 
+SMALL_TREE = dict(total_tokens=10, depth=3, top_k=3)  # Eagle2's tree options (speculative_generate: tree_top_k)
+CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]  # a small static tree (LANTERN++)
+
 PROMPTS = torch.tensor([[1, 10, 11, 12, 5], [1, 20, 21, 22, 5], [1, 30, 31, 32, 5]])
 NEGATIVE = torch.tensor([[1, 3, 3, 4, 5], [1, 3, 3, 4, 5], [1, 3, 3, 4, 5]])  # same length: no padding needed
 
@@ -297,15 +300,35 @@ def _janus_joint(model, prompt, scale, length, codes):
     return joint.view((codes,) * length)
 
 
-def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
-    codes, length, samples = 8, 4, 4000
-    model = tiny_janus(codes=codes, seed=1)
-    prompt = torch.tensor([[1, 10, 11, 12, 5]])
+@pytest.fixture(scope="module")
+def janus8():
+    """A Janus with 8 codes and the exact joint of its first 4 image tokens (CFG 2)."""
+    model = tiny_janus(codes=8, seed=1)
     with torch.no_grad():
-        joint = _janus_joint(model, prompt, 2.0, length, codes)
-    out = speculative_generate(model, prompt, method="sjd", cfg_scale=2.0, window=4, do_sample=True,
-                               num_return_sequences=samples, num_tokens=length, seed=0)
+        joint = _janus_joint(model, torch.tensor([[1, 10, 11, 12, 5]]), 2.0, 4, 8)
+    return model, joint
+
+
+# Exact methods at T = 1 (LANTERN++ at lam = 1 is the exact static tree): the head is untrained, which costs
+# acceptance, never exactness.
+EXACT_AT_T1 = {"sjd": dict(window=4), "eagle2": dict(total_tokens=7, depth=2, tree_top_k=3),
+               "lantern++": dict(lam=1.0, choices=CHOICES), "sd": dict(gamma=3)}
+
+
+@pytest.mark.parametrize("method", list(EXACT_AT_T1))
+def test_exact_methods_at_t1_preserve_the_joint_of_the_first_tokens(janus8, method):
+    model, joint = janus8
+    codes, length, samples = 8, 4, 4000
+    prompt = torch.tensor([[1, 10, 11, 12, 5]])
+    extra = dict(EXACT_AT_T1[method])
+    if method in TREE_METHODS:
+        extra["head"] = HFDraftHead(model)
+    elif method == "sd":
+        extra["draft_model"] = sibling(model)
+    out = speculative_generate(model, prompt, method=method, cfg_scale=2.0, do_sample=True, top_k=0,
+                               num_return_sequences=samples, num_tokens=length, seed=0, decode=False, **extra)
     assert out.metrics.target_forwards < 1 + samples  # batched: one forward per step for all rows
+    assert out.metrics.mean_accept_len > 0.2  # drafts were accepted (and rejected): the test has teeth
     tokens = out.codes
     for a, b in [(0, 1), (1, 2), (2, 3)]:
         pair = joint.sum(dim=tuple(d for d in range(length) if d not in (a, b))).reshape(-1)
@@ -342,10 +365,6 @@ def _full_forward_logits(model, family, prompts, prompt_mask, codes, cols, has_e
         hidden = family.language_model(inputs_embeds=torch.cat(seq)[None]).last_hidden_state[:, -1]
         out.append(family.image_logits(hidden)[0])
     return torch.stack(out).float()
-
-
-SMALL_TREE = dict(total_tokens=10, depth=3, top_k=3)
-CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
 
 
 @pytest.mark.parametrize("compact_below", [0.5, 1.0])  # default, and compacting after every ragged step
@@ -396,8 +415,8 @@ def test_cache_after_rejections_gives_sequential_logits(name, compact_below, met
     assert cache.length < live * (2 if compact_below == 0.5 else 1) + 6  # dead entries were cropped / compacted
 
 
-@pytest.mark.parametrize("method", ["sjd", "lantern"])
-def test_batched_ragged_rows_equal_rows_alone(emu3, method):
+@pytest.mark.parametrize("method", ["sjd", "lantern-sjd", "eagle2", "lantern", "lantern++", "sd"])
+def test_batched_ragged_rows_equal_rows_alone(emu3, resources, method):
     negative = [torch.tensor([[1, 3, 4, 5]]), torch.tensor([[1, 3, 3, 3, 4, 5]]), torch.tensor([[1, 4, 5]])]
     width = max(n.shape[1] for n in negative)
     neg = torch.zeros(3, width, dtype=torch.int64)
@@ -406,7 +425,9 @@ def test_batched_ragged_rows_equal_rows_alone(emu3, method):
         neg[r, width - n.shape[1]:] = n[0]
         neg_mask[r, width - n.shape[1]:] = 1
     keys = torch.tensor([11, 22, 33])
-    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), window=5, decode=False, do_sample=True)
+    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), decode=False, do_sample=True,
+                  **{"sjd": dict(window=5), "lantern-sjd": dict(window=5), "lantern++": dict(choices=CHOICES)}
+                  .get(method, {}), **resources("emu3", method))
     batched = speculative_generate(emu3, PROMPTS, negative_input_ids=neg, negative_attention_mask=neg_mask,
                                    row_keys=keys, **common)
     steps = batched.metrics.row_steps
@@ -415,6 +436,54 @@ def test_batched_ragged_rows_equal_rows_alone(emu3, method):
         alone = speculative_generate(emu3, PROMPTS[r:r + 1], negative_input_ids=negative[r], row_keys=keys[r:r + 1],
                                      **common)
         assert torch.equal(alone.codes[0], batched.codes[r])
+
+
+def test_lantern_accepts_at_least_what_eagle2_accepts_on_the_same_tree(janus, resources):
+    """The first step verifies the same tree (same head, prefix and uniforms) under both rules. On a chain-shaped
+    tree (one child per node) LANTERN's relaxed mass p~(x) >= p(x) makes each row's accept length at least
+    EAGLE-2's; with siblings the residuals differ after a rejection, so only the mean is compared. Later steps
+    diverge once the rows' tokens do."""
+    head = resources("janus", "eagle2")["head"]
+    common = dict(cfg_scale=3.0, do_sample=True, top_k=0, num_return_sequences=40, num_tokens=8, seed=5,
+                  decode=False, head=head)
+    for tree, strict in ((dict(total_tokens=5, depth=4, tree_top_k=1), True),
+                         (dict(total_tokens=12, depth=3, tree_top_k=3), False)):
+        exact = speculative_generate(janus, PROMPTS, method="eagle2", **tree, **common).metrics.accept_lens[:, 0]
+        relaxed = speculative_generate(janus, PROMPTS, method="lantern", delta=0.5, k=8, **tree,
+                                       **common).metrics.accept_lens[:, 0]
+        if strict:
+            assert bool((relaxed >= exact).all()), (exact, relaxed)
+        assert relaxed.float().mean() > exact.float().mean(), (tree, exact, relaxed)
+        same = speculative_generate(janus, PROMPTS, method="lantern", delta=0.0, **tree, **common)
+        assert torch.equal(same.metrics.accept_lens[:, 0], exact)  # delta = 0 is EAGLE-2
+
+
+def test_method_resources_are_checked(janus, emu3, resources):
+    head = resources("janus", "eagle2")["head"]
+    with pytest.raises(ValueError, match="pass a head|head="):
+        speculative_generate(janus, PROMPTS, method="eagle2")
+    with pytest.raises(ValueError, match="lantern-sjd"):  # "lantern" is LANTERN on trees, as in the testbed loop
+        speculative_generate(janus, PROMPTS, method="lantern")
+    with pytest.raises(ValueError, match="takes no draft head"):
+        speculative_generate(janus, PROMPTS, method="sjd", head=head)
+    with pytest.raises(ValueError, match="another model instance"):
+        speculative_generate(tiny_janus(), PROMPTS, method="eagle2", head=head)
+    with pytest.raises(ValueError, match="needs draft_model"):
+        speculative_generate(janus, PROMPTS, method="sd")
+    draft = resources("janus", "sd")["draft_model"]
+    with pytest.raises(ValueError, match="takes no draft model"):
+        speculative_generate(janus, PROMPTS, method="eagle2", head=head, draft_model=draft)
+    other_codebook = sibling(janus)
+    with torch.no_grad():
+        other_codebook.model.vqmodel.quantize.embedding.weight.add_(0.1)
+    with pytest.raises(ValueError, match="codebook differs"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=other_codebook)
+    with pytest.raises(ValueError, match="image vocabularies differ"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=tiny_janus(codes=16))
+    with pytest.raises(ValueError, match="cannot draft for"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=emu3)
+    with pytest.raises(ValueError, match="smaller sibling"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=janus)
 
 
 def test_errors(janus, emu3):
