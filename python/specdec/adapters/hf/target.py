@@ -11,7 +11,10 @@ slot for padding entries. This module maps that onto an append-only ``DynamicCac
   docs/TESTBED.md §3.2) and positions are explicit, per row;
 * re-writing a slot (a rejected draft's slot in the next step) kills the old entry; dead entries at the end of
   the cache are dropped with ``cache.crop(-n)`` (batch 1: exactly the rejected drafts), and when ragged rows leave
-  more than half of the cache dead it is compacted per row (gather of each layer's keys / values).
+  more than half of the cache dead it is compacted per row (gather of each layer's keys / values);
+* tree methods put node n of a step rooted at position r at slot r + n (RoPE position r + depth); the accepted
+  path's move onto slots r, r + 1, ... (``compact_cache``) relabels its entries' owners and kills the other
+  nodes' entries, without touching K/V: the positions already are those of the destination slots.
 """
 
 from typing import Optional
