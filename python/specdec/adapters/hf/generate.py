@@ -82,11 +82,14 @@ class _TableLantern(Lantern):
     """:class:`~specdec.decoding.methods.Lantern` (EAGLE-2 trees, delta relaxation) verified with a prebuilt
     neighbour table: the adapter's per-model table in the family's geometry, as ``lantern-sjd`` uses."""
 
-    def __init__(self, head, neighbors: torch.Tensor, *, delta: float, **tree):
+    def __init__(self, head, neighbors: torch.Tensor, *, delta: Optional[float] = LANTERN_DELTA,
+                 lam: Optional[float] = None, **tree):
         Eagle2.__init__(self, head, **tree)
+        if lam is not None:  # the LANTERN++ ratio rule on this tree, as Lantern(lam=...) in the testbed
+            delta = None
         self.k = int(neighbors.shape[1])
-        self.verifier = SpeculativeVerifier("lantern", neighbors=neighbors, k=self.k, delta=delta)
-        self.neighbors, self.delta, self.lam = neighbors, delta, None
+        self.verifier = SpeculativeVerifier("lantern", neighbors=neighbors, k=self.k, delta=delta, lam=lam)
+        self.neighbors, self.delta, self.lam = neighbors, delta, lam
 
 
 class _TableLanternPP(LanternPP):
@@ -124,7 +127,7 @@ def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_w
     if name == "eagle2":
         return Eagle2(head, **tree)
     if name == "lantern":
-        return _TableLantern(head, _neighbors(model, codebook, k, normalize), delta=delta, **tree)
+        return _TableLantern(head, _neighbors(model, codebook, k, normalize), delta=delta, lam=lam, **tree)
     if name == "lantern++":
         return _TableLanternPP(head, _neighbors(model, codebook, LANTERNPP_K if k is None else k, normalize),
                                lam=LANTERNPP_LAMBDA if lam is None else lam, choices=choices)
@@ -377,7 +380,8 @@ def speculative_generate(
     total_tokens, depth, tree_top_k : EAGLE-2 tree shape for "eagle2" / "lantern": nodes per tree (root
         included, default 59), expansion rounds (4) and children per expanded node (10).
     lam, choices : "lantern++": the ratio relaxation (default 5) and the static tree as rank paths (default
-        every path of depth <= 5 and rank sum <= 2); its neighbour count ``k`` defaults to 10.
+        every path of depth <= 5 and rank sum <= 2); its neighbour count ``k`` defaults to 10. ``lam`` given to
+        "lantern" verifies its EAGLE-2 trees with the ratio rule instead of ``delta`` (as in the testbed).
     draft_model : "sd": a smaller model of the same family that shares the image vocabulary, the VQ codebook and
         the text vocabulary (it is run on the same prompts, CFG rows included, with its own ``DynamicCache``);
         ValueError when they differ. gamma : SD's drafts per step.
