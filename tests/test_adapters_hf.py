@@ -483,8 +483,11 @@ def test_method_resources_are_checked(janus, emu3, resources):
         speculative_generate(janus, PROMPTS, method="sd", draft_model=tiny_janus(codes=16))
     with pytest.raises(ValueError, match="cannot draft for"):
         speculative_generate(janus, PROMPTS, method="sd", draft_model=emu3)
-    with pytest.raises(ValueError, match="smaller sibling"):
-        speculative_generate(janus, PROMPTS, method="sd", draft_model=janus)
+    # The target as its own draft (its own cache): every draft is accepted, 5 tokens per step at gamma 4.
+    itself = speculative_generate(janus, PROMPTS, method="sd", draft_model=janus, gamma=4, guidance_scale=3.0)
+    assert itself.metrics.row_steps.tolist() == [3, 3, 3]
+    assert torch.equal(itself.codes, janus.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS),
+                                                    generation_mode="image", guidance_scale=3.0))
 
 
 def test_errors(janus, emu3):

@@ -175,9 +175,6 @@ def _check_head(head, model, family) -> None:
 def _draft_family(draft_model, model, family, grid):
     """The draft model's family, checked against the target's: same family, image vocabulary, VQ codebook (its
     codes index the same latents), text vocabulary (it reads the same prompt ids) and grid, on the same device."""
-    if draft_model is model:
-        raise ValueError("draft_model: the target itself would accept every draft at the cost of two target "
-                         "forwards per step; pass a smaller sibling model")
     draft = family_of(draft_model, family.eol_token_id)
     if type(draft) is not type(family):
         raise ValueError(f"draft_model: a {draft.name} model cannot draft for a {family.name} model (same family "
