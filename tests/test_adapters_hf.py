@@ -1,13 +1,23 @@
 """Hugging Face adapters on tiny random Janus / Emu3 / Chameleon models built offline (docs/TESTBED.md §3.1).
 
-* Greedy (top-k 1): AR, SJD, GSD and LANTERN-SJD emit the model's own greedy tokens (Janus: HF ``generate`` in
-  image mode with CFG; Emu3 / Chameleon: a plain sequential loop over the model). At top-k 1, p is one-hot on the
-  argmax a, so a draft x != a has p(x) = 0: GSD's group cannot take a in (|p(a) - p(x)| = 1 >= p_thr for any
-  p_thr <= 1; default 0.15) and LANTERN cannot merge a (its mass 1 exceeds any delta < 1; default 0.1).
-* SJD at T = 1 preserves the joint distribution of the first image tokens (chi-square, 8 codes).
-* After steps with rejections, the cache gives the logits of a sequential decode (ragged rows, CFG, EOLs).
-* Batched ragged rows equal rows generated alone; relaxations at zero strength equal SJD; T = 1 end to end.
+* Greedy (top-k 1): every method (AR, SJD, MC-SJD, GSD, LANTERN-SJD; the tree methods EAGLE-2, LANTERN, LANTERN++
+  with a draft head; SD with a smaller sibling model) emits the model's own greedy tokens (Janus: HF ``generate``
+  in image mode with CFG; Emu3 / Chameleon: a plain sequential loop over the model). At top-k 1, p is one-hot on
+  the argmax a, so a draft x != a has p(x) = 0: GSD's group cannot take a in (|p(a) - p(x)| = 1 >= p_thr for any
+  p_thr <= 1; default 0.15) and LANTERN (chains or trees) cannot merge a (its mass 1 exceeds any delta < 1, and
+  LANTERN++'s budget (lam - 1) p(x) is 0).
+* SJD, EAGLE-2, the exact static tree (LANTERN++ at lam = 1) and SD at T = 1 preserve the joint distribution of
+  the first image tokens (chi-square, 8 codes).
+* After steps with rejections (chains, and trees whose accepted paths were compacted), the cache gives the
+  logits of a sequential decode (ragged rows, CFG, EOLs).
+* Batched ragged rows equal rows generated alone; relaxations at zero strength equal their exact method; on the
+  same tree, LANTERN accepts at least what EAGLE-2 accepts; T = 1 end to end.
+
+Draft heads are :class:`HFDraftHead`; most tests fit one for a few seconds (:func:`fitted_head`) so that drafts
+are both accepted and rejected; the chi-square tests use an untrained one (exactness does not depend on it).
 """
+
+import copy
 
 import pytest
 import torch
@@ -18,12 +28,15 @@ from stats import ALPHA, chi_square_pvalue  # noqa: E402
 
 from specdec.adapters.hf import speculative_generate  # noqa: E402
 from specdec.adapters.hf.families import family_of  # noqa: E402
+from specdec.adapters.hf.head import HFDraftHead  # noqa: E402
 from specdec.adapters.hf.target import HFImageTarget, SlotCache  # noqa: E402
 from specdec.decoding import SamplingConfig, generate  # noqa: E402
 from specdec.decoding.feed import attention_mask  # noqa: E402
-from specdec.decoding.methods import SJD  # noqa: E402
+from specdec.decoding.methods import SJD, Eagle2, LanternPP  # noqa: E402
 
-METHODS = ["ar", "sjd", "mc-sjd", "gsd", "lantern"]
+CHAIN_METHODS = ["ar", "sjd", "mc-sjd", "gsd", "lantern-sjd"]
+TREE_METHODS = ["eagle2", "lantern", "lantern++"]
+METHODS = CHAIN_METHODS + TREE_METHODS + ["sd"]
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
 
 
@@ -101,23 +114,107 @@ def chameleon():
     return tiny_chameleon()
 
 
+@pytest.fixture(scope="module")
+def resources(janus, emu3, chameleon):
+    """Per model name: a fitted draft head and a one-layer sibling draft model, built on first use."""
+    built = {}
+    specs = {"janus": (janus, {}), "emu3": (emu3, dict(grid=(3, 4), negative=NEGATIVE)),
+             "chameleon": (chameleon, dict(grid=(3, 3), eol=CHAMELEON_EOL, negative=NEGATIVE))}
+
+    def get(name, method):
+        if method in TREE_METHODS:
+            if ("head", name) not in built:
+                model, kwargs = specs[name]
+                built[("head", name)] = fitted_head(model, **kwargs)
+            return {"head": built[("head", name)]}
+        if method == "sd":
+            if ("draft", name) not in built:
+                built[("draft", name)] = sibling(specs[name][0])
+            return {"draft_model": built[("draft", name)]}
+        return {}
+    return get
+
+
+SMALL_TREE = dict(total_tokens=10, depth=3, top_k=3)  # Eagle2's tree options (speculative_generate: tree_top_k)
+CHOICES = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]  # a small static tree (LANTERN++)
+
 PROMPTS = torch.tensor([[1, 10, 11, 12, 5], [1, 20, 21, 22, 5], [1, 30, 31, 32, 5]])
 NEGATIVE = torch.tensor([[1, 3, 3, 4, 5], [1, 3, 3, 4, 5], [1, 3, 3, 4, 5]])  # same length: no padding needed
+
+
+def fitted_head(model, grid=None, eol=None, negative=None, cfg_scale=3.0, steps=40, seed=0):
+    """An :class:`HFDraftHead` fitted for a few seconds on random code sequences to the model's CFG-guided argmax
+    (the head's cond / uncond logits mixed like the target's), with the features :class:`HFImageTarget` gives:
+    good enough that tree drafts are accepted often and rejected often."""
+    family = family_of(model, eol)
+    rows, cols = family.grid(grid)
+    n = rows * cols
+    torch.manual_seed(seed)
+    head = HFDraftHead(model)
+    neg = family.unconditional(PROMPTS, torch.ones_like(PROMPTS))[0] if negative is None else negative
+    prompts = torch.cat([PROMPTS, neg])
+    count = PROMPTS.shape[0]
+    target = HFImageTarget(family, prompts, torch.ones_like(prompts), (rows, cols), n)
+    codes = torch.randint(0, family.vocab_size, (count * 8, n), generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(1, n + 1).expand(2 * count, n)
+    mask = torch.ones(n, n + 2, dtype=torch.bool).tril()[None].expand(2 * count, -1, -1)  # slot 0: the prompt
+
+    def guided(logits):  # (2 B, ...) cond rows first -> CFG-mixed (B, ...)
+        cond, uncond = logits.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+
+    inputs, feats, labels = [], [], []
+    with torch.no_grad():
+        for chunk in codes.split(count):
+            cache = target.new_cache(2 * count, n + 2)
+            _, first = target.prefill(torch.arange(2 * count), cache)
+            logits, hidden = target.forward_tokens(chunk.repeat(2, 1), positions, positions, mask, cache)
+            inputs.append(chunk.repeat(2, 1))
+            feats.append(torch.cat([first[:, None], hidden[:, :-1]], 1))
+            labels.append(guided(logits).argmax(-1))
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = 0.0
+        for tokens, feat, label in zip(inputs, feats, labels):
+            logits, _ = head.forward_train(tokens, feat)  # logits[:, t] drafts code t + 1, label[:, t] is it
+            mixed = guided(logits)[:, :-1]
+            loss = loss + torch.nn.functional.cross_entropy(mixed.flatten(0, 1), label[:, :-1].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head.requires_grad_(False).eval()
+
+
+def sibling(model, layers=1):
+    """A smaller model of the same family: the first ``layers`` decoder layers of ``model`` and all its other
+    weights (embeddings, image head, VQ codebook), so it shares the vocabularies and codebook and drafts well."""
+    config = copy.deepcopy(model.config)
+    config.get_text_config().num_hidden_layers = layers
+    draft = type(model)(config).eval()
+    own = draft.state_dict()
+    draft.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
+    draft.generation_config = model.generation_config
+    return draft
 
 
 # -- greedy == the model's own loop ------------------------------------------------------------------------------
 
 
+def _options(method):
+    return dict(window=6) if method in CHAIN_METHODS else {}
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_janus_greedy_matches_hf_generate_with_cfg(janus, method):
+def test_janus_greedy_matches_hf_generate_with_cfg(janus, resources, method):
     reference = janus.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS), generation_mode="image",
                                guidance_scale=3.0)  # do_sample unset: greedy, as speculative_generate's default
-    out = speculative_generate(janus, PROMPTS, method=method, guidance_scale=3.0, window=6)
+    out = speculative_generate(janus, PROMPTS, method=method, guidance_scale=3.0, **_options(method),
+                               **resources("janus", method))
     assert torch.equal(out.codes, reference)
     assert out.image_tokens.shape == (3, 4, 4) and out.images.shape == (3, 3, 16, 16)
     torch.testing.assert_close(out.images, janus.decode_image_tokens(out.codes).permute(0, 3, 1, 2))
     if method != "ar":
-        assert out.metrics.target_forwards < 16  # drafts were accepted
+        assert int(out.metrics.row_steps.min()) < 15  # drafts were accepted
 
 
 def _sequential_greedy(model, prompts, negative, grid, scale, eol, logits_fn):
@@ -154,23 +251,28 @@ def _chameleon_logits(model):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_emu3_greedy_matches_sequential_loop(emu3, method):
+def test_emu3_greedy_matches_sequential_loop(emu3, resources, method):
     reference = _sequential_greedy(emu3, PROMPTS, NEGATIVE, (3, 4), 3.0, 8, _emu3_logits(emu3))
     out = speculative_generate(emu3, PROMPTS, negative_prompt_ids=NEGATIVE, method=method, cfg_scale=3.0,
-                               do_sample=False, grid=(3, 4), window=6)
+                               do_sample=False, grid=(3, 4), **_options(method), **resources("emu3", method))
     assert torch.equal(out.codes, reference)
+    if method != "ar":
+        assert int(out.metrics.row_steps.min()) < 11  # drafts were accepted
     assert out.sequences.shape == (3, 18) and (out.sequences[:, :15].view(3, 3, 5)[:, :, -1] == 8).all()
     assert out.sequences[:, 15:].tolist() == [[7, 6, 2]] * 3  # <|extra_201|>, <|image end|>, EOS
     torch.testing.assert_close(out.images, emu3.decode_image_tokens(image_tokens=out.sequences, height=3, width=4))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_chameleon_greedy_matches_sequential_loop(chameleon, method):
+def test_chameleon_greedy_matches_sequential_loop(chameleon, resources, method):
     reference = _sequential_greedy(chameleon, PROMPTS, NEGATIVE, (3, 3), 3.0, CHAMELEON_EOL,
                                    _chameleon_logits(chameleon))
     out = speculative_generate(chameleon, PROMPTS, negative_input_ids=NEGATIVE, method=method, cfg_scale=3.0,
-                               grid=(3, 3), eol_token_id=CHAMELEON_EOL, window=6)
+                               grid=(3, 3), eol_token_id=CHAMELEON_EOL, **_options(method),
+                               **resources("chameleon", method))
     assert torch.equal(out.codes, reference)
+    if method != "ar":
+        assert int(out.metrics.row_steps.min()) < 8  # drafts were accepted
     assert out.images is None  # HF's Chameleon VQ has no decoder
 
 
@@ -198,15 +300,35 @@ def _janus_joint(model, prompt, scale, length, codes):
     return joint.view((codes,) * length)
 
 
-def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
-    codes, length, samples = 8, 4, 4000
-    model = tiny_janus(codes=codes, seed=1)
-    prompt = torch.tensor([[1, 10, 11, 12, 5]])
+@pytest.fixture(scope="module")
+def janus8():
+    """A Janus with 8 codes and the exact joint of its first 4 image tokens (CFG 2)."""
+    model = tiny_janus(codes=8, seed=1)
     with torch.no_grad():
-        joint = _janus_joint(model, prompt, 2.0, length, codes)
-    out = speculative_generate(model, prompt, method="sjd", cfg_scale=2.0, window=4, do_sample=True,
-                               num_return_sequences=samples, num_tokens=length, seed=0)
+        joint = _janus_joint(model, torch.tensor([[1, 10, 11, 12, 5]]), 2.0, 4, 8)
+    return model, joint
+
+
+# Exact methods at T = 1 (LANTERN++ at lam = 1 is the exact static tree): the head is untrained, which costs
+# acceptance, never exactness.
+EXACT_AT_T1 = {"sjd": dict(window=4), "eagle2": dict(total_tokens=7, depth=2, tree_top_k=3),
+               "lantern++": dict(lam=1.0, choices=CHOICES), "sd": dict(gamma=3)}
+
+
+@pytest.mark.parametrize("method", list(EXACT_AT_T1))
+def test_exact_methods_at_t1_preserve_the_joint_of_the_first_tokens(janus8, method):
+    model, joint = janus8
+    codes, length, samples = 8, 4, 4000
+    prompt = torch.tensor([[1, 10, 11, 12, 5]])
+    extra = dict(EXACT_AT_T1[method])
+    if method in TREE_METHODS:
+        extra["head"] = HFDraftHead(model)
+    elif method == "sd":
+        extra["draft_model"] = sibling(model)
+    out = speculative_generate(model, prompt, method=method, cfg_scale=2.0, do_sample=True, top_k=0,
+                               num_return_sequences=samples, num_tokens=length, seed=0, decode=False, **extra)
     assert out.metrics.target_forwards < 1 + samples  # batched: one forward per step for all rows
+    assert out.metrics.mean_accept_len > 0.2  # drafts were accepted (and rejected): the test has teeth
     tokens = out.codes
     for a, b in [(0, 1), (1, 2), (2, 3)]:
         pair = joint.sum(dim=tuple(d for d in range(length) if d not in (a, b))).reshape(-1)
@@ -217,10 +339,10 @@ def test_sjd_at_t1_preserves_the_joint_of_the_first_tokens():
 def test_relaxations_at_zero_strength_equal_sjd_and_run_end_to_end_at_t1(janus):
     common = dict(cfg_scale=3.0, window=6, seed=3, do_sample=True, top_k=0)
     sjd = speculative_generate(janus, PROMPTS, method="sjd", **common)
-    lantern0 = speculative_generate(janus, PROMPTS, method="lantern", delta=0.0, **common)
+    lantern0 = speculative_generate(janus, PROMPTS, method="lantern-sjd", delta=0.0, **common)
     gsd0 = speculative_generate(janus, PROMPTS, method="gsd", p_thr=0.0, **common)
     assert torch.equal(sjd.codes, lantern0.codes) and torch.equal(sjd.codes, gsd0.codes)
-    for method in ("gsd", "lantern"):
+    for method in ("gsd", "lantern-sjd"):
         out = speculative_generate(janus, PROMPTS, method=method, delta=0.3, **common)
         assert out.codes.shape == (3, 16) and int(out.codes.min()) >= 0 and int(out.codes.max()) < 32
         assert out.images.shape == (3, 3, 16, 16) and torch.isfinite(out.images).all()
@@ -247,7 +369,11 @@ def _full_forward_logits(model, family, prompts, prompt_mask, codes, cols, has_e
 
 @pytest.mark.parametrize("compact_below", [0.5, 1.0])  # default, and compacting after every ragged step
 @pytest.mark.parametrize("name", ["janus", "emu3"])
-def test_cache_after_rejections_gives_sequential_logits(name, compact_below, request, monkeypatch):
+@pytest.mark.parametrize("method", ["sjd", "eagle2", "lantern++"])
+def test_cache_after_rejections_gives_sequential_logits(name, compact_below, method, request, resources,
+                                                         monkeypatch):
+    """Chains roll rejected drafts back; trees (``compact_cache``) relabel the accepted path onto consecutive
+    slots and drop the other nodes: either way the cache then holds exactly the committed tokens."""
     model = request.getfixturevalue(name)
     monkeypatch.setattr(SlotCache, "compact_below", compact_below)
     family = family_of(model)
@@ -257,11 +383,23 @@ def test_cache_after_rejections_gives_sequential_logits(name, compact_below, req
     mask = torch.ones_like(prompts)
     mask[1, 0] = 0  # a left-padded row
     target = HFImageTarget(family, prompts, mask, (rows, cols), num_tokens)
+    if method == "sjd":
+        dec = SJD(window=5, grid_width=cols)
+    else:
+        head = resources(name, method)["head"]
+        dec = Eagle2(head, **SMALL_TREE) if method == "eagle2" else LanternPP(head, family.codebook.detach(),
+                                                                              lam=1.0, k=2, choices=CHOICES)
+    # Greedy for the trees: the fitted head's drafts are then accepted often (T = 1 at 32 codes rarely does).
+    sampling = SamplingConfig(cfg_scale=3.0, temperature=1.0 if method == "sjd" else 0.0)
     with torch.no_grad():
-        result = generate(target, torch.arange(3), SJD(window=5, grid_width=cols),
-                          sampling=SamplingConfig(cfg_scale=3.0), seed=1, num_tokens=num_tokens, keep_context=True)
-        first_step = result.metrics.accept_lens[:, 0]  # 4 drafts per row in the first step
-        assert (first_step < 4).all()  # every row rejected a draft
+        result = generate(target, torch.arange(3), dec, sampling=sampling, seed=1, num_tokens=num_tokens,
+                          keep_context=True)
+        accepted = result.metrics.accept_lens
+        if method == "sjd":
+            assert (accepted[:, 0] < 4).all()  # every row rejected one of its 4 drafts in the first step
+        else:  # a path of 2 ends at a node >= 4 (3 children per level): compaction really moved entries
+            assert int(accepted.max()) >= 2, accepted
+            assert bool(((accepted >= 0) & (accepted < 3)).any())  # and some step stopped short of the depth
         ctx = result.context
         state, cache = ctx.state, ctx.cache
         last = state.tokens[:, -1:]
@@ -277,8 +415,8 @@ def test_cache_after_rejections_gives_sequential_logits(name, compact_below, req
     assert cache.length < live * (2 if compact_below == 0.5 else 1) + 6  # dead entries were cropped / compacted
 
 
-@pytest.mark.parametrize("method", ["sjd", "lantern"])
-def test_batched_ragged_rows_equal_rows_alone(emu3, method):
+@pytest.mark.parametrize("method", ["sjd", "lantern-sjd", "eagle2", "lantern", "lantern++", "sd"])
+def test_batched_ragged_rows_equal_rows_alone(emu3, resources, method):
     negative = [torch.tensor([[1, 3, 4, 5]]), torch.tensor([[1, 3, 3, 3, 4, 5]]), torch.tensor([[1, 4, 5]])]
     width = max(n.shape[1] for n in negative)
     neg = torch.zeros(3, width, dtype=torch.int64)
@@ -287,7 +425,9 @@ def test_batched_ragged_rows_equal_rows_alone(emu3, method):
         neg[r, width - n.shape[1]:] = n[0]
         neg_mask[r, width - n.shape[1]:] = 1
     keys = torch.tensor([11, 22, 33])
-    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), window=5, decode=False, do_sample=True)
+    common = dict(method=method, cfg_scale=2.0, grid=(3, 4), decode=False, do_sample=True,
+                  **{"sjd": dict(window=5), "lantern-sjd": dict(window=5), "lantern++": dict(choices=CHOICES)}
+                  .get(method, {}), **resources("emu3", method))
     batched = speculative_generate(emu3, PROMPTS, negative_input_ids=neg, negative_attention_mask=neg_mask,
                                    row_keys=keys, **common)
     steps = batched.metrics.row_steps
@@ -296,6 +436,58 @@ def test_batched_ragged_rows_equal_rows_alone(emu3, method):
         alone = speculative_generate(emu3, PROMPTS[r:r + 1], negative_input_ids=negative[r], row_keys=keys[r:r + 1],
                                      **common)
         assert torch.equal(alone.codes[0], batched.codes[r])
+
+
+def test_lantern_accepts_at_least_what_eagle2_accepts_on_the_same_tree(janus, resources):
+    """The first step verifies the same tree (same head, prefix and uniforms) under both rules. On a chain-shaped
+    tree (one child per node) LANTERN's relaxed mass p~(x) >= p(x) makes each row's accept length at least
+    EAGLE-2's; with siblings the residuals differ after a rejection, so only the mean is compared. Later steps
+    diverge once the rows' tokens do."""
+    head = resources("janus", "eagle2")["head"]
+    common = dict(cfg_scale=3.0, do_sample=True, top_k=0, num_return_sequences=40, num_tokens=8, seed=5,
+                  decode=False, head=head)
+    for tree, strict in ((dict(total_tokens=5, depth=4, tree_top_k=1), True),
+                         (dict(total_tokens=12, depth=3, tree_top_k=3), False)):
+        exact = speculative_generate(janus, PROMPTS, method="eagle2", **tree, **common).metrics.accept_lens[:, 0]
+        relaxed = speculative_generate(janus, PROMPTS, method="lantern", delta=0.5, k=8, **tree,
+                                       **common).metrics.accept_lens[:, 0]
+        if strict:
+            assert bool((relaxed >= exact).all()), (exact, relaxed)
+        assert relaxed.float().mean() > exact.float().mean(), (tree, exact, relaxed)
+        for zero in (dict(delta=0.0), dict(lam=1.0)):  # no relaxation: EAGLE-2
+            same = speculative_generate(janus, PROMPTS, method="lantern", **zero, **tree, **common)
+            assert torch.equal(same.metrics.accept_lens[:, 0], exact), zero
+
+
+def test_method_resources_are_checked(janus, emu3, resources):
+    head = resources("janus", "eagle2")["head"]
+    with pytest.raises(ValueError, match="pass a head|head="):
+        speculative_generate(janus, PROMPTS, method="eagle2")
+    with pytest.raises(ValueError, match="lantern-sjd"):  # "lantern" is LANTERN on trees, as in the testbed loop
+        speculative_generate(janus, PROMPTS, method="lantern")
+    with pytest.raises(ValueError, match="takes no draft head"):
+        speculative_generate(janus, PROMPTS, method="sjd", head=head)
+    with pytest.raises(ValueError, match="another model instance"):
+        speculative_generate(tiny_janus(), PROMPTS, method="eagle2", head=head)
+    with pytest.raises(ValueError, match="needs draft_model"):
+        speculative_generate(janus, PROMPTS, method="sd")
+    draft = resources("janus", "sd")["draft_model"]
+    with pytest.raises(ValueError, match="takes no draft model"):
+        speculative_generate(janus, PROMPTS, method="eagle2", head=head, draft_model=draft)
+    other_codebook = sibling(janus)
+    with torch.no_grad():
+        other_codebook.model.vqmodel.quantize.embedding.weight.add_(0.1)
+    with pytest.raises(ValueError, match="codebook differs"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=other_codebook)
+    with pytest.raises(ValueError, match="image vocabularies differ"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=tiny_janus(codes=16))
+    with pytest.raises(ValueError, match="cannot draft for"):
+        speculative_generate(janus, PROMPTS, method="sd", draft_model=emu3)
+    # The target as its own draft (its own cache): every draft is accepted, 5 tokens per step at gamma 4.
+    itself = speculative_generate(janus, PROMPTS, method="sd", draft_model=janus, gamma=4, guidance_scale=3.0)
+    assert itself.metrics.row_steps.tolist() == [3, 3, 3]
+    assert torch.equal(itself.codes, janus.generate(PROMPTS, attention_mask=torch.ones_like(PROMPTS),
+                                                    generation_mode="image", guidance_scale=3.0))
 
 
 def test_errors(janus, emu3):
@@ -418,10 +610,10 @@ def test_lantern_table_geometry_is_chosen_per_family(name, normalized, request):
     model = request.getfixturevalue(name)
     family = family_of(model)
     extra = {} if name == "janus" else dict(negative_input_ids=NEGATIVE, grid=(3, 3))
-    speculative_generate(model, PROMPTS, method="lantern", k=4, num_tokens=2, decode=False, **extra)
+    speculative_generate(model, PROMPTS, method="lantern-sjd", k=4, num_tokens=2, decode=False, **extra)
     codebook = family.codebook.detach().float()
     assert torch.equal(_NEIGHBOR_TABLES[model][(4, normalized)], sk.neighbor_table(codebook, 4, normalize=normalized))
-    speculative_generate(model, PROMPTS, method="lantern", k=4, num_tokens=2, decode=False,
+    speculative_generate(model, PROMPTS, method="lantern-sjd", k=4, num_tokens=2, decode=False,
                          normalize_codebook=not normalized, **extra)
     assert torch.equal(_NEIGHBOR_TABLES[model][(4, not normalized)],
                        sk.neighbor_table(codebook, 4, normalize=not normalized))

@@ -2,21 +2,25 @@
 
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 import specdec_kernels as sk
 
 from ...decoding import SamplingConfig, generate
-from ...decoding.defaults import LANTERN_DELTA, lantern_k
-from ...decoding.methods import AR, GSD, SJD
+from ...decoding.defaults import LANTERN_DELTA, LANTERNPP_K, LANTERNPP_LAMBDA, lantern_k
+from ...decoding.methods import AR, GSD, SD, SJD, Eagle2, Lantern, LanternPP, StaticTreeMethod
 from ...decoding.metrics import GenerationMetrics
 from ...verifier import SpeculativeVerifier
 from .families import family_of
 from .target import HFImageTarget
 
-METHODS = ("ar", "sjd", "mc-sjd", "gsd", "mc-gsd", "lantern")
+#: Method names, as in the testbed loop (``specdec.decoding.methods``): Jacobi chains without a draft model, tree
+#: methods with a draft head (``head=``) and SD with a smaller sibling model (``draft_model=``).
+METHODS = ("ar", "sjd", "mc-sjd", "gsd", "mc-gsd", "lantern-sjd", "eagle2", "lantern", "lantern++", "sd")
+CHAIN_METHODS = ("ar", "sjd", "mc-sjd", "gsd", "mc-gsd", "lantern-sjd")
+TREE_METHODS = ("eagle2", "lantern", "lantern++")
 
 
 class LanternSJD(SJD):
@@ -74,7 +78,41 @@ class HFImageOutput:
     metrics: GenerationMetrics
 
 
-def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr, normalize):
+class _TableLantern(Lantern):
+    """:class:`~specdec.decoding.methods.Lantern` (EAGLE-2 trees, delta relaxation) verified with a prebuilt
+    neighbour table: the adapter's per-model table in the family's geometry, as ``lantern-sjd`` uses."""
+
+    def __init__(self, head, neighbors: torch.Tensor, *, delta: Optional[float] = LANTERN_DELTA,
+                 lam: Optional[float] = None, **tree):
+        Eagle2.__init__(self, head, **tree)
+        if lam is not None:  # the LANTERN++ ratio rule on this tree, as Lantern(lam=...) in the testbed
+            delta = None
+        self.k = int(neighbors.shape[1])
+        self.verifier = SpeculativeVerifier("lantern", neighbors=neighbors, k=self.k, delta=delta, lam=lam)
+        self.neighbors, self.delta, self.lam = neighbors, delta, lam
+
+
+class _TableLanternPP(LanternPP):
+    """:class:`~specdec.decoding.methods.LanternPP` (static tree, lambda relaxation) with a prebuilt neighbour
+    table (see :class:`_TableLantern`)."""
+
+    def __init__(self, head, neighbors: torch.Tensor, *, lam: float, choices=None):
+        StaticTreeMethod.__init__(self, head, choices=choices)
+        self.k = int(neighbors.shape[1])
+        self.lam = float(lam)
+        self.verifier = SpeculativeVerifier("lantern", neighbors=neighbors, k=self.k, lam=self.lam)
+        self.neighbors = neighbors
+
+
+def _tree_options(total_tokens, depth, tree_top_k) -> dict:
+    """EAGLE-2 tree shape: only the options given (the testbed defaults otherwise)."""
+    given = {"total_tokens": total_tokens, "depth": depth, "top_k": tree_top_k}
+    return {key: int(value) for key, value in given.items() if value is not None}
+
+
+def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_window, p_thr, d_thr, normalize,
+            head=None, draft=None, gamma=4, total_tokens=None, depth=None, tree_top_k=None, lam=None, choices=None):
+    """The testbed method object for ``name`` (resources already checked by :func:`_check_resources`)."""
     if name == "ar":
         return AR()
     if name in ("sjd", "mc-sjd"):  # mc-: the coupled (MC-SJD) Jacobi refresh
@@ -82,10 +120,82 @@ def _method(name, model, codebook, *, window, init, grid_width, delta, k, rank_w
     if name in ("gsd", "mc-gsd"):
         return GSD(codebook, rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, window=window, init=init,
                    grid_width=grid_width, coupled=name == "mc-gsd")
-    if name == "lantern":
+    if name == "lantern-sjd":
         return LanternSJD(codebook, delta=delta, k=k, window=window, init=init, grid_width=grid_width,
                           neighbors=_neighbors(model, codebook, k, normalize))
+    tree = _tree_options(total_tokens, depth, tree_top_k)
+    if name == "eagle2":
+        return Eagle2(head, **tree)
+    if name == "lantern":
+        return _TableLantern(head, _neighbors(model, codebook, k, normalize), delta=delta, lam=lam, **tree)
+    if name == "lantern++":
+        return _TableLanternPP(head, _neighbors(model, codebook, LANTERNPP_K if k is None else k, normalize),
+                               lam=LANTERNPP_LAMBDA if lam is None else lam, choices=choices)
+    if name == "sd":
+        return SD(draft, gamma=gamma)
     raise ValueError(f"method: unknown {name!r}; choose from {METHODS}")
+
+
+def _check_resources(method: str, head, draft_model) -> None:
+    """A head for the tree methods only, a draft model for SD only, each where it is needed."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; choose from {METHODS}")
+    if method in TREE_METHODS and head is None:
+        hint = (" (LANTERN on EAGLE-2 trees); for LANTERN-relaxed SJD without a head use method='lantern-sjd'"
+                if method == "lantern" else "")
+        raise ValueError(f"method {method!r} drafts with a draft head: pass head=HFDraftHead(model) or "
+                         f"head=load_head(directory, model){hint}")
+    if head is not None and method not in TREE_METHODS:
+        raise ValueError(f"head: method {method!r} takes no draft head; the methods that do are {TREE_METHODS}")
+    if method == "sd" and draft_model is None:
+        raise ValueError("method 'sd' needs draft_model: a smaller model of the same family sharing the image "
+                         "vocabulary and VQ codebook")
+    if draft_model is not None and method != "sd":
+        raise ValueError(f"draft_model: method {method!r} takes no draft model; only 'sd' does")
+
+
+def _check_head(head, model, family) -> None:
+    """The head follows the draft-head protocol and drafts this model's image vocabulary with its features."""
+    if not (callable(getattr(head, "new_cache", None)) and callable(getattr(head, "forward_tokens", None))):
+        raise ValueError(f"head: {type(head).__name__} is not a draft head (needs new_cache and forward_tokens); "
+                         "use specdec.adapters.hf.head.HFDraftHead")
+    owner = getattr(head, "model", None)
+    if owner is not None and owner is not model:
+        raise ValueError("head: this head reads another model instance's embeddings and image head; build it for "
+                         "this model (HFDraftHead(model) or load_head(directory, model))")
+    vocab = getattr(head, "vocab_size", None)
+    if vocab is not None and int(vocab) != family.vocab_size:
+        raise ValueError(f"head: drafts {vocab} image codes, the model has {family.vocab_size}")
+    hidden = getattr(head, "hidden_size", None)
+    model_hidden = getattr(family.language_model.config, "hidden_size", None)
+    if hidden is not None and model_hidden is not None and int(hidden) != int(model_hidden):
+        raise ValueError(f"head: reads features of size {hidden}, the model's hidden size is {model_hidden}")
+
+
+def _draft_family(draft_model, model, family, grid):
+    """The draft model's family, checked against the target's: same family, image vocabulary, VQ codebook (its
+    codes index the same latents), text vocabulary (it reads the same prompt ids) and grid, on the same device."""
+    draft = family_of(draft_model, family.eol_token_id)
+    if type(draft) is not type(family):
+        raise ValueError(f"draft_model: a {draft.name} model cannot draft for a {family.name} model (same family "
+                         "needed: the drafts are the target's image codes)")
+    _check_attention(draft)
+    if draft.device != family.device:
+        raise ValueError(f"draft_model is on {draft.device}, the model on {family.device}: put both on one device")
+    if draft.vocab_size != family.vocab_size or draft.codebook.shape != family.codebook.shape:
+        raise ValueError(f"draft_model: its VQ codebook is {tuple(draft.codebook.shape)}, the model's "
+                         f"{tuple(family.codebook.shape)}: the image vocabularies differ")
+    if not torch.equal(draft.codebook.detach(), family.codebook.detach().to(draft.codebook.dtype)):
+        raise ValueError("draft_model: its VQ codebook differs from the model's (same size, other code vectors): "
+                         "its codes would mean other image patches")
+    ours, theirs = model.get_input_embeddings().weight.shape[0], draft_model.get_input_embeddings().weight.shape[0]
+    if ours != theirs:
+        raise ValueError(f"draft_model: its text vocabulary has {theirs} tokens, the model's {ours}: it would read "
+                         "the prompts as other tokens")
+    if hasattr(family, "image_ids") and not torch.equal(draft.image_ids, family.image_ids):
+        raise ValueError("draft_model: its vocabulary maps image codes to other token ids than the model's")
+    draft.grid(grid)  # Janus: the draft's own grid must be the target's
+    return draft
 
 
 def _check_ids(ids: torch.Tensor, name: str, vocab: int):
@@ -144,6 +254,16 @@ def _check_left_padded(mask: torch.Tensor, name: str):
                          "image starts after the last position")
     if mask.shape[0] and not bool(mask.bool().any(1).all()):
         raise ValueError(f"{name}: a row has no real token")
+
+
+def _check_positions(family, prompt_len: int, image_len: int, name: str) -> None:
+    """Positions the longest prompt and the image (with its EOL tokens) take; past the model's maximum the rotary
+    positions are ones it was never trained on, so the output would be garbage rather than an error."""
+    max_positions = getattr(family.language_model.config, "max_position_embeddings", None)
+    if max_positions is not None and prompt_len + image_len > int(max_positions):
+        raise ValueError(f"input_ids: the prompt ({prompt_len} tokens) and the image ({image_len} tokens with EOLs) "
+                         f"take {prompt_len + image_len} positions, more than the {name}'s max_position_embeddings "
+                         f"= {max_positions}")
 
 
 # Attention implementations known to apply an additive 4-D float mask (docs/TESTBED.md §3.2). Others
@@ -214,6 +334,14 @@ def speculative_generate(
     rank_window: Optional[Tuple[int, int]] = None,
     p_thr: float = 0.15,
     d_thr: float = 0.5,
+    head=None,
+    total_tokens: Optional[int] = None,
+    depth: Optional[int] = None,
+    tree_top_k: Optional[int] = None,
+    lam: Optional[float] = None,
+    choices: Optional[Sequence[Tuple[int, ...]]] = None,
+    draft_model=None,
+    gamma: int = 4,
     grid: Optional[Tuple[int, int]] = None,
     eol_token_id: Optional[int] = None,
     num_tokens: Optional[int] = None,
@@ -232,10 +360,28 @@ def speculative_generate(
         Chameleon: after the image-start and size tokens), left-padded with ``attention_mask`` ``(B, P)``
         (right padding is an error). ``speculative_generate(model, **processor_output)`` works: Emu3's
         ``image_sizes`` (``[[rows, columns]] * B`` in tokens) gives the grid.
-    method : "ar" (baseline, one token per forward), "sjd" (exact), "mc-sjd" (exact, SJD with the coupled
-        MC-SJD refresh), "gsd" / "mc-gsd" (grouped, lossy), "lantern" (LANTERN-relaxed SJD, TV budget ``delta``,
-        lossy). All draft with SJD's Jacobi window (``window`` - 1 drafts, ``init`` "random" or "repeat_left"),
-        verified and refreshed by one fused call per step (``specdec_kernels.jacobi_step``).
+    method : one of :data:`METHODS`, each meaning what it means in the testbed loop (``specdec.decoding``).
+        Without a draft model: "ar" (baseline, one token per forward), "sjd" (exact), "mc-sjd" (exact, SJD with
+        the coupled MC-SJD refresh), "gsd" / "mc-gsd" (grouped, lossy), "lantern-sjd" (SJD's drafts verified with
+        LANTERN's relaxation, TV budget ``delta``, lossy); these draft with SJD's Jacobi window (``window`` - 1
+        drafts, ``init`` "random" or "repeat_left"), verified and refreshed by one fused call per step
+        (``specdec_kernels.jacobi_step``). With a draft head ``head``, trees verified by ``verify_tree`` in one
+        target forward per step: "eagle2" (EAGLE-2 dynamic trees, exact), "lantern" (LANTERN: EAGLE-2 trees
+        verified with the latent-neighbour relaxation ``delta``, lossy; ``delta = 0`` is "eagle2"), "lantern++"
+        (a static tree, siblings drawn from the head's q, ratio relaxation ``lam``, lossy; ``lam = 1`` is exact).
+        With ``draft_model``: "sd" (speculative decoding, ``gamma`` drafts per step from the smaller model,
+        exact).
+    head : the tree methods' draft head: an ``HFDraftHead`` of this model (``specdec.adapters.hf.head``;
+        ``load_head(directory, model)`` loads a trained one). An untrained head keeps the exact methods exact
+        (it only drafts badly). Given to any other method: ValueError.
+    total_tokens, depth, tree_top_k : EAGLE-2 tree shape for "eagle2" / "lantern": nodes per tree (root
+        included, default 59), expansion rounds (4) and children per expanded node (10).
+    lam, choices : "lantern++": the ratio relaxation (default 5) and the static tree as rank paths (default
+        every path of depth <= 5 and rank sum <= 2); its neighbour count ``k`` defaults to 10. ``lam`` given to
+        "lantern" verifies its EAGLE-2 trees with the ratio rule instead of ``delta`` (as in the testbed).
+    draft_model : "sd": a smaller model of the same family that shares the image vocabulary, the VQ codebook and
+        the text vocabulary (it is run on the same prompts, CFG rows included, with its own ``DynamicCache``);
+        ValueError when they differ. gamma : SD's drafts per step.
     negative_input_ids, negative_attention_mask : the unconditional prompts ``(B, P')`` for CFG (HF's names
         ``negative_prompt_ids`` / ``negative_prompt_attention_mask`` are accepted). Janus builds them as its own
         ``generate`` does (all but BOS / BOI replaced by pad); Emu3 / Chameleon need them.
@@ -255,8 +401,8 @@ def speculative_generate(
     vqgan_checkpoint : Chameleon family: a local VQGAN checkpoint (``.ckpt`` / ``.pt`` / ``.safetensors``; the
         taming-transformers VQGAN of Chameleon, Anole and Lumina-mGPT) whose decoder turns codes into ``images``
         (HF's Chameleon has no decoder). Loaded once per model and path.
-    k, delta : LANTERN's neighbours per code (default V // 16; the table is built on the first call and kept per
-        model) and budget. rank_window, p_thr, d_thr : GSD's.
+    k, delta : LANTERN's neighbours per code ("lantern-sjd" / "lantern": default V // 16; "lantern++": 10; the
+        table is built on the first call and kept per model) and budget. rank_window, p_thr, d_thr : GSD's.
     grid : ``(rows, columns)`` of image tokens (Janus: from its config). eol_token_id : token closing each grid
         row (Emu3: from its vocabulary; Lumina-mGPT: 8803; default none for Chameleon).
     num_tokens : generate only the first ``num_tokens`` image tokens (default the whole grid).
@@ -274,8 +420,11 @@ def speculative_generate(
         if negative_attention_mask is not None:
             raise ValueError("pass negative_attention_mask or negative_prompt_attention_mask, not both")
         negative_attention_mask = negative_prompt_attention_mask
+    _check_resources(method, head, draft_model)
     family = family_of(model, eol_token_id)
     _check_attention(family)
+    if head is not None:
+        _check_head(head, model, family)
     config = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     if image_sizes is not None:
         grid = _grid_from_image_sizes(image_sizes, grid)
@@ -327,19 +476,20 @@ def speculative_generate(
         prompts, prompt_mask = torch.cat([ids, neg]), torch.cat([mask, neg_mask])
     else:
         prompts, prompt_mask = ids, mask
-    # Positions the longest prompt and the image (with its EOL tokens) take; past the model's maximum the rotary
-    # positions are ones it was never trained on, so the output would be garbage rather than an error.
-    max_positions = getattr(family.language_model.config, "max_position_embeddings", None)
     prompt_len = int(prompt_mask.sum(1).max())
     image_len = n_tok + ((n_tok - 1) // cols if family.eol_token_id is not None else 0)
-    if max_positions is not None and prompt_len + image_len > int(max_positions):
-        raise ValueError(f"input_ids: the prompt ({prompt_len} tokens) and the image ({image_len} tokens with EOLs) "
-                         f"take {prompt_len + image_len} positions, more than the model's max_position_embeddings "
-                         f"= {max_positions}")
+    _check_positions(family, prompt_len, image_len, "model")
     target = HFImageTarget(family, prompts, prompt_mask, (rows, cols), n_tok)
+    draft = None
+    if draft_model is not None:
+        draft_family = _draft_family(draft_model, model, family, (rows, cols))
+        _check_positions(draft_family, prompt_len, image_len, "draft_model")
+        draft = HFImageTarget(draft_family, prompts, prompt_mask, (rows, cols), n_tok)
     normalize = family.normalize_codebook if normalize_codebook is None else bool(normalize_codebook)
     dec = _method(method, model, family.codebook.detach(), window=window, init=init, grid_width=cols, delta=delta, k=k,
-                  rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, normalize=normalize)
+                  rank_window=rank_window, p_thr=p_thr, d_thr=d_thr, normalize=normalize, head=head, draft=draft,
+                  gamma=gamma, total_tokens=total_tokens, depth=depth, tree_top_k=tree_top_k, lam=lam,
+                  choices=choices)
     row_keys = _row_keys(batch, seed, generator, row_keys, device)
     if vqgan_checkpoint is not None:
         family.load_vqgan(vqgan_checkpoint)

@@ -11,7 +11,10 @@ slot for padding entries. This module maps that onto an append-only ``DynamicCac
   docs/TESTBED.md §3.2) and positions are explicit, per row;
 * re-writing a slot (a rejected draft's slot in the next step) kills the old entry; dead entries at the end of
   the cache are dropped with ``cache.crop(-n)`` (batch 1: exactly the rejected drafts), and when ragged rows leave
-  more than half of the cache dead it is compacted per row (gather of each layer's keys / values).
+  more than half of the cache dead it is compacted per row (gather of each layer's keys / values);
+* tree methods put node n of a step rooted at position r at slot r + n (RoPE position r + depth); the accepted
+  path's move onto slots r, r + 1, ... (``compact_cache``) relabels its entries' owners and kills the other
+  nodes' entries, without touching K/V: the positions already are those of the destination slots.
 """
 
 from typing import Optional
@@ -130,8 +133,9 @@ class HFImageTarget:
         # Expanded layout: entry t at start[t], its EOL (if any) right after; padding fills the rest.
         count = 1 + eol.long()
         start = count.cumsum(1) - count
-        fed = int((count * valid).sum(1).max()) if bool(valid.any()) else 1
-        fed = max(fed, int(start[:, -1].max()) + 1)
+        # Every entry keeps its place (padding included): valid entries need not be a prefix (SD's catch-up feeds
+        # them right-aligned), so the width is the longest row's expanded count, padding and all.
+        fed = int(count.sum(1).max())
         entry = torch.full((rows, fed), -1, dtype=torch.int64, device=device)
         ar = torch.arange(width, device=device).expand(rows, width)
         entry.scatter_(1, start, ar)
@@ -174,5 +178,31 @@ class HFImageTarget:
         h = hidden.gather(1, out_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
         return self.family.image_logits(h).float(), h
 
-    def compact_cache(self, cache, src, dst):
-        raise NotImplementedError("tree methods are not supported by the Hugging Face adapter (chains only)")
+    def compact_cache(self, cache: SlotCache, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Move the K/V of slots ``src`` to slots ``dst`` (both ``(R, A)``), as a tree method's accepted path is
+        compacted onto consecutive slots (``TreeMethod._compact``; padding pairs map the root onto itself).
+
+        No K/V is copied: the entries owned by ``src[r, j]`` (a token and its EOL) are relabelled as owned by
+        ``dst[r, j]``; their RoPE positions already are those of ``dst`` (a node at depth j sits at position
+        root + j). From the row's first ``dst`` slot on (the step's tree), every entry that is not moved dies: the
+        rejected nodes and whatever ``dst`` slots held before. Slots below stay as they are. A slot of ``src``
+        that is not also in ``dst`` therefore loses its entries (a move, not a copy: nothing reads a rejected
+        node's slot before it is written again). Dead entries at the end of the cache are cropped (:meth:`SlotCache.trim`).
+        """
+        if src.shape != dst.shape or src.dim() != 2 or src.shape[0] != cache.owner.shape[0]:
+            raise ValueError(f"compact_cache: src and dst must both be ({cache.owner.shape[0]}, A), got "
+                             f"{tuple(src.shape)} and {tuple(dst.shape)}")
+        if src.numel() == 0:
+            return
+        slots = self.num_slots
+        src, dst = src.to(cache.owner.device).long(), dst.to(cache.owner.device).long()
+        if int(torch.minimum(src, dst).min()) < 0 or int(torch.maximum(src, dst).max()) >= slots:
+            raise ValueError(f"compact_cache: slots must be in [0, {slots})")
+        # relabel[r, s]: the new owner of slot s's entries (-1: they die).
+        ar = torch.arange(slots, device=src.device)
+        first = dst.min(1).values
+        relabel = torch.where(ar[None, :] < first[:, None], ar[None, :], -1)
+        relabel.scatter_(1, src, dst)  # padding pairs (root -> root) write the same value: order does not matter
+        live = cache.owner >= 0
+        cache.owner = torch.where(live, relabel.gather(1, cache.owner.clamp_min(0)), -1)
+        cache.trim()
