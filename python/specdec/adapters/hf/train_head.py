@@ -413,11 +413,11 @@ def _model_fingerprint(model) -> str:
 
 def generated_images(model, prompts: PromptSet, count: int, path: Path, *, sampling: Sampling, seed: int,
                      greedy: bool = False, grid=None, eol_token_id=None, num_tokens=None, batch: int = 8,
-                     fresh: bool = False, desc: str = "images") -> torch.Tensor:
+                     fresh: bool = False, desc: str = "images", progress: bool = True) -> torch.Tensor:
     """``count`` images ``(count, N)`` of codes, image ``k`` from prompt ``k mod len(prompts)`` with key
     ``(seed, k)``: sampled with ``sampling`` (``method="ar", do_sample=True``), or, with ``greedy``, the target's
     greedy image (``do_sample=False``) at ``sampling``'s CFG scale.
-    Kept in ``path`` (written after every generation call, atomically) and reused when the model, prompts,
+    ``progress``: a tqdm bar. Kept in ``path`` (written after every generation call, atomically) and reused when the model, prompts,
     settings and seed are the same; a shorter cache is extended, never regenerated."""
     key = {"model": _model_fingerprint(model), "prompts": prompts.fingerprint(), "seed": int(seed),
            "sampling": asdict(sampling), "greedy": bool(greedy), "grid": None if grid is None else list(grid),
@@ -429,7 +429,8 @@ def generated_images(model, prompts: PromptSet, count: int, path: Path, *, sampl
             codes = state["codes"]
     done = 0 if codes is None else int(codes.shape[0])
     chunks = [] if codes is None else [codes]
-    bar = tqdm(total=count, initial=min(done, count), desc=desc, dynamic_ncols=True, mininterval=5.0)
+    bar = tqdm(total=count, initial=min(done, count), desc=desc, dynamic_ncols=True, mininterval=5.0,
+               disable=not progress)
     kwargs = dict(method="ar", decode=False, grid=grid if grid is not None else prompts.grid,
                   eol_token_id=eol_token_id, num_tokens=num_tokens)
     if greedy:
@@ -545,7 +546,7 @@ def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = H
     n_hold = opts.holdout_count(len(prompts))
     train_prompts = prompts.rows(torch.arange(len(prompts) - n_hold))
     gen = dict(grid=grid, eol_token_id=opts.eol_token_id, num_tokens=opts.num_tokens, batch=opts.gen_batch,
-               fresh=opts.fresh)
+               fresh=opts.fresh, progress=opts.progress)
     codes = generated_images(model, train_prompts, opts.images, state_dir / "train_images.pt", sampling=sampling,
                              seed=opts.seed, desc="training images", **gen)
     eval_set = None
@@ -571,6 +572,8 @@ def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = H
     eval_every = opts.eval_every or max(1, opts.steps // 10)
     history = {"loss_curve": [], "acceptance": []}
     start = 0
+    sums: Dict[str, float] = {}  # running sums of the loss-curve point in progress (checkpointed with it)
+    count = 0
     ckpt = state_dir / "checkpoint.pt"
     if ckpt.is_file() and not opts.fresh:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -581,12 +584,14 @@ def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = H
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, history = int(state["step"]), state["history"]
+        sums, count = dict(state["pending"]["sums"]), int(state["pending"]["count"])
         print(f"[head] resumed from {ckpt} at step {start}/{opts.steps}", flush=True)
 
     def save(step: int) -> None:
         epoch, index = divmod(step, order.steps_per_epoch)
         save_atomic({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                      "rng": torch.get_rng_state(), "history": history, "data_key": data_key,
+                     "pending": {"sums": dict(sums), "count": count},
                      "cursor": {"epoch": epoch, "batch_in_epoch": index}}, ckpt)
 
     def evaluate(step: int) -> None:
@@ -602,8 +607,6 @@ def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = H
     t0 = time.time()
     last_save = time.time()
     end = opts.steps if opts.stop_after is None else min(opts.steps, int(opts.stop_after))
-    sums: Dict[str, float] = {}
-    count = 0
     head.train()
     bar = tqdm(range(start, end), initial=start, total=opts.steps, desc="head", dynamic_ncols=True,
                mininterval=5.0, disable=not opts.progress)
