@@ -85,7 +85,8 @@ def _sequential_chains(head, codes, features, scale, depth):
         alive = torch.ones(batch, dtype=torch.bool)
         run = torch.zeros(batch)
         for k in range(depth):
-            guided = logits[:, 0] if copies == 1 else logits[batch:, 0] + scale * (logits[:batch, 0] - logits[batch:, 0])
+            cond, uncond = logits[:batch, 0], logits[batch:, 0]
+            guided = cond if copies == 1 else uncond + scale * (cond - uncond)
             accepted = guided.argmax(-1) == codes[:, s + 1 + k]
             alive = alive & accepted
             run += alive.float()

@@ -25,9 +25,8 @@ Face image generator's own images (``specdec train head``; docs/HF_HEADS.md).
 
 import hashlib
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -212,8 +211,8 @@ def load_model(model_dir, device="cpu", dtype=None):
     config = json.loads((path / "config.json").read_text())
     names = [a for a in (config.get("architectures") or []) if a in FAMILIES]
     if not names:
-        raise ValueError(f"model family not supported: {path} is {config.get('architectures') or config.get('model_type')}"
-                         f"; supported: {sorted(FAMILIES)}")
+        found = config.get("architectures") or config.get("model_type")
+        raise ValueError(f"model family not supported: {path} is {found}; supported: {sorted(FAMILIES)}")
     kwargs = dict(local_files_only=True)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -417,8 +416,8 @@ def generated_images(model, prompts: PromptSet, count: int, path: Path, *, sampl
     """``count`` images ``(count, N)`` of codes, image ``k`` from prompt ``k mod len(prompts)`` with key
     ``(seed, k)``: sampled with ``sampling`` (``method="ar", do_sample=True``), or, with ``greedy``, the target's
     greedy image (``do_sample=False``) at ``sampling``'s CFG scale.
-    ``progress``: a tqdm bar. Kept in ``path`` (written after every generation call, atomically) and reused when the model, prompts,
-    settings and seed are the same; a shorter cache is extended, never regenerated."""
+    ``progress``: a tqdm bar. Kept in ``path`` (written after every generation call, atomically) and reused when
+    the model, prompts, settings and seed are the same; a shorter cache is extended, never regenerated."""
     key = {"model": _model_fingerprint(model), "prompts": prompts.fingerprint(), "seed": int(seed),
            "sampling": asdict(sampling), "greedy": bool(greedy), "grid": None if grid is None else list(grid),
            "eol": eol_token_id, "num_tokens": num_tokens}
@@ -521,19 +520,16 @@ class HeadTrainOptions:
         return max(1, prompts // 10) if prompts > 1 else 0
 
 
-def _metrics_path(out: Path) -> Path:
-    return out / METRICS_FILE
-
-
-def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = HeadTrainOptions(),
+def train_head(model, prompts: PromptSet, out_dir, options: Optional[HeadTrainOptions] = None,
                state_dir=None) -> Dict:
     """Train a :class:`HFDraftHead` for ``model`` on its own images (module docstring) and write it to
-    ``out_dir`` (``head.save``) with ``metrics.json``; checkpoints and cached images go to ``state_dir`` (default
+    ``out_dir`` (``head.save``) with ``metrics.json`` (``options``: :class:`HeadTrainOptions`, default its
+    defaults); checkpoints and cached images go to ``state_dir`` (default
     ``<out_dir>/train_state``). Returns the metrics (``loss_curve``: ``{step, loss, reg, ce, top1_agree}`` means
     over ``log_every`` steps; ``acceptance``: :func:`acceptance_estimate` at steps 0, every ``eval_every`` and
     the end; ``final``, ``untrained``: the last and the step-0 estimate), or, when ``stop_after`` ends the run
     early, ``{"stopped_at": step}``."""
-    opts = options
+    opts = HeadTrainOptions() if options is None else options
     opts.check(len(prompts))
     out = Path(out_dir)
     state_dir = Path(state_dir) if state_dir is not None else out / STATE_DIR
@@ -657,5 +653,5 @@ def train_head(model, prompts: PromptSet, out_dir, options: HeadTrainOptions = H
                      "holdout_prompts": n_hold, "tokens_per_image": int(codes.shape[1])},
         "train_seconds_this_run": round(time.time() - t0, 2),
     }
-    _metrics_path(out).write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
