@@ -20,13 +20,13 @@ Usage: ``python -m benchmarks.hf_janus [--layers 4] [--hidden 512] [--batches 1 
 """
 
 import argparse
-import copy
 import os
 import time
 
 import torch
 
 from specdec.adapters.hf import HFDraftHead, speculative_generate
+from specdec.adapters.hf.families import shallow_sibling
 
 from .timing import machine_name
 
@@ -54,18 +54,6 @@ def janus_model(layers: int, hidden: int, heads: int, seed: int = 0):
     return model
 
 
-def sibling_model(model, layers: int):
-    """A smaller Janus of the same family: the first ``layers`` decoder layers of ``model`` and all its other
-    weights (embeddings, generation head, VQ codebook), which :func:`speculative_generate` requires for SD."""
-    config = copy.deepcopy(model.config)
-    config.get_text_config().num_hidden_layers = layers
-    draft = type(model)(config).eval()
-    own = draft.state_dict()
-    draft.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
-    draft.generation_config = model.generation_config
-    return draft
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -91,7 +79,7 @@ def main(argv=None) -> int:
         torch.manual_seed(1)
         resources["head"] = HFDraftHead(model, device=args.device)  # untrained: random weights
     if "sd" in args.methods:
-        resources["draft_model"] = sibling_model(model, args.draft_layers).to(args.device)
+        resources["draft_model"] = shallow_sibling(model, args.draft_layers).to(args.device)
     prompt = torch.tensor([100000, 5, 17, 29, 41, 53, 100016])  # BOS, a few text tokens, BOI
     rows = []
     for batch in args.batches:

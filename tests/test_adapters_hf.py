@@ -17,7 +17,6 @@ Draft heads are :class:`HFDraftHead`; most tests fit one for a few seconds (:fun
 are both accepted and rejected; the chi-square tests use an untrained one (exactness does not depend on it).
 """
 
-import copy
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ transformers = pytest.importorskip("transformers")
 from stats import ALPHA, chi_square_pvalue  # noqa: E402
 
 from specdec.adapters.hf import speculative_generate  # noqa: E402
-from specdec.adapters.hf.families import family_of  # noqa: E402
+from specdec.adapters.hf.families import family_of, shallow_sibling  # noqa: E402
 from specdec.adapters.hf.head import HFDraftHead  # noqa: E402
 from specdec.adapters.hf.target import HFImageTarget, SlotCache  # noqa: E402
 from specdec.decoding import SamplingConfig, generate  # noqa: E402
@@ -129,7 +128,7 @@ def resources(janus, emu3, chameleon):
             return {"head": built[("head", name)]}
         if method == "sd":
             if ("draft", name) not in built:
-                built[("draft", name)] = sibling(specs[name][0])
+                built[("draft", name)] = shallow_sibling(specs[name][0], 1)
             return {"draft_model": built[("draft", name)]}
         return {}
     return get
@@ -183,18 +182,6 @@ def fitted_head(model, grid=None, eol=None, negative=None, cfg_scale=3.0, steps=
         loss.backward()
         optimizer.step()
     return head.requires_grad_(False).eval()
-
-
-def sibling(model, layers=1):
-    """A smaller model of the same family: the first ``layers`` decoder layers of ``model`` and all its other
-    weights (embeddings, image head, VQ codebook), so it shares the vocabularies and codebook and drafts well."""
-    config = copy.deepcopy(model.config)
-    config.get_text_config().num_hidden_layers = layers
-    draft = type(model)(config).eval()
-    own = draft.state_dict()
-    draft.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
-    draft.generation_config = model.generation_config
-    return draft
 
 
 # -- greedy == the model's own loop ------------------------------------------------------------------------------
@@ -324,7 +311,7 @@ def test_exact_methods_at_t1_preserve_the_joint_of_the_first_tokens(janus8, meth
     if method in TREE_METHODS:
         extra["head"] = HFDraftHead(model)
     elif method == "sd":
-        extra["draft_model"] = sibling(model)
+        extra["draft_model"] = shallow_sibling(model, 1)
     out = speculative_generate(model, prompt, method=method, cfg_scale=2.0, do_sample=True, top_k=0,
                                num_return_sequences=samples, num_tokens=length, seed=0, decode=False, **extra)
     assert out.metrics.target_forwards < 1 + samples  # batched: one forward per step for all rows
@@ -474,7 +461,7 @@ def test_method_resources_are_checked(janus, emu3, resources):
     draft = resources("janus", "sd")["draft_model"]
     with pytest.raises(ValueError, match="takes no draft model"):
         speculative_generate(janus, PROMPTS, method="eagle2", head=head, draft_model=draft)
-    other_codebook = sibling(janus)
+    other_codebook = shallow_sibling(janus, 1)
     with torch.no_grad():
         other_codebook.model.vqmodel.quantize.embedding.weight.add_(0.1)
     with pytest.raises(ValueError, match="codebook differs"):

@@ -1,6 +1,7 @@
 """What differs between Hugging Face image generators: where the decoder and its logits live, how image codes map
 to input tokens, the grid, EOL columns, the VQ codebook and the unconditional prompt (docs/TESTBED.md §3.3)."""
 
+import copy
 import math
 import weakref
 from typing import Optional, Tuple
@@ -255,3 +256,19 @@ def family_of(model, eol_token_id: Optional[int] = None) -> ImageFamily:
             family = FAMILIES[cls.__name__]
             return family(model) if family is JanusFamily else family(model, eol_token_id)
     raise ValueError(f"model: {type(model).__name__} is not supported; supported: {sorted(FAMILIES)}")
+
+
+def shallow_sibling(model, layers: int):
+    """A smaller model of ``model``'s family for SD (``speculative_generate(method="sd", draft_model=...)``): its
+    first ``layers`` decoder layers and all its other weights (embeddings, image head, VQ codebook), so it shares
+    the vocabularies and the codebook SD requires. A layer-truncated self-draft: it drafts well only as far as
+    the first layers already predict the last's output; a real sibling (a 1B Janus-Pro for the 7B) drafts better."""
+    if layers < 1:
+        raise ValueError(f"layers must be >= 1, got {layers}")
+    config = copy.deepcopy(model.config)
+    config.get_text_config().num_hidden_layers = int(layers)
+    draft = type(model)(config).eval()
+    own = draft.state_dict()
+    draft.load_state_dict({k: v for k, v in model.state_dict().items() if k in own}, strict=True)
+    draft.generation_config = model.generation_config
+    return draft.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)

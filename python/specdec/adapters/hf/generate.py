@@ -214,6 +214,20 @@ def _left_pad(ids: torch.Tensor, mask: torch.Tensor, length: int, pad: int):
             torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], 1))
 
 
+def cfg_prompt_rows(model, family, ids: torch.Tensor, mask: torch.Tensor, neg: Optional[torch.Tensor] = None,
+                    neg_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The target's prompt rows under CFG, ``(2B, P)`` ids and mask: the ``B`` cond rows, then the uncond rows
+    (``neg`` / ``neg_mask``, or the family's own rule when None: Janus's; a clear error for the others), both
+    left-padded with the model's pad token to one width."""
+    if neg is None:
+        neg, neg_mask = family.unconditional(ids, mask)
+    length = max(ids.shape[1], neg.shape[1])
+    pad = int(getattr(model.generation_config, "pad_token_id", None) or 0)
+    ids, mask = _left_pad(ids, mask, length, pad)
+    neg, neg_mask = _left_pad(neg, neg_mask, length, pad)
+    return torch.cat([ids, neg]), torch.cat([mask, neg_mask])
+
+
 # transformers' own defaults for the settings a model's generation_config leaves unset
 # (GenerationConfig._get_default_generation_params in transformers 5): greedy unless do_sample, top-k 50.
 HF_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "num_return_sequences": 1}
@@ -456,9 +470,8 @@ def speculative_generate(
         guidance_scale=guidance_scale)
     sampling = SamplingConfig(cfg_scale=scale, temperature=temperature, top_k=top_k, top_p=top_p)
     if sampling.uses_cfg:
-        if negative_input_ids is None:
-            neg, neg_mask = family.unconditional(ids, mask)
-        else:
+        neg = neg_mask = None
+        if negative_input_ids is not None:
             neg = negative_input_ids.to(device)
             neg_mask = (torch.ones_like(neg) if negative_attention_mask is None
                         else negative_attention_mask.to(device)).long()
@@ -467,13 +480,9 @@ def speculative_generate(
                                  f"got {tuple(neg_mask.shape)}")
             _check_left_padded(neg_mask, "negative_attention_mask")
             neg, neg_mask = neg.repeat_interleave(repeats, 0), neg_mask.repeat_interleave(repeats, 0)
-        if neg.shape[0] != batch:
-            raise ValueError(f"negative_input_ids: {neg.shape[0] // repeats} rows for {batch // repeats} prompts")
-        length = max(ids.shape[1], neg.shape[1])
-        pad = int(getattr(model.generation_config, "pad_token_id", None) or 0)
-        ids, mask = _left_pad(ids, mask, length, pad)
-        neg, neg_mask = _left_pad(neg, neg_mask, length, pad)
-        prompts, prompt_mask = torch.cat([ids, neg]), torch.cat([mask, neg_mask])
+            if neg.shape[0] != batch:
+                raise ValueError(f"negative_input_ids: {neg.shape[0] // repeats} rows for {batch // repeats} prompts")
+        prompts, prompt_mask = cfg_prompt_rows(model, family, ids, mask, neg, neg_mask)
     else:
         prompts, prompt_mask = ids, mask
     prompt_len = int(prompt_mask.sum(1).max())

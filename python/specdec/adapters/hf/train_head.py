@@ -38,7 +38,7 @@ from ...decoding import SamplingConfig
 from ...decoding.feed import attention_mask
 from ...testbed.checkpoint import EpochOrder, lr_at, save_atomic
 from .families import FAMILIES, family_of
-from .generate import _left_pad, _resolve_sampling, speculative_generate
+from .generate import _resolve_sampling, cfg_prompt_rows, speculative_generate
 from .head import HFDraftHead
 from .target import HFImageTarget
 
@@ -264,15 +264,10 @@ def _prompt_rows(model, family, prompts: PromptSet, uses_cfg: bool):
     ids, mask = prompts.ids.to(device), prompts.mask.to(device)
     if not uses_cfg:
         return ids, mask
-    if prompts.negative_ids is None:
-        neg, neg_mask = family.unconditional(ids, mask)  # Janus's own rule; Emu3 / Chameleon: a clear error
-    else:
+    neg = neg_mask = None
+    if prompts.negative_ids is not None:
         neg, neg_mask = prompts.negative_ids.to(device), prompts.negative_mask.to(device)
-    length = max(ids.shape[1], neg.shape[1])
-    pad = int(getattr(model.generation_config, "pad_token_id", None) or 0)
-    ids, mask = _left_pad(ids, mask, length, pad)
-    neg, neg_mask = _left_pad(neg, neg_mask, length, pad)
-    return torch.cat([ids, neg]), torch.cat([mask, neg_mask])
+    return cfg_prompt_rows(model, family, ids, mask, neg, neg_mask)
 
 
 @torch.no_grad()
