@@ -733,3 +733,47 @@ def test_readme_snippet_runs_as_written(monkeypatch, capsys):
     images = scope["images"]
     assert len(images) == 2 and images[0].size == (64, 64)  # num_return_sequences=2
     assert "target_forwards" in capsys.readouterr().out
+
+
+def _readme_block(heading: str, language: str) -> str:
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
+
+
+class _OfflineJanusTextProcessor(_OfflineJanusProcessor):
+    """The stand-in processor as ``specdec train head`` calls it (a batch of text prompts, padded left)."""
+
+    tokenizer = type("Tokenizer", (), {"padding_side": "right"})()
+
+    def __call__(self, text, generation_mode, return_tensors, padding=False):
+        return super().__call__(text, generation_mode, return_tensors)
+
+
+def test_readme_train_a_head_then_lantern_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's train-a-head section: its shell command (through the CLI's entry point, plus options that
+    shrink the run to a test's size) on a tiny Janus saved as a local model directory, then its Python lines."""
+    import shlex
+
+    from specdec.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    model = tiny_janus(upsampling=5)
+    model.save_pretrained(tmp_path / "Janus-Pro-1B")
+    (tmp_path / "prompts.txt").write_text("".join(f"prompt {i}\n" for i in range(6)))
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained",
+                        classmethod(lambda cls, *args, **kwargs: _OfflineJanusTextProcessor()))
+    command = shlex.split(_readme_block("### Train a draft head, then run LANTERN", "bash").strip())
+    assert command[:3] == ["specdec", "train", "head"]
+    small = ["--steps", "4", "--images", "4", "--batch-size", "2", "--holdout", "1", "--num-tokens", "8"]
+    assert main(command[1:] + small + ["--device", "cpu"]) == 0
+    assert (tmp_path / "heads" / "janus-pro-1b" / "head.json").is_file()
+    capsys.readouterr()
+    inputs = _OfflineJanusProcessor()(text=["a fox"], generation_mode="image", return_tensors="pt")
+    scope = {"model": model, "inputs": inputs, "speculative_generate": speculative_generate}
+    code = _readme_block("### Train a draft head, then run LANTERN", "python")
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["out"].codes.shape == (1, 16) and "target_forwards" in capsys.readouterr().out
