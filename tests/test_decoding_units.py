@@ -103,3 +103,22 @@ def test_sampling_inverse_cdf_and_without_replacement():
     assert sample(w, torch.tensor([0.2, 0.99])).tolist() == [1, 3]
     draws = sample_without_replacement(w, torch.tensor([[0.9, 0.9, 0.1], [0.0, 0.0, 0.0]]))
     assert draws.tolist() == [[2, 1, 2], [0, 1, 2]]  # row 0: support exhausted -> repeat the first draw
+
+
+@pytest.mark.parametrize("vocab", [1024, 16384])
+@pytest.mark.parametrize("scores", ["distinct", "ties", "zeros"])
+@pytest.mark.parametrize("k", [1, 10, 64])
+def test_eagle2_top_k_is_a_stable_descending_sort(vocab, scores, k):
+    """EAGLE-2's candidate selection: the first k of a stable descending sort (ties to the lower id, -inf last), on
+    both of its paths (full sort below SELECT_FROM_VOCAB, select-then-sort from it on)."""
+    from specdec.decoding.methods.eagle2 import _top_k
+
+    g = torch.Generator().manual_seed(vocab + k)
+    s = torch.randn(2, 3, vocab, generator=g).log_softmax(-1)
+    if scores == "ties":
+        s = (s * 2).round() / 2  # a few distinct values, each shared by many ids
+    elif scores == "zeros":
+        s[..., ::3] = -math.inf  # log q of zero-probability codes
+    want_values, want_ids = torch.sort(s, dim=-1, descending=True, stable=True)
+    values, ids = _top_k(s, k)
+    assert torch.equal(ids, want_ids[..., :k]) and torch.equal(values, want_values[..., :k])

@@ -132,7 +132,26 @@ class Eagle2(TreeMethod):
         self.sizer.stats.observe(ranks.long(), active, self.num_nodes, self.depth)
 
 
+#: From this vocabulary size on, _top_k selects before it sorts (at 16384 codes 7-11x faster than a full stable sort
+#: of the row on a CPU; below, the full sort is as fast).
+SELECT_FROM_VOCAB = 4096
+
+
 def _top_k(scores: torch.Tensor, k: int):
-    """Top-k along the last dim with ties to the lower token id (a stable sort), independent of batch layout."""
-    values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
-    return values[..., :k], indices[..., :k]
+    """Top-k along the last dim with ties to the lower token id (what a stable descending sort gives), independent
+    of batch layout. ``k`` must not exceed the last dim."""
+    vocab = scores.shape[-1]
+    if vocab < SELECT_FROM_VOCAB:
+        values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
+        return values[..., :k], indices[..., :k]
+    # torch.topk's k-th value is exact, but its order among equal values is not specified: keep every score above
+    # it and the lowest-id scores equal to it, then order those k by (score desc, id asc).
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    above = scores > kth
+    equal = scores == kth
+    keep = above | (equal & (equal.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    ids = torch.arange(vocab, device=scores.device)
+    kept = torch.topk(torch.where(keep, ids, vocab + ids), k, dim=-1, largest=False, sorted=True).indices
+    values = scores.gather(-1, kept)
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    return values.gather(-1, order), kept.gather(-1, order)
