@@ -52,6 +52,9 @@ import torch
 
 #: Tokens per row at which feeds are timed (interpolated between).
 CALIBRATION_TOKENS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+#: Version of :func:`calibrate_feed`'s measurement, part of the cache file's name: curves cached by an older
+#: measurement (version 1: each point's reps in a row, clamped down to later points) are measured again.
+CALIBRATION_VERSION = 2
 
 
 # -- cost ------------------------------------------------------------------------------------------------------
@@ -176,20 +179,22 @@ def model_key(model) -> str:
 def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
     root = Path(cache_dir) if cache_dir is not None else Path(os.environ.get("SPECDEC_CACHE_DIR", ".cache"))
     name = hashlib.sha1(machine_key(device).encode()).hexdigest()[:12] + "-" + model_key(model)
-    return root / "specdec" / "sizing" / f"{name}.json"
+    return root / "specdec" / "sizing" / f"{name}-v{CALIBRATION_VERSION}.json"
 
 
 @torch.no_grad()
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
-                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 5) -> CostCurve:
+                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 7) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
     ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features. The curve's ``noise``
     is the median over the points of the reps' interquartile half-range relative to their median.
 
     The first feeds of a process run slow (allocator, thread pool), so the widest and the narrowest feed are run
-    twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
-    (each point is at most every later one), which keeps timing noise from making a longer window look cheaper
-    than a shorter one."""
+    twice before anything is timed. The reps run in rounds over all points (a drift of the machine's speed lands
+    on every point alike). Since a wider feed never costs less, the curve is made non-decreasing by pooling
+    adjacent violators (:func:`_non_decreasing`: a point timed above the next one and that one meet at their
+    mean), which keeps timing noise from making a longer window look cheaper than a shorter one without lowering
+    a point to its cheaper neighbour's cost."""
     from ..verifier import sampling_probs as process_logits
     from .feed import attention_mask, run_model
 
@@ -216,23 +221,39 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
 
     for t in (max(tokens), min(tokens)) * 2:
         feed(t)
-    seconds, spreads = [], []
-    for t in tokens:
-        feed(t)
-        times = []
-        for _ in range(reps):
+    # Rounds over every point, not every point's reps in a row: a drift of the machine's speed (frequency, other
+    # load) during the calibration then falls on all points alike instead of lifting a few neighbouring ones,
+    # which bent the curve and, made non-decreasing, flattened it (two window lengths calibrated as costing the
+    # same, the longer one then always looking as cheap as the shorter).
+    times = {t: [] for t in tokens}
+    for _ in range(reps):
+        for t in tokens:
             sync()
             t0 = time.perf_counter()
             feed(t)
             sync()
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        median = times[len(times) // 2]
+            times[t].append(time.perf_counter() - t0)
+    seconds, spreads = [], []
+    for t in tokens:
+        ts = sorted(times[t])
+        median = ts[len(ts) // 2]
         seconds.append(median)
-        spreads.append((times[(3 * len(times)) // 4] - times[len(times) // 4]) / (2 * median) if median > 0 else 0.0)
-    for i in range(len(seconds) - 2, -1, -1):
-        seconds[i] = min(seconds[i], seconds[i + 1])
+        spreads.append((ts[(3 * len(ts)) // 4] - ts[len(ts) // 4]) / (2 * median) if median > 0 else 0.0)
+    seconds = _non_decreasing(seconds)
     return CostCurve(tuple(int(t) for t in tokens), tuple(seconds), sorted(spreads)[len(spreads) // 2])
+
+
+def _non_decreasing(values: Sequence[float]) -> List[float]:
+    """The least-squares non-decreasing fit of ``values`` (pool adjacent violators: each run of points that
+    decreases is replaced by its mean)."""
+    blocks: List[List[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return [s / c for s, c in blocks for _ in range(c)]
 
 
 # -- acceptance statistics -------------------------------------------------------------------------------------
