@@ -426,6 +426,9 @@ MIN_MARGIN = 0.02
 DRIFT_TOLERANCE = 0.25
 DRIFT_CALLS = 3
 RECALIBRATION_COOLDOWN = 10
+#: Calls a size must have run for its own measured overhead (their median: one slowed call among three is
+#: outvoted) to be taken as it is (see :meth:`AutoSizer._overhead`).
+TRUSTED_CALLS = 3
 #: Decided calls over which :meth:`AutoSizer.settled` takes the most frequent size.
 SETTLED_CALLS = 10
 
@@ -485,6 +488,13 @@ def decide(choices: Sequence[Choice], margin: float) -> Choice:
                    ar_tokens_per_second=ar.tokens_per_second)
 
 
+def _median(values: Sequence[float]) -> float:
+    """The median (the mean of the middle two for an even count): robust to a call slowed by other work."""
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
 def _key(size):
     return tuple(size) if isinstance(size, (list, tuple)) else size
 
@@ -515,7 +525,7 @@ class AutoSizer:
         self.recalibrations = 0
         self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while nothing new was observed
         self._model: Dict[int, list] = {}  # rows -> (size, tokens per step, calibrated seconds) per candidate
-        #: (rows, size) -> [sum of measured per-step overheads, calls]
+        #: (rows, size) -> the measured per-step overhead of each call that ran the size
         self._overheads: Dict[Tuple[int, object], List[float]] = {}
         self._current = None  # (choice, rows, roles, start time) of the call in flight
         self._drift_calls = 0  # calls in a row whose measured step was off the prediction the same way
@@ -586,21 +596,40 @@ class AutoSizer:
         # The noise is an interquartile half-range (about 0.67 sigma of one timing); a ratio of two timings has
         # sqrt(2) sigma: twice the noise is about that.
         margin = max(MIN_MARGIN, 2.0 * self.calibration.noise([r for r, m in roles.items() if m is not None], rows))
-        measured = [(seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
-        measured = [(seconds, o[0] / o[1]) for seconds, o in measured if o is not None]
+        # The points overheads are interpolated between: the no-draft size and the sizes run on enough calls to be
+        # trusted (every run size while no drafting size is), each at the median over its calls.
+        measured = [(_key(size), seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
+        measured = [(k, seconds, o) for k, seconds, o in measured if o is not None]
+        trusted = [(k, seconds, _median(o)) for i, (k, seconds, o) in enumerate(measured)
+                   if len(o) >= TRUSTED_CALLS or k == _key(model[0][0])]
+        if len(trusted) < 2:
+            trusted = [(k, seconds, _median(o)) for k, seconds, o in measured]
         choices = []
         for size, tokens, seconds in model:
-            overhead = self._overhead(rows, size, seconds, measured)
+            overhead = self._overhead(rows, size, seconds, trusted)
             own = (rows, _key(size)) in self._overheads
             choices.append(Choice(size, tokens, seconds + overhead, seconds, measured=own))
         return decide(choices, margin)
 
-    def _overhead(self, rows: int, size, seconds: float, measured) -> float:
-        """The size's own measured overhead, else interpolated linearly in calibrated step seconds between the
-        run sizes around it (the nearest one's beyond them; 0 before any has run)."""
+    def _overhead(self, rows: int, size, seconds: float, points) -> float:
+        """The size's own measured overhead (the median over its calls), else interpolated linearly in calibrated
+        step seconds between the ``points`` ``(size key, calibrated seconds, overhead)`` around it (the nearest
+        one's beyond them; 0 before any has run).
+
+        A size measured on fewer than :data:`TRUSTED_CALLS` calls gets the smaller of its own and the interpolated
+        overhead: one call slowed by something else on the machine (a 10-30 % slower call is common on a shared
+        CPU) would otherwise price the size, and through the interpolation every size past it, out for good; an
+        optimistic guess is corrected the next time the size runs."""
         own = self._overheads.get((rows, _key(size)))
-        if own is not None:
-            return own[0] / own[1]
+        if own is not None and len(own) >= TRUSTED_CALLS:
+            return _median(own)
+        others = [(x, y) for k, x, y in points if k != _key(size)]
+        if own is None:
+            return self._interpolate(seconds, others)
+        return min(_median(own), self._interpolate(seconds, others)) if others else _median(own)
+
+    @staticmethod
+    def _interpolate(seconds: float, measured) -> float:
         if not measured:
             return 0.0
         below = [m for m in measured if m[0] <= seconds]
@@ -647,9 +676,7 @@ class AutoSizer:
             same_way = self._drift_calls == 0 or direction == self._drift_direction
             self._drift_calls = (self._drift_calls + 1 if same_way else 1) if drifted else 0
             self._drift_direction = direction
-        entry = self._overheads.setdefault(key, [0.0, 0])
-        entry[0] += measured_step - choice.model_seconds_per_step
-        entry[1] += 1
+        self._overheads.setdefault(key, []).append(measured_step - choice.model_seconds_per_step)
         self._since_recalibration += 1
         self._choices.clear()
         if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
