@@ -207,6 +207,52 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert calls == [2, 2, 2]
 
 
+def test_non_decreasing_pools_adjacent_violators_at_their_mean():
+    assert sizing._non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert sizing._non_decreasing([1.0, 3.0, 2.0, 4.0]) == pytest.approx([1.0, 2.5, 2.5, 4.0])
+    assert sizing._non_decreasing([3.0, 2.0, 1.0, 5.0]) == pytest.approx([2.0, 2.0, 2.0, 5.0])
+    assert sizing._non_decreasing([1.0, 4.0, 2.0, 2.0, 6.0]) == pytest.approx([1.0, 8 / 3, 8 / 3, 8 / 3, 6.0])
+
+
+def test_calibration_rounds_keep_a_passing_slowdown_off_the_curve(monkeypatch):
+    """A feed of T tokens costs 1 + T (virtual) seconds, but the machine runs three times slower for a stretch of
+    the calibration as long as two rounds over the points: timed round by round, every point keeps five of its
+    seven reps unslowed and its median is its true cost (timed point by point, the slowdown would land on one or
+    two points whole, bending the curve)."""
+    import specdec.decoding.feed as feed
+
+    tokens, reps = (1, 2, 4, 8), 7
+    clock = {"now": 0.0, "feeds": 0}
+    real_run = feed.run_model
+
+    def slow_run(model, cache, ids, *args, **kw):
+        clock["feeds"] += 1
+        warm = 4  # the untimed warm-up feeds
+        slowed = warm + 2 * len(tokens) < clock["feeds"] <= warm + 4 * len(tokens)
+        clock["now"] += (1.0 + ids.shape[1]) * (3.0 if slowed else 1.0)
+        return real_run(model, cache, ids, *args, **kw)
+
+    monkeypatch.setattr(feed, "run_model", slow_run)
+    monkeypatch.setattr(sizing.time, "perf_counter", lambda: clock["now"])
+    curve = sizing.calibrate_feed(TARGET, 2, "cpu", sampling=SAMPLING, tokens=tokens, reps=reps)
+    assert clock["feeds"] == 4 + reps * len(tokens)
+    assert curve.seconds == pytest.approx(tuple(1.0 + t for t in tokens))
+
+
+def test_cached_curves_of_an_older_calibration_are_measured_again(tmp_path, monkeypatch):
+    """A cache file written by another calibration version is not read: its curves are measured anew."""
+    calls = []
+    monkeypatch.setattr(sizing, "calibrate_feed",
+                        lambda model, rows, device, **kw: calls.append(rows) or CostCurve((1, 2), (1.0, 2.0)))
+    path = sizing._cache_path(TARGET, "cpu", tmp_path)
+    assert path.name.endswith(f"-v{sizing.CALIBRATION_VERSION}.json")
+    old = path.with_name(path.name.replace(f"-v{sizing.CALIBRATION_VERSION}", ""))
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"2": CostCurve((1, 2), (5.0, 5.0)).to_json()}))
+    calib = Calibration.for_models({"target": TARGET}, 2, "cpu", cache_dir=tmp_path)
+    assert calls == [2] and calib.curves[("target", 2)].seconds == (1.0, 2.0) and path.exists()
+
+
 @pytest.mark.parametrize("name", ["sjd", "eagle2", "lantern++"])
 def test_truncated_rows_advance_together_and_commit_only_accepted_tokens(name):
     ragged = generate(TARGET, CLASSES, FIXED[name](), sampling=SAMPLING, seed=4)
@@ -357,13 +403,33 @@ def test_feedback_probes_ar_then_settles_on_the_fastest_measured_window():
 
 def test_feedback_falls_back_to_ar_when_measured_drafting_steps_lose():
     """The curves say windows pay, but measured speculative steps cost five forwards more than predicted: the
-    sizer tries windows (each at most once, optimistically) and then runs AR steps (at most 5 tokens per step at 6
-    forwards or more: no window can pay)."""
+    sizer tries windows (each at most ``TRUSTED_CALLS`` times, optimistically) and then runs AR steps (at most 5
+    tokens per step at 6 forwards or more: no window can pay)."""
     sizer = _simulate(CPU_CURVE, 0.8, lambda window: 0.1 if window == 1 else 5.0)
     assert sizer.history[-1].size == 1 and sizer.history[-1].reason == "ar"
     tried = [c.size for c in sizer.history if c.size != 1]
-    assert len(tried) == len(set(tried)) and len(tried) < 10
+    assert all(tried.count(w) <= sizing.TRUSTED_CALLS for w in tried) and len(set(tried)) < 10
     assert all(c.size == 1 for c in sizer.history[-10:])
+
+
+def test_one_slowed_call_does_not_price_a_window_out():
+    """The first call of the best window runs three times slower (other work on the machine): the window and every
+    window past it would look lost on that call alone; the sizer runs it again and settles on it."""
+    overhead = lambda window: 0.1 + 0.02 * (window > 1)
+    rate = {w: (1 + sum(0.8**i for i in range(1, w))) / (CPU_CURVE(w) + overhead(w)) for w in range(1, 33)}
+    fastest = max(rate, key=rate.get)
+    method = _sjd_choice(CPU_CURVE, 0.8, feedback=True)
+    sizer, slowed = method.sizer, []
+    for _ in range(30):
+        choice = sizer.history[-1]
+        step = choice.model_seconds_per_step + overhead(choice.size)
+        if choice.size == fastest and not slowed:
+            slowed.append(choice)
+            step *= 3.0
+        sizer.observe_step_time(choice, ROWS, step)
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+    assert slowed and sizer.history[-1].size == fastest
+    assert all(c.size == fastest for c in sizer.history[-5:])
 
 
 def test_drift_from_the_prediction_recalibrates(tmp_path, monkeypatch):

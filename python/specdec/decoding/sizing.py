@@ -52,6 +52,9 @@ import torch
 
 #: Tokens per row at which feeds are timed (interpolated between).
 CALIBRATION_TOKENS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+#: Version of :func:`calibrate_feed`'s measurement, part of the cache file's name: curves cached by an older
+#: measurement (version 1: each point's reps in a row, clamped down to later points) are measured again.
+CALIBRATION_VERSION = 2
 
 
 # -- cost ------------------------------------------------------------------------------------------------------
@@ -176,20 +179,22 @@ def model_key(model) -> str:
 def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
     root = Path(cache_dir) if cache_dir is not None else Path(os.environ.get("SPECDEC_CACHE_DIR", ".cache"))
     name = hashlib.sha1(machine_key(device).encode()).hexdigest()[:12] + "-" + model_key(model)
-    return root / "specdec" / "sizing" / f"{name}.json"
+    return root / "specdec" / "sizing" / f"{name}-v{CALIBRATION_VERSION}.json"
 
 
 @torch.no_grad()
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
-                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 5) -> CostCurve:
+                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 7) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
     ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features. The curve's ``noise``
     is the median over the points of the reps' interquartile half-range relative to their median.
 
     The first feeds of a process run slow (allocator, thread pool), so the widest and the narrowest feed are run
-    twice before anything is timed; and since a wider feed never costs less, the curve is made non-decreasing
-    (each point is at most every later one), which keeps timing noise from making a longer window look cheaper
-    than a shorter one."""
+    twice before anything is timed. The reps run in rounds over all points (a drift of the machine's speed lands
+    on every point alike). Since a wider feed never costs less, the curve is made non-decreasing by pooling
+    adjacent violators (:func:`_non_decreasing`: a point timed above the next one and that one meet at their
+    mean), which keeps timing noise from making a longer window look cheaper than a shorter one without lowering
+    a point to its cheaper neighbour's cost."""
     from ..verifier import sampling_probs as process_logits
     from .feed import attention_mask, run_model
 
@@ -216,23 +221,39 @@ def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=Non
 
     for t in (max(tokens), min(tokens)) * 2:
         feed(t)
-    seconds, spreads = [], []
-    for t in tokens:
-        feed(t)
-        times = []
-        for _ in range(reps):
+    # Rounds over every point, not every point's reps in a row: a drift of the machine's speed (frequency, other
+    # load) during the calibration then falls on all points alike instead of lifting a few neighbouring ones,
+    # which bent the curve and, made non-decreasing, flattened it (two window lengths calibrated as costing the
+    # same, the longer one then always looking as cheap as the shorter).
+    times = {t: [] for t in tokens}
+    for _ in range(reps):
+        for t in tokens:
             sync()
             t0 = time.perf_counter()
             feed(t)
             sync()
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        median = times[len(times) // 2]
+            times[t].append(time.perf_counter() - t0)
+    seconds, spreads = [], []
+    for t in tokens:
+        ts = sorted(times[t])
+        median = ts[len(ts) // 2]
         seconds.append(median)
-        spreads.append((times[(3 * len(times)) // 4] - times[len(times) // 4]) / (2 * median) if median > 0 else 0.0)
-    for i in range(len(seconds) - 2, -1, -1):
-        seconds[i] = min(seconds[i], seconds[i + 1])
+        spreads.append((ts[(3 * len(ts)) // 4] - ts[len(ts) // 4]) / (2 * median) if median > 0 else 0.0)
+    seconds = _non_decreasing(seconds)
     return CostCurve(tuple(int(t) for t in tokens), tuple(seconds), sorted(spreads)[len(spreads) // 2])
+
+
+def _non_decreasing(values: Sequence[float]) -> List[float]:
+    """The least-squares non-decreasing fit of ``values`` (pool adjacent violators: each run of points that
+    decreases is replaced by its mean)."""
+    blocks: List[List[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    return [s / c for s, c in blocks for _ in range(c)]
 
 
 # -- acceptance statistics -------------------------------------------------------------------------------------
@@ -405,6 +426,9 @@ MIN_MARGIN = 0.02
 DRIFT_TOLERANCE = 0.25
 DRIFT_CALLS = 3
 RECALIBRATION_COOLDOWN = 10
+#: Calls a size must have run for its own measured overhead (their median: one slowed call among three is
+#: outvoted) to be taken as it is (see :meth:`AutoSizer._overhead`).
+TRUSTED_CALLS = 3
 #: Decided calls over which :meth:`AutoSizer.settled` takes the most frequent size.
 SETTLED_CALLS = 10
 
@@ -464,6 +488,13 @@ def decide(choices: Sequence[Choice], margin: float) -> Choice:
                    ar_tokens_per_second=ar.tokens_per_second)
 
 
+def _median(values: Sequence[float]) -> float:
+    """The median (the mean of the middle two for an even count): robust to a call slowed by other work."""
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
 def _key(size):
     return tuple(size) if isinstance(size, (list, tuple)) else size
 
@@ -494,7 +525,7 @@ class AutoSizer:
         self.recalibrations = 0
         self._choices: Dict[int, Choice] = {}  # rows -> choice, valid while nothing new was observed
         self._model: Dict[int, list] = {}  # rows -> (size, tokens per step, calibrated seconds) per candidate
-        #: (rows, size) -> [sum of measured per-step overheads, calls]
+        #: (rows, size) -> the measured per-step overhead of each call that ran the size
         self._overheads: Dict[Tuple[int, object], List[float]] = {}
         self._current = None  # (choice, rows, roles, start time) of the call in flight
         self._drift_calls = 0  # calls in a row whose measured step was off the prediction the same way
@@ -565,21 +596,40 @@ class AutoSizer:
         # The noise is an interquartile half-range (about 0.67 sigma of one timing); a ratio of two timings has
         # sqrt(2) sigma: twice the noise is about that.
         margin = max(MIN_MARGIN, 2.0 * self.calibration.noise([r for r, m in roles.items() if m is not None], rows))
-        measured = [(seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
-        measured = [(seconds, o[0] / o[1]) for seconds, o in measured if o is not None]
+        # The points overheads are interpolated between: the no-draft size and the sizes run on enough calls to be
+        # trusted (every run size while no drafting size is), each at the median over its calls.
+        measured = [(_key(size), seconds, self._overheads.get((rows, _key(size)))) for size, _, seconds in model]
+        measured = [(k, seconds, o) for k, seconds, o in measured if o is not None]
+        trusted = [(k, seconds, _median(o)) for i, (k, seconds, o) in enumerate(measured)
+                   if len(o) >= TRUSTED_CALLS or k == _key(model[0][0])]
+        if len(trusted) < 2:
+            trusted = [(k, seconds, _median(o)) for k, seconds, o in measured]
         choices = []
         for size, tokens, seconds in model:
-            overhead = self._overhead(rows, size, seconds, measured)
+            overhead = self._overhead(rows, size, seconds, trusted)
             own = (rows, _key(size)) in self._overheads
             choices.append(Choice(size, tokens, seconds + overhead, seconds, measured=own))
         return decide(choices, margin)
 
-    def _overhead(self, rows: int, size, seconds: float, measured) -> float:
-        """The size's own measured overhead, else interpolated linearly in calibrated step seconds between the
-        run sizes around it (the nearest one's beyond them; 0 before any has run)."""
+    def _overhead(self, rows: int, size, seconds: float, points) -> float:
+        """The size's own measured overhead (the median over its calls), else interpolated linearly in calibrated
+        step seconds between the ``points`` ``(size key, calibrated seconds, overhead)`` around it (the nearest
+        one's beyond them; 0 before any has run).
+
+        A size measured on fewer than :data:`TRUSTED_CALLS` calls gets the smaller of its own and the interpolated
+        overhead: one call slowed by something else on the machine (a 10-30 % slower call is common on a shared
+        CPU) would otherwise price the size, and through the interpolation every size past it, out for good; an
+        optimistic guess is corrected the next time the size runs."""
         own = self._overheads.get((rows, _key(size)))
-        if own is not None:
-            return own[0] / own[1]
+        if own is not None and len(own) >= TRUSTED_CALLS:
+            return _median(own)
+        others = [(x, y) for k, x, y in points if k != _key(size)]
+        if own is None:
+            return self._interpolate(seconds, others)
+        return min(_median(own), self._interpolate(seconds, others)) if others else _median(own)
+
+    @staticmethod
+    def _interpolate(seconds: float, measured) -> float:
         if not measured:
             return 0.0
         below = [m for m in measured if m[0] <= seconds]
@@ -626,9 +676,7 @@ class AutoSizer:
             same_way = self._drift_calls == 0 or direction == self._drift_direction
             self._drift_calls = (self._drift_calls + 1 if same_way else 1) if drifted else 0
             self._drift_direction = direction
-        entry = self._overheads.setdefault(key, [0.0, 0])
-        entry[0] += measured_step - choice.model_seconds_per_step
-        entry[1] += 1
+        self._overheads.setdefault(key, []).append(measured_step - choice.model_seconds_per_step)
         self._since_recalibration += 1
         self._choices.clear()
         if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
