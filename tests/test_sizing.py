@@ -461,6 +461,38 @@ def test_drift_from_the_prediction_recalibrates(tmp_path, monkeypatch):
     assert stored[str(ROWS)]["noise"] == pytest.approx(0.02)  # the new measurement replaced the cached one
 
 
+def test_recalibration_waits_until_the_calls_since_paid_for_it(tmp_path, monkeypatch):
+    """Drift schedules a re-calibration only once the calls since the last measurement took RECALIBRATION_PAYBACK
+    times what measuring the curves again takes: re-calibrating costs at most that share of the run."""
+    calls = []
+
+    def fake_calibrate(model, rows, device, **kw):
+        calls.append(rows)
+        return CostCurve(CPU_CURVE.tokens, CPU_CURVE.seconds, 0.01)
+
+    monkeypatch.setattr(sizing, "calibrate_feed", fake_calibrate)
+    method = enable_auto_size(methods.SJD(window=16), cache_dir=tmp_path)
+    method.begin(TARGET, 1, SAMPLING, "cpu")
+    sizer = method.sizer
+    sizer.stats = _geometric_window_stats(0.8, range(32))
+    roles = {"target": TARGET}
+    budget = sizing.RECALIBRATION_PAYBACK * sizing.calibration_seconds(CPU_CURVE)
+    call_seconds = budget / 40  # each call a 40th of the budget
+    spent = 0.0
+    for i in range(60):  # the machine got twice as slow from the first call on: drift every call
+        method.begin(TARGET, 1, SAMPLING, "cpu")
+        c = sizer.history[-1]
+        step = c.seconds_per_step if c.seconds_per_step == c.seconds_per_step else 1.0
+        sizer.observe_step_time(c, ROWS, 2 * step, call_seconds=call_seconds, roles=roles)
+        spent += call_seconds
+        if sizer._recalibrate:
+            break
+    assert sizer._recalibrate and spent >= budget * (1 - 1e-9)  # it did recalibrate, not before the budget
+    assert spent < budget + sizing.DRIFT_CALLS * call_seconds + 1e-9  # and as soon as the budget allowed
+    method.begin(TARGET, 1, SAMPLING, "cpu")
+    assert calls == [ROWS, ROWS] and sizer.recalibrations == 1
+
+
 def test_metrics_report_the_size_and_its_predicted_vs_measured_speed():
     method = enable_auto_size(FIXED["sjd"](), calibration=CPU_LIKE)
     reports = [generate(TARGET, CLASSES, method, sampling=SAMPLING, seed=s).metrics for s in range(3)]

@@ -182,9 +182,19 @@ def _cache_path(model, device, cache_dir: Optional[Path]) -> Path:
     return root / "specdec" / "sizing" / f"{name}-v{CALIBRATION_VERSION}.json"
 
 
+#: Timed feeds per point of :func:`calibrate_feed`.
+CALIBRATION_REPS = 7
+
+
+def calibration_seconds(curve: CostCurve, reps: int = CALIBRATION_REPS) -> float:
+    """What measuring ``curve`` again takes, from the curve itself: the warm-up feeds (the widest and the
+    narrowest, twice) and ``reps`` timed feeds of every point."""
+    return 2.0 * (curve.seconds[0] + curve.seconds[-1]) + reps * sum(curve.seconds)
+
+
 @torch.no_grad()
 def calibrate_feed(model, rows: int, device, *, head: bool = False, sampling=None,
-                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = 7) -> CostCurve:
+                   tokens: Sequence[int] = CALIBRATION_TOKENS, reps: int = CALIBRATION_REPS) -> CostCurve:
     """Time one feed of ``T`` tokens per row over ``rows`` rows (mask + forward + logits processing), the median of
     ``reps`` after a warm-up, for every ``T`` in ``tokens``; a draft head gets zero features. The curve's ``noise``
     is the median over the points of the reps' interquartile half-range relative to their median.
@@ -426,6 +436,10 @@ MIN_MARGIN = 0.02
 DRIFT_TOLERANCE = 0.25
 DRIFT_CALLS = 3
 RECALIBRATION_COOLDOWN = 10
+#: A re-calibration runs only once the calls since the last one took this many times what measuring the curves
+#: again takes (:func:`calibration_seconds`): re-calibrating then costs at most 1 / this of the run's time (a
+#: method settled on AR steps that drifted every few calls lost 10 % to re-calibrations at 2 threads).
+RECALIBRATION_PAYBACK = 20.0
 #: Calls a size must have run for its own measured overhead (their median: one slowed call among three is
 #: outvoted) to be taken as it is (see :meth:`AutoSizer._overhead`).
 TRUSTED_CALLS = 3
@@ -531,6 +545,7 @@ class AutoSizer:
         self._drift_calls = 0  # calls in a row whose measured step was off the prediction the same way
         self._drift_direction = 0
         self._since_recalibration = 0
+        self._seconds_since_calibration = 0.0  # seconds of the calls measured since the curves were last measured
         self._recalibrate = False
 
     def choose(self, method, model, batch_size: int, sampling, device) -> object:
@@ -548,6 +563,7 @@ class AutoSizer:
             self.calibration = Calibration.for_models(roles, rows, device, sampling=sampling, cache_dir=self.cache_dir,
                                                       previous=self.calibration, force=True)
             self._overheads = {k: v for k, v in self._overheads.items() if k[0] != rows}
+            self._seconds_since_calibration = 0.0
             self._choices.clear()
             self._model.clear()
         if self.stats is None:
@@ -662,11 +678,14 @@ class AutoSizer:
                                     margin=choice.margin, ar_tokens_per_second=choice.ar_tokens_per_second)
         if not self.feedback or choice.reason == "explore" or not steps:
             return
-        self.observe_step_time(choice, rows, measured_step)
+        self.observe_step_time(choice, rows, measured_step, call_seconds=seconds, roles=roles)
 
-    def observe_step_time(self, choice: Choice, rows: int, measured_step: float) -> None:
+    def observe_step_time(self, choice: Choice, rows: int, measured_step: float, *,
+                          call_seconds: Optional[float] = None, roles=None) -> None:
         """Learn ``choice``'s per-step overhead from one call's measured seconds per step at ``rows`` rows, and
-        schedule a re-calibration when measured steps keep drifting from the predictions."""
+        schedule a re-calibration when measured steps keep drifting from the predictions, as far as the
+        re-calibration budget allows (:data:`RECALIBRATION_PAYBACK`; ``call_seconds``: the call's wall time,
+        ``roles``: the call's models, whose curves a re-calibration measures; without them, no budget applies)."""
         key = (rows, _key(choice.size))
         predicted = choice.seconds_per_step
         if predicted > 0 and any(k[0] == rows for k in self._overheads):  # a prediction with measured overheads
@@ -679,7 +698,13 @@ class AutoSizer:
         self._overheads.setdefault(key, []).append(measured_step - choice.model_seconds_per_step)
         self._since_recalibration += 1
         self._choices.clear()
-        if self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN:
+        cost = 0.0
+        if call_seconds is not None and roles is not None:
+            self._seconds_since_calibration += call_seconds
+            cost = sum(calibration_seconds(self.calibration.curves[(r, rows)]) for r, m in roles.items()
+                       if m is not None and (r, rows) in self.calibration.curves)
+        if (self._drift_calls >= DRIFT_CALLS and self._since_recalibration >= RECALIBRATION_COOLDOWN
+                and self._seconds_since_calibration >= RECALIBRATION_PAYBACK * cost):
             # (a synthetic calibration is a cost model by fiat: nothing to measure again, the overheads adapt)
             self._recalibrate = self.calibration.source != "synthetic"
             self._drift_calls = self._since_recalibration = 0
