@@ -31,8 +31,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..testbed.model import ARConfig, Block, KVCache, RMSNorm, rope_2d
-from .model import ContinuousAR
+from ..testbed.model import ARConfig, Block, KVCache, RMSNorm
+from .model import ContinuousAR, new_trunk_cache, run_trunk
 
 
 @dataclass(frozen=True)
@@ -102,19 +102,11 @@ class FeatureDraft(nn.Module):
         return self.target.head
 
     def _run(self, tokens, feats, positions, cache=None, slots=None, attn_mask=None) -> torch.Tensor:
-        c = self.config
         h = self.fc(torch.cat([feats, self.tok_proj(tokens)], dim=-1))
-        rope = rope_2d(positions, c.dim // c.n_head, c.grid_size)
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            h = layer(h, rope, kv, slots, attn_mask)
-        return self.norm(h).float()
+        return run_trunk(self.layers, self.norm, self.config, h, positions, cache, slots, attn_mask)
 
     def new_cache(self, batch_size: int, max_slots: int, device=None) -> KVCache:
-        w = self.fc.weight
-        shape = (batch_size, self.config.n_head, max_slots, self.config.dim // self.config.n_head)
-        make = lambda: torch.zeros(shape, device=device or w.device, dtype=w.dtype)  # noqa: E731
-        return KVCache([make() for _ in self.layers], [make() for _ in self.layers])
+        return new_trunk_cache(self.layers, self.config, self.fc.weight, batch_size, max_slots, device)
 
     def forward_slots(self, tokens: torch.Tensor, feats: torch.Tensor, slots: torch.Tensor,
                       cache: KVCache) -> torch.Tensor:

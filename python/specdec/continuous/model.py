@@ -53,6 +53,24 @@ class ContinuousConfig:
         return asdict(self)
 
 
+def run_trunk(layers, norm, config, h, positions, cache=None, slots=None, attn_mask=None) -> torch.Tensor:
+    """The decoder trunk of the target and of the feature draft: ``layers`` with 2D RoPE at ``positions``
+    (``config``: dim, n_head, grid_size), each over its own K/V of the slot ``cache``, then ``norm``, in float32."""
+    rope = rope_2d(positions, config.dim // config.n_head, config.grid_size)
+    for i, layer in enumerate(layers):
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        h = layer(h, rope, kv, slots, attn_mask)
+    return norm(h).float()
+
+
+def new_trunk_cache(layers, config, weight: torch.Tensor, batch_size: int, max_slots: int, device=None) -> KVCache:
+    """Empty K/V buffers of ``layers`` by slot, ``(batch, heads, max_slots, head_dim)``, on ``device`` (default
+    ``weight``'s) in ``weight``'s dtype."""
+    shape = (batch_size, config.n_head, max_slots, config.dim // config.n_head)
+    make = lambda: torch.zeros(shape, device=device or weight.device, dtype=weight.dtype)  # noqa: E731
+    return KVCache([make() for _ in layers], [make() for _ in layers])
+
+
 class ContinuousAR(nn.Module):
     """AR trunk + diffusion head. ``z`` conditions are ``(…, dim)`` float32; tokens are standardised latents."""
 
@@ -85,18 +103,10 @@ class ContinuousAR(nn.Module):
 
     # -- trunk -------------------------------------------------------------------------------------------------
     def _trunk(self, h, positions, cache=None, slots=None, attn_mask=None) -> torch.Tensor:
-        c = self.config
-        rope = rope_2d(positions, c.dim // c.n_head, c.grid_size)
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            h = layer(h, rope, kv, slots, attn_mask)
-        return self.norm(h).float()
+        return run_trunk(self.layers, self.norm, self.config, h, positions, cache, slots, attn_mask)
 
     def new_cache(self, batch_size: int, max_slots: int, device=None) -> KVCache:
-        w = self.tok_proj.weight
-        shape = (batch_size, self.config.n_head, max_slots, self.config.dim // self.config.n_head)
-        make = lambda: torch.zeros(shape, device=device or w.device, dtype=w.dtype)  # noqa: E731
-        return KVCache([make() for _ in self.layers], [make() for _ in self.layers])
+        return new_trunk_cache(self.layers, self.config, self.tok_proj.weight, batch_size, max_slots, device)
 
     def embed_slots(self, tokens: torch.Tensor, rows_cls: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Input embeddings ``(R, W, dim)`` for cache ``slots`` ``(R, W)``: slot 0 is the class token

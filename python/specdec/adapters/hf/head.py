@@ -83,7 +83,8 @@ class HFDraftHead(nn.Module):
 
     model : the HF image generator (``JanusForConditionalGeneration``, ``Emu3ForConditionalGeneration``,
         ``ChameleonForConditionalGeneration`` or a model of their families); the head keeps a reference to it.
-    num_heads : attention heads of the decoder layer (default: heads of size 64, else one).
+    num_heads : attention heads of the decoder layer (default: heads of size 64, else one); norm_eps, rope_base:
+        its RMSNorm epsilon and rotary base.
     device, dtype : where the head's weights live (default: the model's device; float32, which trains well; pass
         the model's dtype to save memory at inference on large models).
 
@@ -91,7 +92,8 @@ class HFDraftHead(nn.Module):
     :meth:`new_cache` and :meth:`forward_tokens`; :meth:`forward_train` is the causal, cache-free training path.
     """
 
-    def __init__(self, model, num_heads: Optional[int] = None, *, device=None, dtype=None):
+    def __init__(self, model, num_heads: Optional[int] = None, *, device=None, dtype=None, norm_eps: float = 1e-5,
+                 rope_base: float = 10000.0):
         super().__init__()
         family = family_of(model)
         hidden_size = int(model.config.get_text_config().hidden_size)
@@ -99,7 +101,7 @@ class HFDraftHead(nn.Module):
         if num_heads < 1 or hidden_size % num_heads or (hidden_size // num_heads) % 2:
             raise ValueError(f"num_heads={num_heads} must divide hidden_size={hidden_size} into an even head size")
         self.config = HeadConfig(family=_family_key(family), hidden_size=hidden_size, vocab_size=family.vocab_size,
-                                 num_heads=num_heads)
+                                 num_heads=num_heads, norm_eps=float(norm_eps), rope_base=float(rope_base))
         self._model = (model,)  # a reference, not a submodule: the head neither owns nor saves target weights
         self._family = family
         block = self.config.block_config()
@@ -207,10 +209,8 @@ def load_head(directory: Union[str, Path], model, *, device=None, dtype=None) ->
 
     config = read_head_config(directory)
     check_head_fits(config, model)
-    head = HFDraftHead(model, num_heads=config.num_heads, device=device, dtype=dtype)
-    if (config.norm_eps, config.rope_base) != (head.config.norm_eps, head.config.rope_base):
-        head.config = config
-        head.layer = Block(config.block_config()).to(head.fc.weight.device, head.fc.weight.dtype)
+    head = HFDraftHead(model, num_heads=config.num_heads, device=device, dtype=dtype, norm_eps=config.norm_eps,
+                       rope_base=config.rope_base)
     state = load_file(str(Path(directory) / WEIGHTS_FILE))
     head.load_state_dict({k: v.to(head.fc.weight.dtype) for k, v in state.items()})
     return head
